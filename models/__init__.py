@@ -1,0 +1,25 @@
+"""Persistence: typed SQLAlchemy models, the status state machine, migrations, the model catalog.
+
+Nothing here imports Celery or HTTP code: every other package may depend on ``models``.
+"""
+
+from models.base import Base, utcnow
+from models.catalog import ASPECT_RATIOS, Catalog, CatalogError, ModelSpec, load_catalog
+from models.db import Database
+from models.status import BatchStatus, TaskStatus
+from models.tables import Batch, GenerationTask
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "Base",
+    "Batch",
+    "BatchStatus",
+    "Catalog",
+    "CatalogError",
+    "Database",
+    "GenerationTask",
+    "ModelSpec",
+    "TaskStatus",
+    "load_catalog",
+    "utcnow",
+]

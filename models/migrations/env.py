@@ -1,0 +1,18 @@
+"""Alembic environment: runs against the engine handed in by :func:`models.db.upgrade`."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from models.base import Base
+from models import tables  # noqa: F401  (registers the tables on Base.metadata)
+
+engine = context.config.attributes["engine"]
+
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    context.run_migrations()

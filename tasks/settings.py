@@ -1,0 +1,134 @@
+"""All configuration, read once from the environment (prefix ``NANOBATCH_``) or a TOML file.
+
+Only the CLI and the Celery app build a :class:`Settings`; everything below them receives plain
+values (``workers/`` never reads the environment). The API key comes only from the environment
+(``NANOBATCH_API_KEY`` or ``GEMINI_API_KEY``), is a ``SecretStr`` so it never prints, and is not
+accepted from the TOML file.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_HOME = Path("nanobatch-data")
+GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
+
+
+class PoolLimitsConfig(BaseModel):
+    """Default limits of one quota pool; seeded into Redis when the pool has none yet."""
+
+    rpm: int | None = Field(default=None, gt=0, le=1_000_000)
+    ipm: int | None = Field(default=None, gt=0, le=1_000_000)
+    tpm: int | None = Field(default=None, gt=0, le=1_000_000_000)
+    rpd: int | None = Field(default=None, gt=0, le=100_000_000)
+    concurrency: int | None = Field(default=None, gt=0, le=100_000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NANOBATCH_",
+        extra="ignore",
+        toml_file=os.environ.get("NANOBATCH_CONFIG_FILE", "nanobatch.toml"),
+    )
+
+    # Storage and infrastructure.
+    database_url: str = f"sqlite:///{DEFAULT_HOME}/nanobatch.db"
+    redis_url: str | None = None  # None: embedded broker (in-process) and embedded limiter
+    output_dir: Path = DEFAULT_HOME / "images"
+    catalog_file: str | None = None
+    queue: str = "nanobatch"
+
+    # Upstream.
+    provider: Literal["gemini", "openai"] = "gemini"
+    provider_base_url: str = GOOGLE_BASE_URL
+    api_version: str = "v1beta"
+    auth: Literal["x-goog-api-key", "bearer"] = "x-goog-api-key"
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("NANOBATCH_API_KEY", "GEMINI_API_KEY")
+    )
+    request_timeout: float = Field(default=120.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+    # Defaults for rows that do not say.
+    default_model: str = "gemini-2.5-flash-image"
+    default_aspect_ratio: str = "1:1"
+
+    # Worker behaviour.
+    concurrency: int = Field(default=16, gt=0, le=1000)
+    max_attempts: int = Field(default=5, gt=0, le=100)
+    backoff_base: float = Field(default=2.0, gt=0)
+    backoff_cap: float = Field(default=300.0, gt=0)
+    max_inline_wait: float = Field(default=20.0, ge=0)  # wait for limiter capacity inside the task
+    max_countdown: float = Field(default=60.0, ge=0)  # longer waits park the row in the DB
+    lease_seconds: float | None = Field(default=None, gt=0)  # default: request_timeout + 60
+    fallback_models: list[str] = []
+    limits: dict[str, PoolLimitsConfig] = {}
+    limiter_prefix: str = "nanobatch"
+
+    # Sweeper / beat.
+    sweep_interval: float = Field(default=15.0, gt=0)
+    redispatch_after: float = Field(default=600.0, gt=0)
+    timezone: str = "UTC"  # for batch windows and --at
+    inbox_dir: Path | None = None
+    inbox_time: str = "00:30"
+
+    # Operations.
+    flower_basic_auth: SecretStr | None = None  # "user:password"
+
+    @field_validator("provider_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlWithoutSecrets(settings_cls))
+
+    @property
+    def effective_lease_seconds(self) -> float:
+        return self.lease_seconds or self.request_timeout + 60.0
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: broker and limiter live inside one process."""
+        return not self.redis_url
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or "memory://"
+
+    @cached_property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+
+class _TomlWithoutSecrets(TomlConfigSettingsSource):
+    """The TOML file may hold any setting except the API key: secrets come from the environment."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        if "api_key" in data:
+            raise ValueError("api_key must not be set in the config file; use NANOBATCH_API_KEY")
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

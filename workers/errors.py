@@ -1,0 +1,110 @@
+"""The provider error tree. Every upstream failure becomes exactly one of these.
+
+::
+
+    ProviderError                      anything that went wrong talking to the model
+    ├── TransientError                 retry with backoff (counts an attempt)
+    │   ├── UpstreamTimeout            read/connect/pool timeout
+    │   ├── UpstreamUnavailable        connection refused/reset/dropped, 500/502/503/504
+    │   └── NoImageReturned            200 without an image, finishReason NO_IMAGE/IMAGE_OTHER/OTHER
+    ├── RateLimited                    429: wait `retry_after`, never counts an attempt
+    │   └── DailyQuotaExhausted        429 on a PerDay quota: park until Pacific midnight
+    └── PermanentError                 fail now, do not retry
+        ├── ContentBlocked             safety block (promptFeedback.blockReason / finishReason)
+        ├── QuotaMisconfigured         429 with quotaValue "0" or a billing problem
+        └── InvalidRequest             400/401/403/404: bad request, bad key, unknown model
+
+httpx exceptions and HTTP statuses are translated into this tree in one place per provider
+(``workers.providers.*``), always ``raise … from exc``; the task's retry decision reads only the
+type and its fields (``workers.retry``), never message strings. Messages are redacted of API keys
+before they are stored on the error.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every upstream failure. ``code`` is a short machine-readable reason for the DB."""
+
+    code: str = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        provider_status: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.provider_status = provider_status
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        status = f"{self.status_code} " if self.status_code else ""
+        return f"{status}{self.provider_status or ''}: {self.message}".strip(": ")
+
+
+class TransientError(ProviderError):
+    code = "transient"
+
+
+class UpstreamTimeout(TransientError):
+    code = "timeout"
+
+
+class UpstreamUnavailable(TransientError):
+    code = "unavailable"
+
+
+class NoImageReturned(TransientError):
+    code = "no_image"
+
+
+class RateLimited(ProviderError):
+    """A 429. ``retry_after`` is seconds (``None`` when the server gave no hint)."""
+
+    code = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        quota_ids: tuple[str, ...] = (),
+        status_code: int | None = 429,
+        provider_status: str | None = "RESOURCE_EXHAUSTED",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, provider_status=provider_status, code=code)
+        self.retry_after = retry_after
+        self.quota_ids = quota_ids
+
+
+class DailyQuotaExhausted(RateLimited):
+    code = "daily_quota"
+
+
+class PermanentError(ProviderError):
+    code = "permanent"
+
+
+class ContentBlocked(PermanentError):
+    """The model refused the prompt or the output for safety; ``reason`` is Google's enum value."""
+
+    code = "blocked"
+
+    def __init__(self, message: str, *, reason: str, status_code: int | None = 200) -> None:
+        super().__init__(message, status_code=status_code, provider_status=reason, code=None)
+        self.reason = reason
+
+
+class QuotaMisconfigured(PermanentError):
+    code = "quota_zero"
+
+
+class InvalidRequest(PermanentError):
+    code = "invalid_request"
