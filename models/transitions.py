@@ -32,6 +32,14 @@ def _is_due(now: datetime) -> Any:
     return or_(GenerationTask.not_before.is_(None), GenerationTask.not_before <= now)
 
 
+def _runnable_batches(now: datetime) -> Any:
+    """Batches whose tasks may start now: open (not paused/cancelled) and past their start time."""
+    return select(Batch.id).where(
+        Batch.status == BatchStatus.OPEN.value,
+        or_(Batch.scheduled_for.is_(None), Batch.scheduled_for <= now),
+    )
+
+
 def claim(
     session: Session,
     task_id: str,
@@ -45,7 +53,12 @@ def claim(
     now = now or utcnow()
     stmt = (
         update(GenerationTask)
-        .where(GenerationTask.id == task_id, GenerationTask.status == PENDING, _is_due(now))
+        .where(
+            GenerationTask.id == task_id,
+            GenerationTask.status == PENDING,
+            _is_due(now),
+            GenerationTask.batch_id.in_(_runnable_batches(now)),
+        )
         .values(
             status=PROCESSING,
             claim_token=str(uuid.uuid4()),
@@ -151,18 +164,20 @@ def requeue(
     count_attempt: bool,
     code: str | None = None,
     message: str | None = None,
+    redispatched: bool = False,
 ) -> bool:
     """processing → pending, to be tried again no earlier than ``not_before``.
 
     ``count_attempt`` is ``False`` for rate-limit waits: they increment ``rate_waits`` instead, so
-    a 429 storm never exhausts a task's error budget.
+    a 429 storm never exhausts a task's error budget. ``redispatched`` says the caller publishes a
+    (delayed) message itself; otherwise the sweeper dispatches the row once it is due.
     """
     values: dict[str, Any] = {
         "status": PENDING,
         "not_before": not_before,
         "lease_expires_at": None,
         "claim_token": None,
-        "dispatched_at": None,
+        "dispatched_at": utcnow() if redispatched else None,
         "error_code": code,
         "error_message": message[:2000] if message else None,
     }
@@ -213,20 +228,29 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
 
 
 def due_for_dispatch(
-    session: Session, *, older_than: datetime, now: datetime | None = None, limit: int = 2000
+    session: Session,
+    *,
+    older_than: datetime,
+    now: datetime | None = None,
+    limit: int = 2000,
+    exclude_batches: Sequence[str] = (),
 ) -> list[str]:
-    """Ids of due pending rows of open batches whose last dispatch is missing or older than ``older_than``."""
+    """Due pending rows of runnable batches whose last dispatch is missing or older than ``older_than``.
+
+    Oldest dispatch first, so rows that never had a message (or lost it longest ago) go first.
+    """
     now = now or utcnow()
+    conditions = [
+        GenerationTask.status == PENDING,
+        _is_due(now),
+        GenerationTask.batch_id.in_(_runnable_batches(now)),
+        or_(GenerationTask.dispatched_at.is_(None), GenerationTask.dispatched_at < older_than),
+    ]
+    if exclude_batches:
+        conditions.append(GenerationTask.batch_id.not_in(list(exclude_batches)))
     stmt = (
         select(GenerationTask.id)
-        .join(Batch, Batch.id == GenerationTask.batch_id)
-        .where(
-            GenerationTask.status == PENDING,
-            _is_due(now),
-            Batch.status == BatchStatus.OPEN.value,
-            or_(Batch.scheduled_for.is_(None), Batch.scheduled_for <= now),
-            or_(GenerationTask.dispatched_at.is_(None), GenerationTask.dispatched_at < older_than),
-        )
+        .where(*conditions)
         .order_by(GenerationTask.dispatched_at.is_not(None), GenerationTask.dispatched_at, GenerationTask.id)
         .limit(limit)
     )
@@ -237,9 +261,7 @@ def mark_dispatched(session: Session, task_ids: Sequence[str], *, now: datetime 
     now = now or utcnow()
     for start in range(0, len(task_ids), 1000):
         chunk = list(task_ids[start : start + 1000])
-        session.execute(
-            update(GenerationTask).where(GenerationTask.id.in_(chunk)).values(dispatched_at=now)
-        )
+        session.execute(update(GenerationTask).where(GenerationTask.id.in_(chunk)).values(dispatched_at=now))
 
 
 def cancel_batch(session: Session, batch_id: str) -> int:
@@ -294,7 +316,9 @@ def reserve_budget(session: Session, batch_id: str, amount: float) -> bool:
         update(Batch)
         .where(
             Batch.id == batch_id,
-            or_(Batch.budget_usd.is_(None), Batch.spent_usd + Batch.reserved_usd + amount <= Batch.budget_usd),
+            or_(
+                Batch.budget_usd.is_(None), Batch.spent_usd + Batch.reserved_usd + amount <= Batch.budget_usd
+            ),
         )
         .values(reserved_usd=Batch.reserved_usd + amount)
         .returning(Batch.id)
@@ -304,9 +328,7 @@ def reserve_budget(session: Session, batch_id: str, amount: float) -> bool:
 
 def release_budget(session: Session, batch_id: str, amount: float) -> None:
     session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id)
-        .values(reserved_usd=Batch.reserved_usd - amount)
+        update(Batch).where(Batch.id == batch_id).values(reserved_usd=Batch.reserved_usd - amount)
     )
 
 

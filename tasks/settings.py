@@ -9,7 +9,6 @@ accepted from the TOML file.
 from __future__ import annotations
 
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +71,7 @@ class Settings(BaseSettings):
     max_inline_wait: float = Field(default=20.0, ge=0)  # wait for limiter capacity inside the task
     max_countdown: float = Field(default=60.0, ge=0)  # longer waits park the row in the DB
     lease_seconds: float | None = Field(default=None, gt=0)  # default: request_timeout + 60
+    expected_latency: float = Field(default=15.0, gt=0)  # seconds per call, for dry-run ETAs
     fallback_models: list[str] = []
     limits: dict[str, PoolLimitsConfig] = {}
     limiter_prefix: str = "nanobatch"
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         return self.redis_url or "memory://"
 
-    @cached_property
+    @property
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
 

@@ -1,0 +1,50 @@
+"""What every CLI command needs: settings, a console, and a runtime built the same way each time.
+
+The CLI is the only layer (with the Celery app) that reads the environment; it builds one
+:class:`Settings` and hands values inward.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from tasks import app as celery_app
+from tasks.celery_app import configure_app
+from tasks.runtime import Runtime, build_runtime
+from tasks.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from env/TOML, or a clear message and exit code 2 when they are invalid."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except (ValidationError, ValueError) as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def runtime_for(settings: Settings) -> Runtime:
+    """A runtime on ``settings``, with the Celery app pointed at the same broker."""
+    configure_app(celery_app, settings)
+    return build_runtime(settings, celery_app)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,49 @@
+"""``nanobatch status [BATCH] [--json]``: counts per status, cost, throughput, ETA."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from cli.context import console, fail, load_settings
+from models.db import Database
+from models.queries import BatchSummary, batch_summaries
+from tasks.estimate import human_duration
+
+
+def status_command(
+    batch: str | None = typer.Argument(None, help="Batch name (default: all batches)"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (stable shape)"),
+) -> None:
+    """Show progress of one batch or all batches."""
+    settings = load_settings()
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        with db.session() as session:
+            summaries = batch_summaries(session, batch)
+    finally:
+        db.dispose()
+    if batch is not None and not summaries:
+        raise fail(f"no batch named {batch!r}", 1)
+    if as_json:
+        payload = summaries[0].as_json() if batch is not None else [s.as_json() for s in summaries]
+        typer.echo(json.dumps(payload))
+        return
+    console.print(status_table(summaries))
+
+
+def status_table(summaries: list[BatchSummary]) -> Table:
+    table = Table(title="nanobatch status")
+    for column in ("batch", "state", "pending", "processing", "completed", "failed", "cancelled",
+                   "cost (USD)", "per min", "ETA"):
+        table.add_column(column, justify="right" if column not in {"batch", "state"} else "left")
+    for s in summaries:
+        state = "budget reached" if s.budget_reached and s.remaining else s.status
+        table.add_row(
+            s.name, state, *(str(s.counts[k]) for k in ("pending", "processing", "completed", "failed", "cancelled")),
+            f"{s.cost_usd:.3f}", f"{s.per_minute:.1f}", human_duration(s.eta_seconds),
+        )
+    return table

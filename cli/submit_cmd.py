@@ -1,0 +1,149 @@
+"""``nanobatch submit FILE``: validate, report every bad row, write the batch, enqueue it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.context import console, err_console, fail, load_settings, runtime_for
+from models.catalog import CatalogError, load_catalog
+from tasks.estimate import estimate, human_duration
+from tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
+from tasks.producer import BatchOptions, SubmitError, SubmitReport, submit
+from tasks.schedule import next_occurrence, parse_window
+from tasks.settings import Settings
+
+MAX_ERRORS_SHOWN = 50
+
+
+def submit_command(
+    file: Path = typer.Argument(..., help="Products as .csv or .jsonl (columns: key, prompt or --template fields, …)"),
+    batch: str | None = typer.Option(None, "--batch", help="Batch name (default: the file's stem)"),
+    model: str | None = typer.Option(None, "--model", help="Default model for rows without one"),
+    size: str | None = typer.Option(None, "--size", help="Default image size: 1K, 2K or 4K"),
+    aspect: str | None = typer.Option(None, "--aspect", help="Default aspect ratio, e.g. 1:1 or 16:9"),
+    template: str | None = typer.Option(None, "--template", help='Prompt template, e.g. "Studio photo of {title}"'),
+    output_format: str = typer.Option("png", "--format", help="png or jpeg"),
+    images_dir: Path | None = typer.Option(None, "--images-dir", help="Input images must lie inside this folder"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and estimate cost and ETA; write nothing"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Write the good rows, print the rejects"),
+    budget_usd: float | None = typer.Option(None, "--budget-usd", help="Stop paid calls once spent reaches this"),
+    reuse: bool = typer.Option(False, "--reuse", help="Complete identical requests from earlier results, unpaid"),
+    at: str | None = typer.Option(None, "--at", help="Start at HH:MM (next occurrence, NANOBATCH_TIMEZONE)"),
+    window: str | None = typer.Option(None, "--window", help="Only run inside HH:MM-HH:MM each day"),
+) -> None:
+    """Validate a product file and enqueue one image task per row."""
+    settings = load_settings()
+    catalog = _catalog(settings)
+    options = IntakeOptions(
+        model=_canonical(catalog, model or settings.default_model),
+        aspect_ratio=aspect or settings.default_aspect_ratio,
+        image_size=size,
+        output_format=output_format.lower(),
+        template=template,
+        images_dir=images_dir,
+    )
+    try:
+        intake = read_file(file, catalog, options)
+    except IntakeError as exc:
+        raise fail(str(exc), 2) from None
+    _print_errors(intake)
+    if dry_run:
+        _print_estimate(intake, settings)
+        raise typer.Exit(1 if intake.errors else 0)
+    if intake.errors and not skip_invalid:
+        raise fail(f"{len(intake.errors)} invalid row(s); nothing was written (use --skip-invalid to write the rest)")
+    batch_options = _batch_options(batch or file.stem, settings, budget_usd, reuse, at, window)
+    report = _write(settings, intake, batch_options, options, str(file), skip_invalid)
+    _print_report(report, settings)
+
+
+def _catalog(settings: Settings):  # type: ignore[no-untyped-def]
+    try:
+        return load_catalog(settings.catalog_file)
+    except (OSError, CatalogError, ValueError) as exc:
+        raise fail(f"cannot read the model catalog: {exc}", 2) from None
+
+
+def _canonical(catalog, name: str) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return catalog.canonical(name)
+    except CatalogError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _batch_options(
+    name: str, settings: Settings, budget: float | None, reuse: bool, at: str | None, window: str | None
+) -> BatchOptions:
+    if budget is not None and budget <= 0:
+        raise fail("--budget-usd must be greater than 0", 2)
+    try:
+        scheduled: datetime | None = next_occurrence(at, settings.timezone) if at else None
+        parsed_window = parse_window(window) if window else None
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    return BatchOptions(
+        name=name, budget_usd=budget, reuse=reuse, scheduled_for=scheduled, window=parsed_window,
+        window_tz=settings.timezone,
+    )
+
+
+def _write(
+    settings: Settings, intake: IntakeResult, batch: BatchOptions, options: IntakeOptions, source: str, skip: bool
+) -> SubmitReport:
+    runtime = runtime_for(settings)
+    runtime.db.upgrade()
+    dispatcher = None if settings.embedded else runtime.dispatcher
+    columns = [TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    try:
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            bar = progress.add_task("rows", total=len(intake.tasks))
+            return submit(
+                runtime.db, dispatcher, intake, batch, intake_options=options, source=source,
+                skip_invalid=skip, progress=lambda n: progress.advance(bar, n),
+            )
+    except SubmitError as exc:
+        raise fail(str(exc), 2) from None
+    finally:
+        runtime.close()
+
+
+def _print_errors(intake: IntakeResult) -> None:
+    for error in intake.errors[:MAX_ERRORS_SHOWN]:
+        err_console.print(f"[red]✗[/red] {error}", markup=True, highlight=False)
+    if len(intake.errors) > MAX_ERRORS_SHOWN:
+        err_console.print(f"… and {len(intake.errors) - MAX_ERRORS_SHOWN} more invalid rows")
+
+
+def _print_estimate(intake: IntakeResult, settings: Settings) -> None:
+    result = estimate(
+        intake.tasks, load_catalog(settings.catalog_file), settings.limits,
+        worker_concurrency=settings.concurrency, latency_seconds=settings.expected_latency,
+    )
+    table = Table(title="dry run: nothing written")
+    for column in ("pool", "tasks", "est. cost (USD)", "rate /min", "bottleneck", "ETA"):
+        table.add_column(column)
+    for pool in result.pools:
+        table.add_row(pool.pool, str(pool.tasks), f"{pool.cost_usd:.2f}", f"{pool.per_minute:.1f}",
+                      pool.bottleneck, human_duration(pool.eta_seconds))
+    console.print(table)
+    console.print(
+        f"{result.tasks} task(s), {len(intake.errors)} invalid row(s); estimated cost ${result.cost_usd:.2f}; "
+        f"ETA {human_duration(result.eta_seconds)} (concurrency {settings.concurrency}, "
+        f"~{settings.expected_latency:.0f}s per call, limits from NANOBATCH_LIMITS)"
+    )
+
+
+def _print_report(report: SubmitReport, settings: Settings) -> None:
+    console.print(
+        f"batch [bold]{report.batch}[/bold]: {report.new} new, {report.existing} already present"
+        + (f", {len(report.errors)} rejected" if report.errors else "")
+    )
+    if settings.embedded:
+        console.print("embedded mode (no NANOBATCH_REDIS_URL): `nanobatch worker` will dispatch the pending rows")
+    elif report.new and not report.dispatched:
+        console.print("the batch is scheduled: the sweeper dispatches it when its start time or window opens")

@@ -1,0 +1,73 @@
+"""The Celery application, configured in one place (DESIGN §5), and why each setting is what it is.
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1: a killed worker's message is
+  redelivered instead of lost; the database claim makes a redelivery harmless.
+- ``visibility_timeout`` 1 h: longer than any call. Killed work is recovered within minutes by the
+  sweeper through the database lease, not by Redis redelivery.
+- ``task_ignore_result``: results live in the database and on disk, never in a result backend.
+- threads pool: the generate task waits on HTTP; prefork would spend a process per wait.
+- No Celery ``rate_limit``: it is per worker instance. The global limiter in Redis is used instead.
+- The sweep task has its own queue so it is never stuck behind a 100k-message backlog.
+- Events on: Flower shows task states; task arguments are a task id only, never a prompt or key.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from tasks.settings import Settings
+
+GENERATE_TASK = "nanobatch.generate"
+SWEEP_TASK = "nanobatch.sweep"
+INBOX_TASK = "nanobatch.inbox"
+
+
+def control_queue(settings: Settings) -> str:
+    return f"{settings.queue}.control"
+
+
+def configure_app(app: Celery, settings: Settings) -> Celery:
+    """Apply the nanobatch configuration for ``settings`` to ``app`` (also used to reconfigure)."""
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue,
+        task_routes={
+            SWEEP_TASK: {"queue": control_queue(settings)},
+            INBOX_TASK: {"queue": control_queue(settings)},
+        },
+        worker_pool="threads",
+        worker_concurrency=settings.concurrency,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        timezone=settings.timezone,
+        beat_schedule=beat_schedule(settings),
+    )
+    return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    from celery.schedules import crontab
+
+    schedule: dict[str, dict[str, object]] = {
+        "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval},
+    }
+    if settings.inbox_dir:
+        hour, minute = settings.inbox_time.split(":")
+        schedule["inbox"] = {"task": INBOX_TASK, "schedule": crontab(hour=int(hour), minute=int(minute))}
+    return schedule
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("nanobatch", include=["tasks.definitions"])
+    return configure_app(app, settings or Settings())

@@ -1,0 +1,34 @@
+"""The Celery tasks. Each is a thin wrapper: the work lives in :mod:`tasks.serve` / :mod:`tasks.sweep`.
+
+Task arguments are a task id only — never a prompt, a key or a path — so Flower, logs and the broker
+never hold anything sensitive, and the database stays the single source of truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from tasks import app
+from tasks.celery_app import GENERATE_TASK, SWEEP_TASK
+from tasks.runtime import get_runtime, install_runtime
+from tasks.serve import serve
+from tasks.sweep import sweep
+
+
+@worker_process_init.connect
+def _fresh_runtime_after_fork(**_: Any) -> None:
+    """A forked child must not reuse its parent's sockets (prefork pool only; threads share one)."""
+    install_runtime(None)
+
+
+@app.task(name=GENERATE_TASK, bind=True, ignore_result=True)
+def generate(self: Task, task_id: str) -> str:
+    return serve(get_runtime(), task_id, celery_task_id=self.request.id).value
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep_task() -> dict[str, int]:
+    return sweep(get_runtime()).__dict__

@@ -1,0 +1,169 @@
+"""The producer: validated rows → a batch and its task rows (bulk, idempotent) → Celery messages.
+
+Re-submitting the same batch name with the same keys creates nothing twice: rows are inserted with
+``ON CONFLICT (batch_id, key) DO NOTHING RETURNING id``, and only the ids that came back are
+published. Rows are committed before their messages are published, so a worker never receives an
+id it cannot find; if publishing fails half-way, the rows are safe and the sweeper publishes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from models import transitions
+from models.base import utcnow
+from models.db import Database
+from models.status import BatchStatus
+from models.tables import Batch, GenerationTask, new_id
+from tasks.dispatch import Dispatcher
+from tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
+from tasks.schedule import outside_window
+
+INSERT_CHUNK = 5000
+
+
+class SubmitError(ValueError):
+    """The submission was refused as a whole (message says why); nothing was written."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    name: str
+    budget_usd: float | None = None
+    reuse: bool = False
+    scheduled_for: datetime | None = None
+    window: tuple[str, str] | None = None
+    window_tz: str = "UTC"
+
+
+@dataclass
+class SubmitReport:
+    batch: str
+    rows: int
+    valid: int
+    new: int = 0
+    existing: int = 0
+    dispatched: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    written: bool = False
+
+
+def submit(
+    db: Database,
+    dispatcher: Dispatcher | None,
+    intake: IntakeResult,
+    batch: BatchOptions,
+    *,
+    intake_options: IntakeOptions,
+    source: str | None = None,
+    skip_invalid: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> SubmitReport:
+    """Write the valid rows of ``intake`` into ``batch`` and publish the new ones."""
+    report = SubmitReport(batch.name, intake.rows_read, len(intake.tasks), errors=intake.errors)
+    if intake.errors and not skip_invalid:
+        return report
+    if batch.budget_usd is not None and batch.budget_usd <= 0:
+        raise SubmitError("--budget-usd must be greater than 0")
+    with db.session() as session:
+        batch_row = _get_or_create_batch(session, batch, intake_options, source)
+        new_ids = _insert_tasks(session, batch_row.id, intake.tasks, progress)
+        runnable = _runnable_now(batch_row)
+    report.new, report.existing, report.written = len(new_ids), len(intake.tasks) - len(new_ids), True
+    if dispatcher is not None and runnable and new_ids:
+        report.dispatched = dispatcher.publish(new_ids)
+        with db.session() as session:
+            transitions.mark_dispatched(session, new_ids)
+    return report
+
+
+def _get_or_create_batch(
+    session: Session, options: BatchOptions, intake: IntakeOptions, source: str | None
+) -> Batch:
+    existing = session.scalars(select(Batch).where(Batch.name == options.name)).one_or_none()
+    if existing is not None:
+        if existing.status == BatchStatus.CANCELLED.value:
+            raise SubmitError(f"batch {options.name!r} was cancelled; submit under another --batch name")
+        if options.budget_usd is not None:
+            existing.budget_usd = options.budget_usd
+        return existing
+    batch = Batch(
+        id=new_id(),
+        name=options.name,
+        status=BatchStatus.OPEN.value,
+        source=source,
+        template=intake.template,
+        model=intake.model,
+        image_size=intake.image_size,
+        aspect_ratio=intake.aspect_ratio,
+        output_format=intake.output_format,
+        reuse=options.reuse,
+        budget_usd=options.budget_usd,
+        spent_usd=0.0,
+        reserved_usd=0.0,
+        scheduled_for=options.scheduled_for,
+        window_start=options.window[0] if options.window else None,
+        window_end=options.window[1] if options.window else None,
+        window_tz=options.window_tz if options.window else None,
+        created_at=utcnow(),
+    )
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def _insert_tasks(
+    session: Session, batch_id: str, tasks: Sequence[TaskSpec], progress: Callable[[int], None] | None
+) -> list[str]:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    new_ids: list[str] = []
+    for start in range(0, len(tasks), INSERT_CHUNK):
+        chunk = tasks[start : start + INSERT_CHUNK]
+        rows = [_row(batch_id, spec, now) for spec in chunk]
+        stmt = (
+            insert(GenerationTask)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["batch_id", "key"])
+            .returning(GenerationTask.id)
+        )
+        new_ids.extend(session.scalars(stmt))
+        if progress:
+            progress(len(chunk))
+    return new_ids
+
+
+def _row(batch_id: str, spec: TaskSpec, now: datetime) -> dict[str, object]:
+    return {
+        "id": new_id(),
+        "batch_id": batch_id,
+        "key": spec.key,
+        "prompt": spec.prompt,
+        "input_images": list(spec.input_images),
+        "model": spec.model,
+        "image_size": spec.image_size,
+        "aspect_ratio": spec.aspect_ratio,
+        "output_format": spec.output_format,
+        "status": "pending",
+        "attempts": 0,
+        "rate_waits": 0,
+        "content_hash": spec.content_hash,
+        "extra": spec.extra or None,
+        "created_at": now,
+    }
+
+
+def _runnable_now(batch: Batch) -> bool:
+    now = utcnow()
+    if batch.status != BatchStatus.OPEN.value:
+        return False
+    if batch.scheduled_for is not None and batch.scheduled_for > now:
+        return False
+    return not outside_window(now, batch.window_start, batch.window_end, batch.window_tz or "UTC")

@@ -1,0 +1,137 @@
+"""Every status change is one conditional UPDATE: on PostgreSQL and on SQLite, racing claimers lose."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from models import transitions
+from models.base import utcnow
+from models.db import Database
+from models.tables import Batch, GenerationTask, new_id
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest) -> Database:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    database = Database(url)
+    yield database  # type: ignore[misc]
+    database.dispose()
+
+
+def add_batch(db: Database, n: int = 1, **batch_fields: object) -> tuple[str, list[str]]:
+    batch_id = new_id()
+    ids = [new_id() for _ in range(n)]
+    with db.session() as s:
+        s.add(Batch(id=batch_id, name=f"b-{batch_id[:8]}", model="gemini-2.5-flash-image", **batch_fields))
+        s.flush()
+        for i, tid in enumerate(ids):
+            s.add(GenerationTask(id=tid, batch_id=batch_id, key=f"k{i}", prompt="p", model="m", aspect_ratio="1:1"))
+    return batch_id, ids
+
+
+def get(db: Database, task_id: str) -> GenerationTask:
+    with db.session() as s:
+        return s.get_one(GenerationTask, task_id)
+
+
+def test_only_one_of_many_concurrent_claimers_wins(db: Database) -> None:
+    _, (tid,) = add_batch(db)
+    winners: list[str] = []
+    start = threading.Barrier(8)
+
+    def claimer(name: str) -> None:
+        start.wait()
+        with db.session() as s:
+            if transitions.claim(s, tid, worker=name, lease_seconds=60):
+                winners.append(name)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert get(db, tid).worker == winners[0]
+
+
+def test_finishing_needs_the_claim_token(db: Database) -> None:
+    _, (tid,) = add_batch(db)
+    with db.session() as s:
+        row = transitions.claim(s, tid, worker="w", lease_seconds=60)
+    assert row is not None and row.claim_token
+    outcome = transitions.Outcome("file:///x.png", "0" * 64, "image/png", 1, 1, 10, cost_usd=0.039)
+    with db.session() as s:
+        assert not transitions.complete(s, tid, "someone-else", outcome)
+        assert transitions.complete(s, tid, row.claim_token, outcome)
+        assert not transitions.complete(s, tid, row.claim_token, outcome)  # already completed
+    assert get(db, tid).status == "completed"
+
+
+def test_rate_waits_do_not_consume_attempts(db: Database) -> None:
+    _, (tid,) = add_batch(db)
+    for count_attempt in (False, False, True):
+        with db.session() as s:
+            row = transitions.claim(s, tid, worker="w", lease_seconds=60)
+            assert row is not None
+            transitions.requeue(s, tid, row.claim_token or "", not_before=None, count_attempt=count_attempt)
+    task = get(db, tid)
+    assert (task.status, task.attempts, task.rate_waits) == ("pending", 1, 2)
+
+
+def test_a_parked_row_is_not_claimable_before_its_time(db: Database) -> None:
+    _, (tid,) = add_batch(db)
+    with db.session() as s:
+        row = transitions.claim(s, tid, worker="w", lease_seconds=60)
+        assert row is not None
+        later = utcnow() + timedelta(hours=1)
+        transitions.requeue(s, tid, row.claim_token or "", not_before=later, count_attempt=False)
+    with db.session() as s:
+        assert transitions.claim(s, tid, worker="w", lease_seconds=60) is None
+        assert transitions.claim(s, tid, worker="w", lease_seconds=60, now=later + timedelta(seconds=1))
+
+
+def test_expired_leases_are_reclaimed_and_eventually_failed(db: Database) -> None:
+    _, (tid,) = add_batch(db)
+    for round_ in range(3):
+        with db.session() as s:
+            assert transitions.claim(s, tid, worker="dead", lease_seconds=1)
+        with db.session() as s:
+            assert transitions.reclaim_expired(s, max_attempts=3, now=utcnow() + timedelta(seconds=5)) == 1
+        assert get(db, tid).status == ("pending" if round_ < 2 else "failed")
+    assert get(db, tid).error_code == "lease_expired"
+
+
+def test_paused_and_scheduled_batches_are_not_claimable(db: Database) -> None:
+    _, (paused,) = add_batch(db, status="paused")
+    _, (later,) = add_batch(db, scheduled_for=utcnow() + timedelta(hours=2))
+    with db.session() as s:
+        assert transitions.claim(s, paused, worker="w", lease_seconds=60) is None
+        assert transitions.claim(s, later, worker="w", lease_seconds=60) is None
+        assert transitions.due_for_dispatch(s, older_than=utcnow()) == []
+
+
+def test_retry_failed_gives_a_fresh_attempt_budget(db: Database) -> None:
+    batch_id, ids = add_batch(db, 2)
+    for tid, code in zip(ids, ["blocked", "unavailable"], strict=True):
+        with db.session() as s:
+            row = transitions.claim(s, tid, worker="w", lease_seconds=60)
+            assert row is not None
+            transitions.fail(s, tid, row.claim_token or "", code=code, message="x")
+    with db.session() as s:
+        assert transitions.retry_failed(s, batch_id, error_code="unavailable") == [ids[1]]
+    assert (get(db, ids[1]).status, get(db, ids[1]).attempts) == ("pending", 0)
+    assert get(db, ids[0]).status == "failed"
+
+
+def test_budget_reservations_stop_at_the_budget(db: Database) -> None:
+    batch_id, _ = add_batch(db, budget_usd=0.10)
+    with db.session() as s:
+        assert transitions.reserve_budget(s, batch_id, 0.06)
+        assert not transitions.reserve_budget(s, batch_id, 0.06)
+        transitions.release_budget(s, batch_id, 0.06)
+        assert transitions.reserve_budget(s, batch_id, 0.06)
