@@ -18,8 +18,9 @@ from tasks.celery_app import configure_app
 from tasks.runtime import Runtime, build_runtime
 from tasks.settings import Settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) gets a wide console so tables are not squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def load_settings(**overrides: object) -> Settings:

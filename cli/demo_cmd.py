@@ -31,7 +31,7 @@ TEMPLATE = "Studio product photo of a {color} {title} made of {material}, on a c
 
 
 def demo_command(
-    time_scale: float = typer.Option(0.02, "--time-scale", help="Simulated latency 8-20 s times this"),
+    time_scale: float = typer.Option(0.1, "--time-scale", help="Simulated latency 8-20 s times this"),
     concurrency: int = typer.Option(8, "--concurrency", "-c", help="Worker threads"),
     timeout: float = typer.Option(600.0, "--timeout", help="Give up after this many seconds"),
 ) -> None:

@@ -27,7 +27,13 @@ def control_queue(settings: Settings) -> str:
 
 
 def configure_app(app: Celery, settings: Settings) -> Celery:
-    """Apply the nanobatch configuration for ``settings`` to ``app`` (also used to reconfigure)."""
+    """Apply the nanobatch configuration for ``settings`` to ``app`` (also used to reconfigure).
+
+    Reconfiguring to another broker drops the connection pools, the way Celery itself does after
+    a fork, so the next publish connects to the new broker instead of the old one.
+    """
+    if app.configured and app.conf.broker_url != settings.broker_url:
+        app._after_fork()
     app.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.redis_url or "memory://"
+        return self.redis_url or "memory://localhost//"
 
     @property
     def api_key_value(self) -> str | None:

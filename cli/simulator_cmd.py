@@ -1,0 +1,78 @@
+"""``nanobatch simulator``: run the fake Gemini / OpenAI upstream in the foreground.
+
+Users rehearse a backfill against it before spending money (point the provider base URL at the
+printed URL), and benchmarks start it with tight quotas and faults. This module only turns flags
+into a :class:`SimulatorConfig` and prints one line; the simulator itself reads no environment.
+The API key (flag or ``NANOBATCH_SIM_API_KEY``) is a fake key clients must present -- it is never
+printed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from simulator.config import SimulatorConfig
+from simulator.server import RunningSimulator, is_loopback, serve
+
+
+def build_config(
+    *, latency: str = "8-20", time_scale: float = 1.0, rpm: int | None = None, rpd: int | None = None,
+    tpm: int | None = None, concurrency: int | None = None, fail_rate: str = "",
+    timeout_rate: float = 0.0, drop_rate: float = 0.0, block_words: str = "",
+    no_image_rate: float = 0.0, api_key: str | None = None, thumbnails: bool = False,
+    seed: int | None = None,
+) -> SimulatorConfig:
+    """Flags (as typed) -> a validated config; raises ``ValueError`` with a readable message."""
+    return SimulatorConfig(
+        latency=SimulatorConfig.parse_latency(latency), time_scale=time_scale, rpm=rpm, rpd=rpd,
+        tpm=tpm, concurrency=concurrency, fail_rates=SimulatorConfig.parse_fail_rates(fail_rate),
+        timeout_rate=timeout_rate, drop_rate=drop_rate, no_image_rate=no_image_rate,
+        block_words=tuple(word for word in block_words.split(",") if word.strip()),
+        api_key=api_key or None, thumbnails=thumbnails, seed=seed,
+    )
+
+
+def ready_line(simulator: RunningSimulator) -> str:
+    return f"nanobatch simulator listening on {simulator.url} ({simulator.config.describe()})"
+
+
+def simulator_command(
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8089,
+    latency: Annotated[str, typer.Option(help="Seconds per request: MIN-MAX uniform, or one number.")] = "8-20",
+    time_scale: Annotated[float, typer.Option(help="Multiply latency by this (0.01 = 100x faster).")] = 1.0,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute per model (sliding 60 s).")] = None,
+    rpd: Annotated[int | None, typer.Option(help="Requests per day per model (resets midnight PT).")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute per model (prompt + output).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight per model.")] = None,
+    fail_rate: Annotated[str, typer.Option(help="Injected errors, e.g. 500=0.01,503=0.05,504=0.01.")] = "",
+    timeout_rate: Annotated[float, typer.Option(help="Share of requests held unanswered.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="Share of responses cut mid-body.")] = 0.0,
+    block_words: Annotated[str, typer.Option(help="Comma-separated words that trigger safety blocks.")] = "",
+    no_image_rate: Annotated[float, typer.Option(help="Share of 200s with NO_IMAGE and no image.")] = 0.0,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="NANOBATCH_SIM_API_KEY", show_default=False,
+        help="Fake key clients must present (never printed).")] = None,
+    thumbnails: Annotated[bool, typer.Option(
+        "--thumbnails", help="Serve small images; real size in X-Sim-Image-Width/-Height.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for latency and faults (reproducible runs).")] = None,
+) -> None:
+    """Run a fake Gemini / OpenAI image API on this machine (Ctrl-C stops it)."""
+    try:
+        config = build_config(
+            latency=latency, time_scale=time_scale, rpm=rpm, rpd=rpd, tpm=tpm, concurrency=concurrency,
+            fail_rate=fail_rate, timeout_rate=timeout_rate, drop_rate=drop_rate, block_words=block_words,
+            no_image_rate=no_image_rate, api_key=api_key, thumbnails=thumbnails, seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    remote = not is_loopback(host)
+    if remote:
+        typer.echo(f"warning: listening on {host}, reachable beyond this machine (plain HTTP)", err=True)
+    try:
+        serve(config, host, port, on_ready=lambda sim: typer.echo(ready_line(sim)), allow_remote=remote)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,221 @@
+"""One simulator's state and its request pipeline, independent of the HTTP server that feeds it.
+
+Every image request runs the same steps in the order the real services apply them:
+auth -> validation -> quotas -> faults -> latency -> answer. A request refused before quotas
+consumes no quota; an admitted one holds a concurrency slot until its answer has been written.
+Counters are updated before the answer goes out, so a client that holds a response can already
+see it in ``stats()``. All state (counters, windows, random sequence, file store) belongs to one
+:class:`SimulatorApp`, so two simulators in one process share nothing.
+
+Timing of faults: 500/502/503 (and other injected statuses) answer at once, as overloaded front
+ends do; 504 answers after the full latency, as a deadline does; a timeout holds the request
+without answering; a drop answers after the latency and cuts the body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from models.catalog import Catalog, load_catalog
+from simulator import google_errors
+from simulator.config import SimulatorConfig
+from simulator.faults import FaultPlan
+from simulator.files import FileStore
+from simulator.gemini_routes import PATH as GEMINI_PATH
+from simulator.gemini_routes import GeminiDialect
+from simulator.images import Renderer
+from simulator.openai_routes import PATHS as OPENAI_PATHS
+from simulator.openai_routes import OpenAIDialect
+from simulator.protocol import Dialect, Drop, Hold, HttpRequest, ImageJob, Outcome, Rejected, Reply
+from simulator.quotas import QuotaBook, QuotaLimits, QuotaViolation, Ticket
+from simulator.safety import find_block
+from simulator.stats import RequestRecord, Stats
+
+logger = logging.getLogger("nanobatch.simulator")
+
+Send = Callable[[Outcome], None]
+RECENT_DEFAULT = 50
+
+
+class SimulatorApp:
+    """Routes requests and runs the pipeline; ``send`` writes an outcome to the client."""
+
+    def __init__(self, config: SimulatorConfig, *, catalog: Catalog | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.catalog = catalog or load_catalog()
+        limits = QuotaLimits(rpm=config.rpm, rpd=config.rpd, tpm=config.tpm, concurrency=config.concurrency)
+        self.quotas = QuotaBook(limits, clock=clock, concurrency_retry=_concurrency_retry(config))
+        self.faults = FaultPlan(config)
+        self.stats = Stats()
+        self.renderer = Renderer()
+        self.files = FileStore()
+        self.stopping = threading.Event()
+
+    def handle(self, request: HttpRequest, send: Send) -> None:
+        dialect = self._dialect(request)
+        if dialect is not None and request.method == "POST":
+            self._generate(request, dialect, send)
+        else:
+            send(self._control(request, api_path=dialect is not None))
+
+    def reset(self) -> None:
+        """Zero counters and quota windows; replay the random sequence from the seed."""
+        self.stats.reset()
+        self.quotas.reset()
+        self.faults.dice.reseed()
+
+    def _dialect(self, request: HttpRequest) -> Dialect | None:
+        match = GEMINI_PATH.match(request.path)
+        if match:
+            return GeminiDialect(self.catalog, self.config, match["version"], match["model"])
+        endpoint = OPENAI_PATHS.get(request.path)
+        if endpoint:
+            return OpenAIDialect(self.catalog, self.config, self.files, endpoint, request.base_url)
+        return None
+
+    # -- the image pipeline -------------------------------------------------------------------
+
+    def _generate(self, request: HttpRequest, dialect: Dialect, send: Send) -> None:
+        record = RequestRecord(route=dialect.route, auth=dialect.auth_style(request))
+        self.stats.begin()
+        ticket: Ticket | None = None
+        try:
+            outcome, ticket = self._run(request, dialect, record)
+            _settle(record, outcome)
+            self.stats.finish(record)
+            send(outcome)
+        finally:
+            if ticket is not None:
+                self.quotas.release(ticket)
+            self.stats.end()
+
+    def _run(self, request: HttpRequest, dialect: Dialect,
+             record: RequestRecord) -> tuple[Outcome, Ticket | None]:
+        """The outcome, and the quota ticket to release once it is sent (a bug answers 500)."""
+        ticket: Ticket | None = None
+        try:
+            admitted = self._admit(request, dialect, record)
+            if not isinstance(admitted, tuple):
+                return admitted, None
+            job, ticket = admitted
+            return self._serve(job, dialect, record), ticket
+        except Exception:
+            logger.exception("simulator failed on %s %s", request.method, request.path)
+            record.outcome = "error"
+            return google_errors.google_error(500, "Simulator internal error (a bug)."), ticket
+
+    def _admit(self, request: HttpRequest, dialect: Dialect,
+               record: RequestRecord) -> Reply | tuple[ImageJob, Ticket]:
+        try:
+            dialect.authenticate(request)
+            job = dialect.parse(request)
+        except Rejected as rejected:
+            record.outcome = rejected.outcome
+            return rejected.reply
+        record.describe(job)
+        self.stats.received_inputs(len(job.input_mime_types))
+        admitted = self.quotas.admit(job.model.name, job.quota_tokens)
+        if isinstance(admitted, QuotaViolation):
+            record.outcome = "rate_limited"
+            return dialect.rate_limited(admitted)
+        return job, admitted
+
+    def _serve(self, job: ImageJob, dialect: Dialect, record: RequestRecord) -> Outcome:
+        fault = self.faults.draw_fault()
+        record.fault = fault.label if fault else None
+        if fault is not None and fault.kind == "timeout":
+            return Hold(self.config.hold_seconds)
+        status = fault.status if fault is not None and fault.kind == "status" else None
+        if status is not None and status != 504:
+            return self._failure(dialect, record, status)
+        if not self._wait(self.faults.draw_latency()):
+            return self._failure(dialect, record, 503)
+        if status == 504:
+            return self._failure(dialect, record, 504)
+        reply = self._answer(job, dialect, record)
+        if fault is not None and fault.kind == "drop":
+            record.images = 0
+            return Drop(reply)
+        return reply
+
+    def _answer(self, job: ImageJob, dialect: Dialect, record: RequestRecord) -> Reply:
+        decision = find_block(job.prompt, self.config.block_words)
+        if decision is not None:
+            record.outcome = "blocked"
+            return dialect.blocked(job, decision)
+        if dialect.allows_no_image and self.faults.draw_no_image():
+            record.outcome, record.fault = "no_image", "no_image"
+            return dialect.no_image(job)
+        images = [self.renderer.render(job.prompt, job.width, job.height, fmt=job.fmt, label=job.label,
+                                       thumbnail=self.config.thumbnails, variant=i) for i in range(job.n)]
+        record.outcome, record.images = "image", len(images)
+        reply = dialect.success(job, images)
+        if not self.config.thumbnails:
+            return reply
+        real = {"X-Sim-Image-Width": str(job.width), "X-Sim-Image-Height": str(job.height)}
+        return dataclasses.replace(reply, headers={**reply.headers, **real})
+
+    @staticmethod
+    def _failure(dialect: Dialect, record: RequestRecord, status: int) -> Reply:
+        record.outcome = "fault"
+        return dialect.failure(status)
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep the simulated latency; ``False`` when the simulator is stopping meanwhile."""
+        return seconds <= 0 or not self.stopping.wait(seconds)
+
+    # -- control endpoints --------------------------------------------------------------------
+
+    def _control(self, request: HttpRequest, *, api_path: bool) -> Reply:
+        method, path = request.method, request.path
+        if method == "GET" and path == "/_sim/stats":
+            return Reply.json(200, self.stats.snapshot())
+        if method == "GET" and path == "/_sim/requests":
+            return Reply.json(200, {"requests": self.stats.recent(_limit(request))})
+        if method == "POST" and path == "/_sim/reset":
+            self.reset()
+            return Reply.json(200, {"reset": True})
+        if method == "GET" and path.startswith("/_sim/files/"):
+            return self._file(path.removeprefix("/_sim/files/"))
+        return self._unknown(request, api_path=api_path)
+
+    def _file(self, file_id: str) -> Reply:
+        stored = self.files.get(file_id)
+        if stored is None:
+            return google_errors.google_error(404, f"file {file_id} is not stored (expired or never existed)")
+        data, mime_type = stored
+        return Reply(200, data, mime_type)
+
+    def _unknown(self, request: HttpRequest, *, api_path: bool) -> Reply:
+        status = 405 if api_path else 404
+        record = RequestRecord(route="unknown", status=status, outcome="not_found")
+        self.stats.begin()
+        self.stats.finish(record)
+        self.stats.end()
+        message = f"{request.method} {request.path} is not served by the nanobatch simulator"
+        return google_errors.google_error(status, message, status="NOT_FOUND" if status == 404 else
+                                          "METHOD_NOT_ALLOWED")
+
+
+def _settle(record: RequestRecord, outcome: Outcome) -> None:
+    if isinstance(outcome, Reply):
+        record.status = outcome.status
+    else:
+        record.outcome = "timeout" if isinstance(outcome, Hold) else "drop"
+
+
+def _limit(request: HttpRequest) -> int:
+    try:
+        return max(1, min(int(request.query_value("limit") or RECENT_DEFAULT), 1000))
+    except ValueError:
+        return RECENT_DEFAULT
+
+
+def _concurrency_retry(config: SimulatorConfig) -> float:
+    """A concurrency 429's retry hint: the shortest simulated latency (a slot frees by then)."""
+    return max(0.1, min(config.latency[0] * config.time_scale, 60.0))

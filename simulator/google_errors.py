@@ -1,0 +1,104 @@
+"""Error answers exactly as the Gemini API shapes them (``google.rpc.Status`` as JSON).
+
+Clients classify errors by these bodies -- ``status``, ``QuotaFailure.violations[].quotaId`` and
+``RetryInfo.retryDelay`` -- and never by messages, so the shapes here follow Google's: a Duration
+string with fractional seconds for ``retryDelay``, no ``Retry-After`` header, ``ErrorInfo`` with
+``API_KEY_INVALID`` for a wrong key. A 502 is not a Google body at all but an HTML page from the
+front end, which is what clients actually meet in production.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from simulator.protocol import Reply
+from simulator.quotas import QuotaViolation
+
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+    501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+
+FAULT_MESSAGES = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+    504: "Deadline expired before operation could complete.",
+}
+
+RATE_LIMIT_DOCS = "https://ai.google.dev/gemini-api/docs/rate-limits"
+
+BAD_GATEWAY_HTML = (
+    b"<!DOCTYPE html>\n<html lang=en><meta charset=utf-8><title>Error 502 (Server Error)!!1</title>"
+    b"<p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary error and "
+    b"could not complete your request.<p>Please try again in 30 seconds. <ins>That's all we know.</ins>"
+)
+
+
+def format_duration(seconds: float) -> str:
+    """A protobuf Duration in JSON form, millisecond precision: ``26.5s``, ``0.412s``, ``3s``."""
+    millis = max(1, math.ceil(round(seconds * 1000, 6)))
+    whole, frac = divmod(millis, 1000)
+    return f"{whole}s" if frac == 0 else f"{whole}.{frac:03d}".rstrip("0") + "s"
+
+
+def google_error(code: int, message: str, details: list[dict[str, Any]] | None = None,
+                 status: str | None = None) -> Reply:
+    """``{"error": {"code", "message", "status", "details"?}}`` with the matching HTTP status."""
+    error: dict[str, Any] = {"code": code, "message": message,
+                             "status": status or STATUS_NAMES.get(code, "UNKNOWN")}
+    if details:
+        error["details"] = details
+    return Reply.json(code, {"error": error})
+
+
+def api_key_invalid() -> Reply:
+    message = "API key not valid. Please pass a valid API key."
+    return google_error(400, message, [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+         "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
+        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message},
+    ])
+
+
+def api_key_missing() -> Reply:
+    return google_error(403, "Method doesn't allow unregistered callers (callers without established "
+                        "identity). Please use API Key or other form of API consumer identity to call "
+                        "this API.")
+
+
+def invalid_argument(message: str) -> Reply:
+    return google_error(400, message)
+
+
+def model_not_found(model: str, version: str) -> Reply:
+    return google_error(404, f"models/{model} is not found for API version {version}, or is not "
+                        "supported for generateContent. Call ListModels to see the list of available "
+                        "models and their supported methods.")
+
+
+def quota_exceeded(violation: QuotaViolation) -> Reply:
+    """The 429 a quota violation earns: Help, QuotaFailure and RetryInfo details."""
+    kind, delay = violation.kind, format_duration(violation.retry_after)
+    message = (f"You exceeded your current quota, please check your plan and billing details. For more "
+               f"information on this error, head to: {RATE_LIMIT_DOCS}.\n* Quota exceeded for metric: "
+               f"{kind.quota_metric}, limit: {violation.limit}, model: {violation.model}\n"
+               f"Please retry in {delay}.")
+    return google_error(429, message, [
+        {"@type": "type.googleapis.com/google.rpc.Help",
+         "links": [{"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOCS}]},
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+            "quotaMetric": kind.quota_metric, "quotaId": kind.quota_id,
+            "quotaDimensions": {"model": violation.model, "location": "global"},
+            "quotaValue": str(violation.limit)}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+    ])
+
+
+def fault(status: int) -> Reply:
+    """An injected failure: HTML for 502 (a front-end error), a Google Status body otherwise."""
+    if status == 502:
+        return Reply(502, BAD_GATEWAY_HTML, "text/html; charset=UTF-8")
+    return google_error(status, FAULT_MESSAGES.get(status, "Simulated upstream failure."))

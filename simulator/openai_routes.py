@@ -1,0 +1,89 @@
+"""The OpenAI images dialect: ``POST /v1/images/generations`` and ``POST /v1/images/edits``.
+
+Answers are ``{"created", "data": [{"b64_json" | "url", "revised_prompt"}], "usage"}``; a URL
+points back at this simulator (``/_sim/files/<id>``) so clients exercise their download path.
+OpenAI has no "200 without an image" answer, so ``no_image_rate`` does not apply here; both safety
+block shapes become the 400 ``moderation_blocked`` error OpenAI returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from models.catalog import Catalog
+from simulator import openai_errors
+from simulator.auth import key_matches, openai_key
+from simulator.config import SimulatorConfig
+from simulator.files import FileStore
+from simulator.images import RenderedImage
+from simulator.openai_request import build_job, image_mime, read_form, read_json, resolve_model
+from simulator.protocol import HttpRequest, ImageJob, Rejected, Reply
+from simulator.quotas import QuotaViolation
+from simulator.safety import BlockDecision
+
+PATHS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
+
+
+class OpenAIDialect:
+    allows_no_image = False
+
+    def __init__(self, catalog: Catalog, config: SimulatorConfig, files: FileStore, endpoint: str,
+                 base_url: str) -> None:
+        self.catalog, self.config, self.files, self.endpoint = catalog, config, files, endpoint
+        self.base_url = base_url
+        self.route = f"openai.{endpoint}"
+
+    def auth_style(self, request: HttpRequest) -> str:
+        return openai_key(request)[0]
+
+    def authenticate(self, request: HttpRequest) -> None:
+        expected = self.config.api_key
+        if expected is None:
+            return
+        key = openai_key(request)[1]
+        if key is None:
+            raise Rejected(openai_errors.api_key_missing(), "auth")
+        if not key_matches(key, expected):
+            raise Rejected(openai_errors.api_key_invalid(), "auth")
+
+    def parse(self, request: HttpRequest) -> ImageJob:
+        default = self.config.image_format_default
+        if self.endpoint == "edits":
+            fields, uploads = read_form(request)
+            model = resolve_model(self.catalog, fields)
+            return build_job(model, fields, [image_mime(part) for part in uploads], default)
+        body = read_json(request)
+        return build_job(resolve_model(self.catalog, body), body, [], default)
+
+    def rate_limited(self, violation: QuotaViolation) -> Reply:
+        return openai_errors.rate_limited(violation)
+
+    def failure(self, status: int) -> Reply:
+        return openai_errors.fault(status)
+
+    def blocked(self, job: ImageJob, decision: BlockDecision) -> Reply:
+        return openai_errors.content_blocked()
+
+    def no_image(self, job: ImageJob) -> Reply:
+        raise NotImplementedError("OpenAI images have no empty-answer shape")
+
+    def success(self, job: ImageJob, images: list[RenderedImage]) -> Reply:
+        data = [self._datum(job, image) for image in images]
+        output = job.output_tokens * len(images)
+        image_tokens = len(job.input_mime_types) * job.model.input_image_tokens
+        usage = {
+            "input_tokens": job.prompt_tokens, "output_tokens": output,
+            "total_tokens": job.prompt_tokens + output,
+            "input_tokens_details": {"text_tokens": job.prompt_tokens - image_tokens,
+                                     "image_tokens": image_tokens},
+        }
+        body = {"created": int(time.time()), "data": data, "output_format": job.fmt, "usage": usage}
+        return Reply.json(200, body)
+
+    def _datum(self, job: ImageJob, image: RenderedImage) -> dict[str, Any]:
+        if job.response_format == "url":
+            file_id = self.files.put(image.data, image.mime_type)
+            return {"url": f"{self.base_url}/_sim/files/{file_id}", "revised_prompt": job.prompt}
+        return {"b64_json": base64.b64encode(image.data).decode(), "revised_prompt": job.prompt}

@@ -1,0 +1,135 @@
+"""What the upstream saw: counters and the last request summaries, per simulator instance.
+
+Benchmarks and tests prove client behaviour from the *server's* side (no request above the rpm,
+peak concurrency under the cap, every 429 honoured), so the counters are exact and updated before
+the answer is written: once a client holds a response, ``stats()`` already includes it. Summaries
+never contain an API key, only the style it was presented in.
+
+``requests`` counts arrivals; every finished request lands in ``by_route`` and ``by_status``
+exactly once. ``by_status`` keys are HTTP statuses as strings, plus ``"timeout"`` (held, never
+answered) and ``"drop"`` (cut mid-body) for requests that got no complete answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from simulator.protocol import ImageJob
+
+PROMPT_PREVIEW = 80
+RECENT_KEPT = 1000
+
+
+@dataclass
+class RequestRecord:
+    """The summary of one request, filled in as the pipeline learns about it."""
+
+    route: str
+    at: float = field(default_factory=time.time)
+    auth: str = "none"
+    model: str | None = None
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    width: int | None = None
+    height: int | None = None
+    n: int = 0
+    n_input_images: int = 0
+    input_mime_types: list[str] = field(default_factory=list)
+    prompt: str = ""
+    status: int | None = None
+    outcome: str = ""
+    fault: str | None = None
+    images: int = 0
+
+    def describe(self, job: ImageJob) -> None:
+        self.model, self.aspect_ratio, self.image_size = job.model.name, job.aspect_ratio, job.image_size
+        self.width, self.height, self.n = job.width, job.height, job.n
+        self.n_input_images = len(job.input_mime_types)
+        self.input_mime_types = list(job.input_mime_types)
+        self.prompt = job.prompt[:PROMPT_PREVIEW]
+
+    @property
+    def status_key(self) -> str:
+        return str(self.status) if self.status is not None else self.outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Stats:
+    """Thread-safe counters; one instance per simulator."""
+
+    def __init__(self, keep: int = RECENT_KEPT) -> None:
+        self._lock = threading.Lock()
+        self._recent: deque[RequestRecord] = deque(maxlen=keep)
+        self._in_flight = self._peak = 0
+        self._requests = self._rate_limited = self._blocked = self._images = self._inputs = 0
+        self._by_route: Counter[str] = Counter()
+        self._by_status: Counter[str] = Counter()
+        self._by_model: Counter[str] = Counter()
+        self._faults: Counter[str] = Counter()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._requests += 1
+            self._in_flight += 1
+            self._peak = max(self._peak, self._in_flight)
+
+    def end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def received_inputs(self, count: int) -> None:
+        with self._lock:
+            self._inputs += count
+
+    def finish(self, record: RequestRecord) -> None:
+        """Count a finished request (call before its answer is written)."""
+        with self._lock:
+            self._by_route[record.route] += 1
+            self._by_status[record.status_key] += 1
+            if record.model:
+                self._by_model[record.model] += 1
+            self._rate_limited += record.status == 429
+            self._blocked += record.outcome == "blocked"
+            self._images += record.images
+            if record.fault:
+                self._faults[record.fault] += 1
+            self._recent.append(record)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "by_route": dict(self._by_route),
+                "by_status": dict(self._by_status),
+                "by_model": dict(self._by_model),
+                "rate_limited": self._rate_limited,
+                "current_concurrency": self._in_flight,
+                "peak_concurrency": self._peak,
+                "images_served": self._images,
+                "input_images_received": self._inputs,
+                "blocked": self._blocked,
+                "faults": dict(self._faults),
+            }
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            records = list(self._recent)[-limit:] if limit > 0 else []
+        return [record.to_dict() for record in records]
+
+    def reset(self) -> None:
+        """Zero every counter; requests still in flight stay counted as in flight."""
+        with self._lock:
+            self._zero()
+            self._recent.clear()
+
+    def _zero(self) -> None:
+        self._requests = self._rate_limited = self._blocked = self._images = self._inputs = 0
+        self._peak = self._in_flight
+        for counter in (self._by_route, self._by_status, self._by_model, self._faults):
+            counter.clear()

@@ -1,0 +1,30 @@
+"""Build providers and their shared HTTP client from typed config (the only place that picks a class).
+
+Why a factory: callers (the Celery task, the CLI, benchmarks) hold a :class:`ProviderConfig` and one
+``httpx.Client`` per worker process; they should not import protocol modules or branch on ``kind``.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from workers.providers.base import Provider, ProviderConfig
+from workers.providers.gemini import GeminiProvider
+from workers.providers.http import make_http_client
+from workers.providers.openai_compat import OpenAICompatProvider
+
+__all__ = ["make_http_client", "make_provider"]
+
+_PROVIDERS: dict[str, type[GeminiProvider] | type[OpenAICompatProvider]] = {
+    "gemini": GeminiProvider,
+    "openai": OpenAICompatProvider,
+}
+
+
+def make_provider(config: ProviderConfig, client: httpx.Client) -> Provider:
+    """The provider for ``config.kind``, talking through the injected (shared, pooled) ``client``."""
+    try:
+        provider_class = _PROVIDERS[config.kind]
+    except KeyError:
+        raise ValueError(f"unknown provider kind {config.kind!r}; known: {', '.join(_PROVIDERS)}") from None
+    return provider_class(config, client)

@@ -1,0 +1,324 @@
+"""Gemini native ``generateContent`` for image models, translated into our request/result/error types.
+
+Why a hand-written client rather than ``google-genai``: a worker needs one pooled ``httpx.Client``
+shared by its threads, explicit timeouts, and every failure classified into :mod:`workers.errors`
+(DESIGN §7) — the SDK hides the 429 details (QuotaFailure, RetryInfo) we schedule by.
+
+Wire format (DESIGN §8): camelCase request; responses are read in camelCase or snake_case
+(``inlineData``/``inline_data``), because relays re-serialise either way. Thought parts
+(``thought: true``, Gemini 3 interim images and reasoning text) are skipped.
+
+Output format: the Gemini Developer API has **no** field to choose the output mime type — the
+``outputMimeType`` in ``imageConfig`` is rejected with ``400 Invalid JSON payload received. Unknown
+name "outputMimeType"`` and ``google-genai`` refuses ``output_mime_type`` outside Vertex. So a "jpeg"
+request is not forwarded; we record the mime the bytes actually are and leave conversion to storage.
+
+429 classification order: a quota of 0 (``quotaValue: "0"``, ``limit: 0``, billing disabled) is a
+misconfiguration and wins over ``PerDay`` (parking until midnight would loop forever); then
+``PerDay`` → :class:`DailyQuotaExhausted`; else :class:`RateLimited`. Google's *every* 429 message
+says "check your plan and billing details", so that phrase alone never means misconfiguration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from workers.errors import (
+    ContentBlocked,
+    DailyQuotaExhausted,
+    InvalidRequest,
+    NoImageReturned,
+    ProviderError,
+    QuotaMisconfigured,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from workers.providers.base import ImageRequest, ImageResult, ProviderConfig
+from workers.providers.http import (
+    as_dict,
+    as_int,
+    as_list,
+    as_str,
+    body_excerpt,
+    first_dict,
+    json_body,
+    parse_duration,
+    retry_after_from_headers,
+    send,
+    sniff_mime,
+    status_error_class,
+    truncate,
+)
+from workers.redact import redact
+
+#: finishReason / blockReason values that mean "refused for safety or policy": fail now, not retried.
+BLOCK_REASONS = frozenset(
+    {
+        "SAFETY",
+        "IMAGE_SAFETY",
+        "PROHIBITED_CONTENT",
+        "IMAGE_PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_RECITATION",
+    }
+)
+
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_ZERO_QUOTA = re.compile(
+    r"\blimit:\s*0(?![\d.])|billing (?:is )?(?:not enabled|disabled)|enable billing|BILLING_DISABLED",
+    re.IGNORECASE,
+)
+
+JSON = dict[str, Any]
+
+
+class GeminiProvider:
+    """``POST {base}/{version}/models/{model}:generateContent`` for one image per call."""
+
+    name = "gemini"
+
+    def __init__(self, config: ProviderConfig, client: httpx.Client) -> None:
+        self._config = config
+        self._client = client
+
+    def generate(self, request: ImageRequest) -> ImageResult:
+        key = self._config.api_key
+        response = send(
+            self._client,
+            "POST",
+            self.url_for(request.model),
+            secret=key,
+            json=build_body(request),
+            headers=self.auth_headers(),
+        )
+        if not response.is_success:
+            raise error_from_response(response, key)
+        payload = json_body(response)
+        if not isinstance(payload, dict):
+            raise UpstreamUnavailable(
+                redact(f"malformed JSON in a 200 response: {body_excerpt(response)}", key), status_code=200
+            )
+        return parse_generate_response(payload, key)
+
+    def url_for(self, model: str) -> str:
+        base = self._config.base_url.rstrip("/")
+        model = model.removeprefix("models/")
+        return f"{base}/{self._config.api_version}/models/{model}:generateContent"
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self._config.api_key
+        if not key:
+            return {}
+        if self._config.auth == "bearer":
+            return {"authorization": f"Bearer {key}"}
+        return {"x-goog-api-key": key}
+
+
+# --- request -------------------------------------------------------------------------------------
+
+
+def build_body(request: ImageRequest) -> JSON:
+    """The generateContent body: prompt text, then reference images, image-only output."""
+    parts: list[JSON] = [{"text": request.prompt}]
+    parts += [
+        {"inlineData": {"mimeType": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}}
+        for image in request.input_images
+    ]
+    image_config: JSON = {"aspectRatio": request.aspect_ratio}
+    if request.image_size is not None:
+        image_config["imageSize"] = request.image_size
+    return {
+        "contents": [{"role": "user", "parts": parts}],
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image_config},
+    }
+
+
+# --- success (200) -------------------------------------------------------------------------------
+
+
+def parse_generate_response(payload: JSON, key: str | None = None) -> ImageResult:
+    """An :class:`ImageResult`, or the error DESIGN §7 assigns to a 200 without an image."""
+    block = as_dict(payload.get("promptFeedback")).get("blockReason")
+    if block:
+        raise _prompt_blocked(payload, str(block), key)
+    candidate = first_dict(payload.get("candidates"))
+    parts = [p for p in as_list(as_dict(candidate.get("content")).get("parts")) if isinstance(p, dict)]
+    finish = candidate.get("finishReason")
+    image = _first_image(parts)
+    if image is None:
+        raise _no_image_error(finish, candidate, _joined_text(parts), key)
+    data, declared = _decode_inline(image, key)
+    return _result(payload, data, declared, finish, _joined_text(parts))
+
+
+def _first_image(parts: list[JSON]) -> JSON | None:
+    """The first non-thought part's inline data (``inlineData`` or ``inline_data``)."""
+    for part in parts:
+        if part.get("thought"):
+            continue
+        inline = part.get("inlineData") or part.get("inline_data")
+        if isinstance(inline, dict) and inline.get("data"):
+            return inline
+    return None
+
+
+def _joined_text(parts: list[JSON]) -> str | None:
+    texts = [str(p["text"]) for p in parts if p.get("text") and not p.get("thought")]
+    return "\n".join(texts) or None
+
+
+def _decode_inline(inline: JSON, key: str | None) -> tuple[bytes, str | None]:
+    declared = inline.get("mimeType") or inline.get("mime_type")
+    try:
+        data = base64.b64decode(str(inline["data"]), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise UpstreamUnavailable(redact(f"undecodable image data: {exc}", key), status_code=200) from exc
+    return data, str(declared) if declared else None
+
+
+def _result(
+    payload: JSON, data: bytes, declared: str | None, finish: object, text: str | None
+) -> ImageResult:
+    usage = as_dict(payload.get("usageMetadata"))
+    extra = _usage_extra(usage)
+    mime = sniff_mime(data) or declared or "application/octet-stream"
+    if declared and declared != mime:
+        extra["declared_mime_type"] = declared
+    return ImageResult(
+        data=data,
+        mime_type=mime,
+        text=text,
+        prompt_tokens=as_int(usage.get("promptTokenCount")),
+        output_tokens=as_int(usage.get("candidatesTokenCount")),
+        total_tokens=as_int(usage.get("totalTokenCount")),
+        finish_reason=str(finish) if finish else None,
+        model_version=as_str(payload.get("modelVersion")),
+        response_id=as_str(payload.get("responseId")),
+        extra=extra,
+    )
+
+
+def _usage_extra(usage: JSON) -> dict[str, object]:
+    extra: dict[str, object] = {}
+    if as_int(usage.get("thoughtsTokenCount")) is not None:
+        extra["thoughts_tokens"] = as_int(usage.get("thoughtsTokenCount"))
+    if isinstance(usage.get("candidatesTokensDetails"), list):
+        extra["candidates_tokens_details"] = usage["candidatesTokensDetails"]
+    return extra
+
+
+def _prompt_blocked(payload: JSON, reason: str, key: str | None) -> ContentBlocked:
+    feedback = as_dict(payload.get("promptFeedback"))
+    detail = feedback.get("blockReasonMessage")
+    message = f"prompt blocked: blockReason={reason}" + (f" ({detail})" if detail else "")
+    return ContentBlocked(redact(truncate(message), key), reason=reason)
+
+
+def _no_image_error(finish: object, candidate: JSON, text: str | None, key: str | None) -> ProviderError:
+    reason = str(finish) if finish else "NO_CANDIDATE"
+    said = " ".join(str(s) for s in (candidate.get("finishMessage"), text) if s)
+    message = truncate(f"no image returned: finishReason={reason}" + (f": {said}" if said else ""))
+    if reason in BLOCK_REASONS:
+        return ContentBlocked(redact(message, key), reason=reason)
+    return NoImageReturned(redact(message, key), status_code=200, provider_status=reason)
+
+
+# --- errors (non-2xx) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoogleError:
+    """The ``{"error": {...}}`` body Google APIs send with every non-2xx status."""
+
+    code: int | None
+    message: str
+    status: str | None
+    details: list[JSON] = field(default_factory=list)
+
+    def of_type(self, type_url: str) -> list[JSON]:
+        return [d for d in self.details if d.get("@type") == type_url]
+
+    def violations(self) -> list[JSON]:
+        found = (v for d in self.of_type(_QUOTA_FAILURE) for v in as_list(d.get("violations")))
+        return [v for v in found if isinstance(v, dict)]
+
+    def quota_ids(self) -> tuple[str, ...]:
+        return tuple(str(v["quotaId"]) for v in self.violations() if v.get("quotaId"))
+
+    def retry_delay(self) -> float | None:
+        delays = [parse_duration(d.get("retryDelay")) for d in self.of_type(_RETRY_INFO)]
+        return next((d for d in delays if d is not None), None)
+
+    def reasons(self) -> list[str]:
+        return [str(d["reason"]) for d in self.of_type(_ERROR_INFO) if d.get("reason")]
+
+
+def parse_google_error(payload: object) -> GoogleError | None:
+    """The error object (also inside the one-element list some endpoints wrap it in)."""
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    details = [d for d in as_list(error.get("details")) if isinstance(d, dict)]
+    return GoogleError(
+        as_int(error.get("code")), str(error.get("message") or ""), as_str(error.get("status")), details
+    )
+
+
+def error_from_response(response: httpx.Response, key: str | None = None) -> ProviderError:
+    """Classify a non-2xx response (DESIGN §7); every message is redacted of the key."""
+    status = response.status_code
+    error = parse_google_error(json_body(response))
+    if error is None:
+        message = redact(f"HTTP {status}: {body_excerpt(response)}", key)
+        if status == 429:
+            return RateLimited(message, retry_after=retry_after_from_headers(response.headers))
+        return status_error_class(status)(message, status_code=status)
+    if status == 429:
+        return _rate_limit_error(error, response.headers, key)
+    return _status_error(status, error, key)
+
+
+def _rate_limit_error(error: GoogleError, headers: httpx.Headers, key: str | None) -> ProviderError:
+    message = redact(truncate(error.message or "RESOURCE_EXHAUSTED"), key)
+    status = error.status or "RESOURCE_EXHAUSTED"
+    if _quota_is_zero(error):
+        return QuotaMisconfigured(
+            f"quota is 0 for this project/model (check billing and tier): {message}",
+            status_code=429,
+            provider_status=status,
+        )
+    retry_after = error.retry_delay()
+    if retry_after is None:
+        retry_after = retry_after_from_headers(headers)
+    quota_ids = error.quota_ids()
+    kind = DailyQuotaExhausted if any("PerDay" in q for q in quota_ids) else RateLimited
+    return kind(message, retry_after=retry_after, quota_ids=quota_ids, provider_status=status)
+
+
+def _quota_is_zero(error: GoogleError) -> bool:
+    if any(str(v.get("quotaValue")) == "0" for v in error.violations()):
+        return True
+    return bool(_ZERO_QUOTA.search(error.message)) or "BILLING_DISABLED" in error.reasons()
+
+
+def _status_error(status: int, error: GoogleError, key: str | None) -> ProviderError:
+    message = error.message or error.status or f"HTTP {status}"
+    missing = [r for r in error.reasons() if r not in message]
+    if missing:
+        message += f" [{', '.join(missing)}]"
+    klass = status_error_class(status)
+    if klass is InvalidRequest and not 400 <= status < 500:
+        message = f"unexpected HTTP {status} (check base_url): {message}"
+    return klass(redact(truncate(message), key), status_code=status, provider_status=error.status)

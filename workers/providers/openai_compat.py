@@ -1,0 +1,283 @@
+"""OpenAI-compatible image endpoints (``/v1/images/generations`` and ``/v1/images/edits``).
+
+Why: many teams reach image models through OpenAI-shaped relays or gpt-image models; the same
+:class:`ImageRequest` must work there, with failures in the same error tree as Gemini so the retry
+policy never needs to know which protocol it spoke.
+
+Choices worth knowing:
+
+* ``response_format`` is **not** sent. GPT image models reject it (``400 Unknown parameter:
+  'response_format'``) and always answer ``b64_json``; DALL·E and many relays default to ``url``.
+  We accept both — ``b64_json``, or a ``url`` fetched with the same client (``data:`` URLs decoded
+  in place). The API key goes only to the ``base_url`` origin, never to a CDN or a foreign host.
+* Edits are multipart: one reference image as ``image``, several as ``image[]`` (the documented
+  array form).
+* The result's mime type is sniffed from the bytes; the requested ``output_format`` is only a
+  fallback for bytes we cannot recognise.
+* Error mapping: content-policy codes → :class:`ContentBlocked`; ``insufficient_quota`` and billing
+  codes → :class:`QuotaMisconfigured` (retrying cannot help); other 429 → :class:`RateLimited` with
+  ``retry-after-ms``/``retry-after`` (the wait is read from headers, as OpenAI clients do), or
+  :class:`DailyQuotaExhausted` when the message names a per-day limit (``RPD``/``TPD``/``IPD``) —
+  OpenAI has no structured quota id, so the abbreviation in the message is the only signal; then
+  the shared status table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from workers.errors import (
+    ContentBlocked,
+    DailyQuotaExhausted,
+    NoImageReturned,
+    ProviderError,
+    QuotaMisconfigured,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from workers.providers.base import ImageRequest, ImageResult, InputImage, ProviderConfig
+from workers.providers.http import (
+    as_dict,
+    as_int,
+    as_str,
+    body_excerpt,
+    first_dict,
+    json_body,
+    retry_after_from_headers,
+    send,
+    sniff_mime,
+    status_error_class,
+    truncate,
+)
+from workers.redact import redact
+
+CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
+BILLING_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+_SAFETY_WORDING = re.compile(r"\bsafety\b|content polic|moderation", re.IGNORECASE)
+_BILLING_WORDING = re.compile(
+    r"insufficient[_ ]quota|billing (?:hard )?limit|billing (?:is )?not active", re.IGNORECASE
+)
+#: OpenAI names the exhausted limit only in prose ("… on requests per day (RPD): Limit 200 …"); the
+#: abbreviation becomes a Google-style quota id so "PerDay" means the same for both providers.
+_LIMIT_NAMES = {
+    "RPM": "RequestsPerMinute",
+    "RPD": "RequestsPerDay",
+    "TPM": "TokensPerMinute",
+    "TPD": "TokensPerDay",
+    "IPM": "ImagesPerMinute",
+    "IPD": "ImagesPerDay",
+}
+_LIMIT_ABBREVIATION = re.compile(r"\((RPM|RPD|TPM|TPD|IPM|IPD)\)", re.IGNORECASE)
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+class OpenAICompatProvider:
+    """One image per call through an OpenAI-shaped images API."""
+
+    name = "openai"
+
+    def __init__(self, config: ProviderConfig, client: httpx.Client) -> None:
+        self._config = config
+        self._client = client
+        self._root = api_root(config.base_url)
+
+    def generate(self, request: ImageRequest) -> ImageResult:
+        key = self._config.api_key
+        url, body = self.request_parts(request)
+        response = send(self._client, "POST", url, secret=key, headers=self._auth_headers(), **body)
+        if not response.is_success:
+            raise error_from_response(response, key)
+        payload = json_body(response)
+        if not isinstance(payload, dict):
+            raise UpstreamUnavailable(
+                redact(f"malformed JSON in a 200 response: {body_excerpt(response)}", key), status_code=200
+            )
+        item = first_dict(payload.get("data"))
+        data = self._image_bytes(item)
+        return build_result(payload, item, data, request.output_format)
+
+    def request_parts(self, request: ImageRequest) -> tuple[str, dict[str, Any]]:
+        """URL and body: ``generations`` (JSON) without reference images, ``edits`` (multipart) with."""
+        if not request.input_images:
+            return f"{self._root}/images/generations", {"json": generation_body(request)}
+        fields = {k: str(v) for k, v in generation_body(request).items() if k != "prompt"}
+        fields["prompt"] = request.prompt
+        return f"{self._root}/images/edits", {"data": fields, "files": edit_files(request.input_images)}
+
+    def _auth_headers(self) -> dict[str, str]:
+        key = self._config.api_key
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def _image_bytes(self, item: dict[str, Any]) -> bytes:
+        key = self._config.api_key
+        if item.get("b64_json"):
+            return _b64decode(str(item["b64_json"]), key)
+        url = as_str(item.get("url"))
+        if url is None:
+            raise NoImageReturned("response has neither data[0].b64_json nor data[0].url", status_code=200)
+        if url.startswith("data:"):
+            return _b64decode(url.partition(",")[2], key)
+        return self._download(httpx.URL(self._root + "/").join(url))
+
+    def _download(self, url: httpx.URL) -> bytes:
+        """Fetch a result URL; the key is sent only back to the API's own origin."""
+        key = self._config.api_key
+        headers = self._auth_headers() if same_origin(url, httpx.URL(self._root)) else {}
+        response = send(self._client, "GET", url, secret=key, headers=headers)
+        if not response.is_success:
+            raise error_from_response(response, key)
+        return response.content
+
+
+# --- request -------------------------------------------------------------------------------------
+
+
+def api_root(base_url: str) -> str:
+    """``{base}/v1`` without doubling a ``/v1`` the user already put in ``base_url``."""
+    base = base_url.rstrip("/")
+    return base if base.endswith("/v1") else f"{base}/v1"
+
+
+def generation_body(request: ImageRequest) -> dict[str, Any]:
+    size = f"{request.width}x{request.height}" if request.width and request.height else "auto"
+    return {
+        "model": request.model,
+        "prompt": request.prompt,
+        "n": 1,
+        "size": size,
+        "output_format": request.output_format,
+    }
+
+
+def edit_files(images: tuple[InputImage, ...]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart file fields: ``image`` for one reference, ``image[]`` for several."""
+    field = "image" if len(images) == 1 else "image[]"
+    return [
+        (field, (f"image-{i}.{_EXTENSIONS.get(img.mime_type, 'png')}", img.data, img.mime_type))
+        for i, img in enumerate(images)
+    ]
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """Scheme, host and effective port all equal (RFC 6454 origin)."""
+    defaults = {"http": 80, "https": 443}
+    port_a = a.port or defaults.get(a.scheme)
+    port_b = b.port or defaults.get(b.scheme)
+    return (a.scheme, a.host, port_a) == (b.scheme, b.host, port_b)
+
+
+# --- success -------------------------------------------------------------------------------------
+
+
+def build_result(
+    payload: dict[str, Any], item: dict[str, Any], data: bytes, output_format: str
+) -> ImageResult:
+    usage = as_dict(payload.get("usage"))
+    prompt_tokens = as_int(usage.get("input_tokens", usage.get("prompt_tokens")))
+    output_tokens = as_int(usage.get("output_tokens", usage.get("completion_tokens")))
+    total = as_int(usage.get("total_tokens"))
+    if total is None and prompt_tokens is not None and output_tokens is not None:
+        total = prompt_tokens + output_tokens
+    extra: dict[str, object] = {}
+    if isinstance(usage.get("input_tokens_details"), dict):
+        extra["input_tokens_details"] = usage["input_tokens_details"]
+    return ImageResult(
+        data=data,
+        mime_type=sniff_mime(data) or f"image/{output_format}",
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        total_tokens=total,
+        model_version=as_str(payload.get("model")),
+        revised_prompt=as_str(item.get("revised_prompt")),
+        extra=extra,
+    )
+
+
+def _b64decode(text: str, key: str | None) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise UpstreamUnavailable(redact(f"undecodable image data: {exc}", key), status_code=200) from exc
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenAIError:
+    """``{"error": {"message", "type", "param", "code"}}`` (relays sometimes send a bare string)."""
+
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: str | None = None
+
+    def describe(self) -> str:
+        tags = ", ".join(f"{k}={v}" for k, v in (("type", self.type), ("code", self.code)) if v)
+        return f"{self.message} ({tags})" if tags else self.message
+
+
+def parse_openai_error(payload: object) -> OpenAIError | None:
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if isinstance(error, str):
+        return OpenAIError(message=error)
+    if not isinstance(error, dict):
+        return OpenAIError(message=str(payload["message"])) if payload.get("message") else None
+    return OpenAIError(
+        message=str(error.get("message") or ""),
+        type=as_str(error.get("type")),
+        param=as_str(error.get("param")),
+        code=as_str(error.get("code")),
+    )
+
+
+def error_from_response(response: httpx.Response, key: str | None = None) -> ProviderError:
+    """Classify a non-2xx response; every message is redacted of the key."""
+    status = response.status_code
+    error = parse_openai_error(json_body(response))
+    if error is None:
+        error = OpenAIError(message=f"HTTP {status}: {body_excerpt(response)}")
+    message = redact(truncate(error.describe()), key)
+    tag = error.code or error.type
+    if is_content_policy(error):
+        return ContentBlocked(message, reason=tag or "content_policy", status_code=status)
+    if is_billing(error):
+        return QuotaMisconfigured(message, status_code=status, provider_status=tag)
+    if status == 429:
+        return _rate_limit_error(error, message, response.headers)
+    return status_error_class(status)(message, status_code=status, provider_status=tag)
+
+
+def _rate_limit_error(error: OpenAIError, message: str, headers: httpx.Headers) -> RateLimited:
+    quota_ids = quota_ids_from_message(error.message)
+    kind = DailyQuotaExhausted if any("PerDay" in q for q in quota_ids) else RateLimited
+    return kind(
+        message,
+        retry_after=retry_after_from_headers(headers),
+        quota_ids=quota_ids,
+        provider_status=error.code or error.type or "rate_limit_exceeded",
+    )
+
+
+def quota_ids_from_message(message: str) -> tuple[str, ...]:
+    """``("RequestsPerDay",)`` from "... on requests per day (RPD): Limit 200 ..."; ``()`` if unnamed."""
+    found = (_LIMIT_NAMES[m.upper()] for m in _LIMIT_ABBREVIATION.findall(message))
+    return tuple(dict.fromkeys(found))
+
+
+def is_content_policy(error: OpenAIError) -> bool:
+    if error.code in CONTENT_POLICY_CODES:
+        return True
+    return error.type == "image_generation_user_error" and bool(_SAFETY_WORDING.search(error.message))
+
+
+def is_billing(error: OpenAIError) -> bool:
+    return error.code in BILLING_CODES or bool(_BILLING_WORDING.search(error.message))
