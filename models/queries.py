@@ -13,6 +13,8 @@ from models.status import TaskStatus
 from models.tables import Batch, GenerationTask
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
+#: ``error_code`` of a pending task that waits for its batch's budget to be raised.
+BUDGET_REACHED = "budget_reached"
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class BatchSummary:
     budget_usd: float | None
     per_minute: float  # completions per minute over the last five minutes
     created_at: datetime
+    budget_waiting: int = 0  # pending tasks held back because the next call would exceed the budget
 
     @property
     def total(self) -> int:
@@ -41,7 +44,7 @@ class BatchSummary:
 
     @property
     def budget_reached(self) -> bool:
-        return self.budget_usd is not None and self.cost_usd >= self.budget_usd - 1e-9
+        return self.budget_waiting > 0
 
     def as_json(self) -> dict[str, object]:
         """The stable ``status --json`` shape (a public interface: extend with care)."""
@@ -76,6 +79,13 @@ def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
             GenerationTask.finished_at >= now - THROUGHPUT_WINDOW,
         )
     )
+    budget_waiting = session.scalar(
+        select(func.count()).where(
+            GenerationTask.batch_id == batch.id,
+            GenerationTask.status == TaskStatus.PENDING.value,
+            GenerationTask.error_code == BUDGET_REACHED,
+        )
+    )
     window_minutes = min(THROUGHPUT_WINDOW, max(now - batch.created_at, timedelta(seconds=1))) / timedelta(
         minutes=1
     )
@@ -87,6 +97,7 @@ def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
         budget_usd=batch.budget_usd,
         per_minute=float(recent or 0) / window_minutes,
         created_at=batch.created_at,
+        budget_waiting=int(budget_waiting or 0),
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from models import transitions
 from models.base import utcnow
 from models.catalog import CatalogError, ModelSpec
+from models.queries import BUDGET_REACHED
 from models.tables import Batch, GenerationTask
 from tasks.runtime import Runtime
 from workers.errors import ProviderError, RateLimited
@@ -131,7 +132,7 @@ def run_claimed(rt: Runtime, job: Job) -> Result:
             job,
             BUDGET_RECHECK_SECONDS,
             count_attempt=False,
-            code="budget_reached",
+            code=BUDGET_REACHED,
             message="batch budget reached; waiting for the budget to be raised",
         )
     try:

@@ -65,12 +65,16 @@ class Stack:
             self._runtime = runtime_for(self.settings)
         return self._runtime
 
-    def start_worker(self, concurrency: int = 4, **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 4, *, beat: bool = False, **env: str) -> subprocess.Popen[bytes]:
+        """A real ``celery worker`` process on this stack (``beat=True`` embeds the scheduler: sweeps)."""
         queues = f"{self.env['NANOBATCH_QUEUE']},{self.env['NANOBATCH_QUEUE']}.control"
+        number = len(self.workers)
         cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "threads", "-c", str(concurrency),
-               "-Q", queues, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning",
-               "-n", f"w{len(self.workers)}-{os.getpid()}@%h"]
-        log = (self.output_dir.parent / f"worker{len(self.workers)}.log").open("wb")
+               "-Q", queues, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+               "-n", f"w{number}-{os.getpid()}@%h"]
+        if beat:
+            cmd += ["-B", "-s", str(self.output_dir.parent / f"beat-schedule-{number}")]
+        log = (self.output_dir.parent / f"worker{number}.log").open("wb")
         proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **self.env, **env}, stdout=log, stderr=log)
         self.workers.append(proc)
         return proc

@@ -1,8 +1,9 @@
 """Both providers against the simulator on a loopback port: every fault it can inject lands on one of
 our error classes, and successful images have the catalog's exact pixels.
 
-Each test reads as a scenario: start a simulator configured for one behaviour, make one or two
-calls through the real pooled client, assert the class (and fields) the retry policy will see.
+Each test reads as a scenario: start a simulator configured for one behaviour (the ``simulator``
+factory fixture of ``tests/integration/conftest.py``), make one or two calls through the real pooled
+client, assert the class (and fields) the retry policy will see.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 
 from models.catalog import load_catalog
-from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator, start_simulator
+from simulator.server import RunningSimulator
 from workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
@@ -42,18 +41,6 @@ WRONG_KEY = "AIzaSyWRONG-0123456789abcdefghijklm"
 CATALOG = load_catalog()
 
 StartSimulator = Callable[..., RunningSimulator]
-
-
-@pytest.fixture
-def simulator() -> Iterator[StartSimulator]:
-    """``simulator(**config)`` starts one on a free loopback port, stopped after the test."""
-    with ExitStack() as stack:
-
-        def start(**overrides: Any) -> RunningSimulator:
-            settings: dict[str, Any] = {"latency": (0.0, 0.0), "thumbnails": True, **overrides}
-            return stack.enter_context(start_simulator(SimulatorConfig(**settings), port=0))
-
-        yield start
 
 
 @pytest.fixture

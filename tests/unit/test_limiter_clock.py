@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -48,7 +48,7 @@ def test_the_midnights_bracket_now_with_a_day_either_side() -> None:
     assert midnights[1] <= now < midnights[2]
     assert [datetime.fromtimestamp(m, PACIFIC).time().hour for m in midnights] == [0, 0, 0, 0]
     assert datetime.fromtimestamp(midnights[1], PACIFIC).date() == datetime(2026, 5, 19).date()
-    assert midnights[0] == midnights[1] - timedelta(days=1).total_seconds()
+    assert [b - a for a, b in zip(midnights, midnights[1:], strict=False)] == [86400.0] * 3
 
 
 def test_microsecond_arguments_round_trip() -> None:

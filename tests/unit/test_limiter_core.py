@@ -17,7 +17,8 @@ import fakeredis
 import pytest
 import redis
 
-from workers.limiter import PACIFIC, Admission, PoolLimits, RateLimiter
+from workers.limiter import PACIFIC, Admission, PoolLimits, RateLimiter, pacific_midnights
+from workers.limiter import limiter as limiter_module
 
 POOL = "gemini-test-image"
 #: Noon Pacific on a winter day: the Pacific day runs 2026-01-15 08:00 UTC .. 2026-01-16 08:00 UTC.
@@ -300,6 +301,14 @@ def test_reacquiring_with_the_same_holder_refreshes_instead_of_double_counting(b
     assert acquire(backend, T0 + 15, holder="c").admitted
 
 
+def test_the_holder_of_a_full_semaphore_may_reacquire(backend: Backend) -> None:
+    backend.limiter.set_limits(POOL, PoolLimits(concurrency=1))
+    assert acquire(backend, T0, holder="a", lease_seconds=10).admitted  # e.g. a redelivered task
+
+    assert acquire(backend, T0 + 1, holder="a", lease_seconds=10).admitted
+    assert acquire(backend, T0 + 10.5, holder="b").reason == "concurrency"  # lease now ends at T0+11
+
+
 def test_a_full_semaphore_reports_the_sooner_of_lease_end_and_poll(backend: Backend) -> None:
     backend.limiter.set_limits(POOL, PoolLimits(concurrency=1))
     assert acquire(backend, T0, holder="a", lease_seconds=0.2).admitted
@@ -370,6 +379,26 @@ def test_the_day_counter_resets_at_pacific_midnight(
     assert state.day_used == 1
     assert state.day_resets_at.tzinfo is PACIFIC
     assert state.day_resets_at.timestamp() > midnight + 22 * 3600
+
+
+@pytest.mark.parametrize("skew_hours", [-20, -2, 2, 20])
+def test_a_skewed_worker_clock_does_not_move_the_pacific_day(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, skew_hours: float
+) -> None:
+    # Given a worker whose clock is hours off from Redis (the midnights it passes are off too)
+    monkeypatch.setattr(
+        limiter_module, "pacific_midnights", lambda now: pacific_midnights(now + skew_hours * 3600)
+    )
+    backend.limiter.set_limits(POOL, PoolLimits(rpd=1))
+    midnight = utc("2026-01-16T08:00")
+
+    # When the day's one request is used a minute before midnight (by the Redis clock)
+    assert acquire(backend, midnight - 60).admitted
+    denied = acquire(backend, midnight - 30)
+
+    # Then the script still finds the right day: blocked until midnight, admitted at midnight
+    assert (denied.reason, denied.retry_at) == ("rpd", pytest.approx(midnight))
+    assert acquire(backend, midnight).admitted
 
 
 # -- state, keys, clock -----------------------------------------------------------------------------

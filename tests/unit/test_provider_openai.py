@@ -242,6 +242,13 @@ def test_url_on_a_foreign_origin_is_fetched_without_the_key(url: str) -> None:
     assert "authorization" not in seen[1].headers
 
 
+@pytest.mark.parametrize("url", ["http://[::1/img.png", "ftp://files.test/img.png", "https://host:99999/x"])
+def test_a_malformed_result_url_is_a_bad_answer(url: str) -> None:
+    error = raised(answer(200, {"data": [{"url": url}]}))
+    assert type(error) is UpstreamUnavailable
+    assert "malformed image url" in error.message
+
+
 def test_data_url_is_decoded_in_place() -> None:
     url = "data:image/png;base64," + base64.b64encode(PNG).decode()
     assert provider(answer(200, {"data": [{"url": url}]})).generate(REQUEST).data == PNG

@@ -112,9 +112,9 @@ def translate_httpx_error(exc: Exception, *secrets: str | None) -> ProviderError
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
         return status_error_class(status)(redact(str(exc), *secrets), status_code=status)
-    klass = error_class_for(type(exc))
-    detail = str(exc) or type(exc).__name__
-    return klass(redact(f"{type(exc).__name__}: {detail}", *secrets), provider_status=type(exc).__name__)
+    name = type(exc).__name__
+    detail = str(exc) or "no detail"
+    return error_class_for(type(exc))(redact(detail, *secrets), provider_status=name)
 
 
 def send(

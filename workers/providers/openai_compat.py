@@ -29,6 +29,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -123,12 +124,20 @@ class OpenAICompatProvider:
             raise NoImageReturned("response has neither data[0].b64_json nor data[0].url", status_code=200)
         if url.startswith("data:"):
             return _b64decode(url.partition(",")[2], key)
-        return self._download(httpx.URL(self._root + "/").join(url))
+        return self._download(self._resolve(url))
 
-    def _download(self, url: httpx.URL) -> bytes:
+    def _resolve(self, url: str) -> str:
+        """An absolute http(s) URL for a result link; a garbled one is a bad answer (transient)."""
+        absolute = urljoin(self._root + "/", url) if _parses(url) else ""
+        if not (_parses(absolute) and urlsplit(absolute).scheme in ("http", "https")):
+            message = f"malformed image url in a 200 response: {truncate(url, 200)}"
+            raise UpstreamUnavailable(redact(message, self._config.api_key), status_code=200)
+        return absolute
+
+    def _download(self, url: str) -> bytes:
         """Fetch a result URL; the key is sent only back to the API's own origin."""
         key = self._config.api_key
-        headers = self._auth_headers() if same_origin(url, httpx.URL(self._root)) else {}
+        headers = self._auth_headers() if same_origin(url, self._root) else {}
         response = send(self._client, "GET", url, secret=key, headers=headers)
         if not response.is_success:
             raise error_from_response(response, key)
@@ -164,12 +173,28 @@ def edit_files(images: tuple[InputImage, ...]) -> list[tuple[str, tuple[str, byt
     ]
 
 
-def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    """Scheme, host and effective port all equal (RFC 6454 origin)."""
-    defaults = {"http": 80, "https": 443}
-    port_a = a.port or defaults.get(a.scheme)
-    port_b = b.port or defaults.get(b.scheme)
-    return (a.scheme, a.host, port_a) == (b.scheme, b.host, port_b)
+def _parses(url: str) -> bool:
+    """True when ``url`` splits cleanly, host and port included (urllib raises on ``[::1`` or ``:99999``)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) or not parts.scheme
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Scheme, host and effective port all equal (RFC 6454 origin); unparsable means "no"."""
+    try:
+        return _origin(a) == _origin(b)
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
 # --- success -------------------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""Reading a batch back out for operators: one flat row per task (CSV / JSONL) and failure counts.
+
+The export is what a shop team imports into its catalog, so each row carries the image's local
+path and facts (sha256, dimensions, type, size, cost) plus the product's own extra columns from
+the submitted file. Rows stream from the database in chunks (``yield_per``), so a 100k-row batch
+never sits in memory. Only task columns are read: the API key lives in the environment and never
+in the database, so it cannot leak through an export.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, TextIO
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.status import TaskStatus
+from models.tables import GenerationTask
+
+ExportFormat = Literal["csv", "jsonl"]
+
+#: The fixed columns, in order (a public interface: extend at the end, never rename).
+FIELDS: tuple[str, ...] = (
+    "key", "status", "path", "sha256", "width", "height", "mime_type", "bytes", "cost_usd", "model",
+    "image_size", "aspect_ratio", "error_code", "error_message", "attempts",
+)
+#: Prefix for a product column whose name clashes with a fixed one (e.g. a ``status`` column).
+CLASH_PREFIX = "extra_"
+CHUNK = 1000
+
+_COLUMNS = (
+    GenerationTask.key, GenerationTask.status, GenerationTask.result_uri, GenerationTask.result_sha256,
+    GenerationTask.width, GenerationTask.height, GenerationTask.mime_type, GenerationTask.bytes,
+    GenerationTask.cost_usd, GenerationTask.model, GenerationTask.model_used, GenerationTask.image_size,
+    GenerationTask.aspect_ratio, GenerationTask.error_code, GenerationTask.error_message,
+    GenerationTask.attempts, GenerationTask.extra,
+)
+
+
+def local_path(uri: str | None) -> str | None:
+    """The file-system path of a ``file://`` result URI; other URIs (object stores) pass unchanged."""
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return uri
+    return url2pathname(parsed.path)
+
+
+def extra_name(name: str) -> str:
+    """The export column of a product column: its own name unless a fixed column already has it."""
+    return f"{CLASH_PREFIX}{name}" if name in FIELDS else name
+
+
+def export_row(task: Any) -> dict[str, Any]:
+    """One task (a row of ``_COLUMNS`` or a ``GenerationTask``) as a flat export dict."""
+    row: dict[str, Any] = {
+        "key": task.key,
+        "status": task.status,
+        "path": local_path(task.result_uri),
+        "sha256": task.result_sha256,
+        "width": task.width,
+        "height": task.height,
+        "mime_type": task.mime_type,
+        "bytes": task.bytes,
+        "cost_usd": task.cost_usd,
+        "model": task.model_used or task.model,  # the model that made the image, after any fallback
+        "image_size": task.image_size,
+        "aspect_ratio": task.aspect_ratio,
+        "error_code": task.error_code,
+        "error_message": task.error_message,
+        "attempts": task.attempts,
+    }
+    for name, value in (task.extra or {}).items():
+        row[extra_name(name)] = value
+    return row
+
+
+def stream_rows(session: Session, batch_id: str, *, chunk: int = CHUNK) -> Iterator[dict[str, Any]]:
+    """Every task of the batch as an export dict, in key order, fetched ``chunk`` rows at a time."""
+    stmt = (
+        select(*_COLUMNS)
+        .where(GenerationTask.batch_id == batch_id)
+        .order_by(GenerationTask.key)
+        .execution_options(yield_per=chunk)
+    )
+    for task in session.execute(stmt):
+        yield export_row(task)
+
+
+def extra_columns(session: Session, batch_id: str, *, chunk: int = CHUNK) -> list[str]:
+    """Export names of the batch's product columns, first-seen order (a CSV header needs them first).
+
+    A separate streaming pass over the ``extra`` column only: bounded memory, whatever the batch size.
+    """
+    stmt = (
+        select(GenerationTask.extra)
+        .where(GenerationTask.batch_id == batch_id)
+        .order_by(GenerationTask.key)
+        .execution_options(yield_per=chunk)
+    )
+    names: dict[str, None] = {}
+    for extra in session.scalars(stmt):
+        names.update(dict.fromkeys(extra_name(name) for name in extra or {}))
+    return list(names)
+
+
+def _csv_value(value: Any) -> Any:
+    """Scalars as they are; nested JSONL values (lists, objects) as JSON text; ``None`` as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def write_csv(rows: Iterable[dict[str, Any]], extras: Sequence[str], out: TextIO) -> int:
+    """Write a header (fixed columns, then ``extras``) and the rows; returns the number of rows."""
+    writer = csv.DictWriter(out, fieldnames=[*FIELDS, *extras], restval="", extrasaction="ignore")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow({name: _csv_value(value) for name, value in row.items()})
+        count += 1
+    return count
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    """One JSON object per line, with the same flat keys as the CSV columns; returns the row count."""
+    count = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        count += 1
+    return count
+
+
+def export_batch(session: Session, batch_id: str, fmt: ExportFormat, out: TextIO) -> int:
+    """Stream every task of the batch to ``out`` as ``fmt``; returns the number of rows written."""
+    if fmt == "csv":
+        return write_csv(stream_rows(session, batch_id), extra_columns(session, batch_id), out)
+    if fmt == "jsonl":
+        return write_jsonl(stream_rows(session, batch_id), out)
+    raise ValueError(f"unknown export format {fmt!r} (csv or jsonl)")
+
+
+def reason_counts(session: Session, batch_id: str, status: TaskStatus = TaskStatus.FAILED) -> dict[str, int]:
+    """How many tasks in ``status`` carry each ``error_code``, most frequent first.
+
+    For ``failed`` that is why the batch lost them; for ``pending`` it is what they are waiting out
+    (a transient error being retried, a lost lease).
+    """
+    conditions = [GenerationTask.batch_id == batch_id, GenerationTask.status == status.value]
+    if status != TaskStatus.FAILED:  # a fresh pending row has no reason to report
+        conditions.append(GenerationTask.error_code.is_not(None))
+    rows = session.execute(
+        select(func.coalesce(GenerationTask.error_code, "unknown"), func.count())
+        .where(*conditions)
+        .group_by(GenerationTask.error_code)
+    )
+    counts = {str(code): int(n) for code, n in rows}
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
