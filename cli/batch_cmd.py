@@ -1,4 +1,4 @@
-"""Operator actions on one batch: ``retry``, ``cancel``, ``pause``, ``resume`` (and the batch lookup they share).
+"""Operator actions on a batch: ``retry``, ``cancel``, ``pause``, ``resume`` (and the lookup they share).
 
 Each action is one conditional UPDATE in :mod:`models.transitions`, so it is safe while workers run.
 What a worker may do is decided at claim time (a claim needs a pending row of an *open* batch), so
@@ -67,7 +67,9 @@ def plural(n: int, word: str = "task") -> str:
 
 def retry_command(
     batch: str = typer.Argument(..., help="Batch name"),
-    reason: str | None = typer.Option(None, "--reason", help="Only failures with this error code, e.g. blocked"),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Only failures with this error code (e.g. blocked, unavailable)"
+    ),
 ) -> None:
     """Give failed tasks a fresh attempt budget: failed → pending, and dispatch them again."""
     settings = load_settings()
@@ -77,33 +79,30 @@ def retry_command(
             if found.status == BatchStatus.CANCELLED.value:
                 raise fail(f"batch {batch!r} was cancelled; its failed tasks cannot be retried", 1)
             ids = transitions.retry_failed(session, found.id, error_code=reason)
-            publish = bool(ids) and runnable_now(found) and not settings.embedded
-            if publish:  # same transaction: a crash before publishing leaves them to the sweeper
+            why_not = _why_not_dispatched(found, found.status, settings)
+            if ids and why_not is None:
+                # In the same transaction: if publishing fails, the sweeper sees them as lost and re-sends.
                 transitions.mark_dispatched(session, ids)
-        if publish:
+        if ids and why_not is None:
             rt.dispatcher.publish(ids)
     what = f"failed task{'' if len(ids) == 1 else 's'}" + (f" with reason {reason!r}" if reason else "")
     console.print(f"{len(ids):,} {what} moved back to pending in batch [bold]{batch}[/bold].")
-    if ids and not publish:
-        console.print(_why_not_dispatched(found.status, settings))
+    if ids and why_not:
+        console.print(why_not)
 
 
-def runnable_now(batch: Batch) -> bool:
-    """Whether a claim would accept the batch's rows now (open, started, inside its window)."""
+def _why_not_dispatched(batch: Batch, status: str, settings: Settings) -> str | None:
+    """Why the CLI must not publish the batch's rows now (``None``: it should)."""
     now = utcnow()
-    if batch.status != BatchStatus.OPEN.value:
-        return False
-    if batch.scheduled_for is not None and batch.scheduled_for > now:
-        return False
-    return not outside_window(now, batch.window_start, batch.window_end, batch.window_tz or "UTC")
-
-
-def _why_not_dispatched(status: str, settings: Settings) -> str:
     if status == BatchStatus.PAUSED.value:
-        return "The batch is paused: they run after `nanobatch resume`."
+        return "The batch is paused: its tasks run after `nanobatch resume`."
     if settings.embedded:
-        return "Embedded mode: the worker's sweeper dispatches them."
-    return "The batch is outside its start time or window: the sweeper dispatches them when it opens."
+        return "Embedded mode: the worker's sweeper dispatches pending tasks."
+    if (batch.scheduled_for is not None and batch.scheduled_for > now) or outside_window(
+        now, batch.window_start, batch.window_end, batch.window_tz or "UTC"
+    ):
+        return "The batch is before its start time or outside its window: the sweeper dispatches it then."
+    return None
 
 
 def cancel_command(batch: str = typer.Argument(..., help="Batch name")) -> None:
@@ -119,11 +118,9 @@ def pause_command(batch: str = typer.Argument(..., help="Batch name")) -> None:
     """Stop starting new tasks of a batch (calls already running finish); `resume` continues."""
     settings = load_settings()
     with database(settings) as db, db.session() as session:
-        found = require_batch(session, batch)
-        if not transitions.set_batch_status(session, found.id, BatchStatus.PAUSED, expect=BatchStatus.OPEN):
-            _unchanged(batch, found.status, wanted=BatchStatus.PAUSED)
+        if switch(session, batch, BatchStatus.PAUSED, expect=BatchStatus.OPEN) is None:
             return
-    console.print(f"Batch [bold]{batch}[/bold] paused: queued messages are dropped until `nanobatch resume`.")
+    console.print(f"Batch [bold]{batch}[/bold] paused: its queued messages are dropped until resumed.")
 
 
 def resume_command(batch: str = typer.Argument(..., help="Batch name")) -> None:
@@ -131,24 +128,29 @@ def resume_command(batch: str = typer.Argument(..., help="Batch name")) -> None:
     settings = load_settings()
     with runtime(settings) as rt:
         with rt.db.session() as session:
-            found = require_batch(session, batch)
-            if not transitions.set_batch_status(session, found.id, BatchStatus.OPEN, expect=BatchStatus.PAUSED):
-                _unchanged(batch, found.status, wanted=BatchStatus.OPEN)
-                return
-            found.status = BatchStatus.OPEN.value
-        if settings.embedded or not runnable_now(found):
-            console.print(f"Batch [bold]{batch}[/bold] resumed; {_why_not_dispatched('', settings)}")
+            found = switch(session, batch, BatchStatus.OPEN, expect=BatchStatus.PAUSED)
+        if found is None:
             return
-        sent = redispatch_pending(rt, found.id)
+        why_not = _why_not_dispatched(found, BatchStatus.OPEN.value, settings)
+        sent = redispatch_pending(rt, found.id) if why_not is None else 0
     console.print(f"Batch [bold]{batch}[/bold] resumed; {plural(sent)} dispatched.")
+    if why_not:
+        console.print(why_not)
 
 
-def _unchanged(batch: str, status: str, *, wanted: BatchStatus) -> None:
-    """Pausing a paused batch (or resuming an open one) is a no-op, not an error; anything else is."""
-    if status == wanted.value:
-        console.print(f"Batch [bold]{batch}[/bold] is already {status}.")
-        return
-    raise fail(f"batch {batch!r} is {status}; only an open batch can be paused and a paused one resumed", 1)
+def switch(session: Session, name: str, to: BatchStatus, *, expect: BatchStatus) -> Batch | None:
+    """Move the batch ``expect`` → ``to``; ``None`` (after saying so) when it already is ``to``.
+
+    Pausing a paused batch (or resuming an open one) is a no-op, not an error: scripts may repeat
+    it. Pausing or resuming a cancelled batch is an error (exit 1).
+    """
+    found = require_batch(session, name)
+    if transitions.set_batch_status(session, found.id, to, expect=expect):
+        return found
+    if found.status == to.value:
+        console.print(f"Batch [bold]{name}[/bold] is already {to.value}.")
+        return None
+    raise fail(f"batch {name!r} is {found.status}; only an open batch can be paused and a paused one resumed")
 
 
 def redispatch_pending(rt: Runtime, batch_id: str) -> int:

@@ -40,11 +40,18 @@ def demo_command(
     sim_config = SimulatorConfig(latency=(8.0, 20.0), time_scale=time_scale, seed=7)
     with start_simulator(sim_config, port=0) as sim:
         settings = load_settings(
-            provider="gemini", provider_base_url=sim.url, auth="x-goog-api-key", api_version="v1beta",
-            concurrency=concurrency, api_key=None, sweep_interval=2.0,
+            provider="gemini",
+            provider_base_url=sim.url,
+            auth="x-goog-api-key",
+            api_version="v1beta",
+            concurrency=concurrency,
+            api_key=None,
+            sweep_interval=2.0,
         )
-        console.print(f"simulator at {sim.url} (latency 8-20 s × {time_scale}); database {settings.database_url}; "
-                      f"broker {'embedded (in-process)' if settings.embedded else 'Redis'}")
+        console.print(
+            f"simulator at {sim.url} (latency 8-20 s x {time_scale}); database {settings.database_url}; "
+            f"broker {'embedded (in-process)' if settings.embedded else 'Redis'}"
+        )
         runtime = runtime_for(settings)
         runtime.db.upgrade()
         try:
@@ -55,9 +62,11 @@ def demo_command(
             runtime.close()
         stats = sim.stats()
     console.print(status_table([summary]))
-    console.print(f"images: {(settings.output_dir / name).resolve()}  "
-                  f"(simulator served {stats.get('images_served', '?')} images, "
-                  f"{stats.get('rate_limited', 0)} rate-limited)")
+    console.print(
+        f"images: {(settings.output_dir / name).resolve()}  "
+        f"(simulator served {stats.get('images_served', '?')} images, "
+        f"{stats.get('rate_limited', 0)} rate-limited)"
+    )
     if summary.counts["completed"] != summary.total:
         raise fail(f"{summary.total - summary.counts['completed']} task(s) did not complete", 1)
 
@@ -71,16 +80,25 @@ def _submit_sample(runtime: Runtime) -> str:
         raise fail(f"bundled sample unreadable: {exc}") from None
     if intake.errors:
         raise fail(f"bundled sample invalid: {intake.errors[0]}")
-    report = submit(runtime.db, runtime.dispatcher, intake, BatchOptions(name=name), intake_options=options,
-                    source=str(SAMPLE_FILE))
+    report = submit(
+        runtime.db,
+        runtime.dispatcher,
+        intake,
+        BatchOptions(name=name),
+        intake_options=options,
+        source=str(SAMPLE_FILE),
+    )
     console.print(f"submitted batch [bold]{name}[/bold]: {report.new} tasks")
     return name
 
 
 def _watch(runtime: Runtime, name: str, timeout: float) -> BatchSummary:
     columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
     ]
     deadline = time.monotonic() + timeout
     with Progress(*columns, console=console) as progress:
@@ -88,8 +106,9 @@ def _watch(runtime: Runtime, name: str, timeout: float) -> BatchSummary:
         while True:
             summary = _summary(runtime, name)
             done = summary.counts["completed"] + summary.counts["failed"] + summary.counts["cancelled"]
-            detail = (f"failed {summary.counts['failed']}  ${summary.cost_usd:.3f}  "
-                      f"{summary.per_minute:.0f}/min")
+            detail = (
+                f"failed {summary.counts['failed']}  ${summary.cost_usd:.3f}  {summary.per_minute:.0f}/min"
+            )
             progress.update(bar, total=summary.total, completed=done, detail=detail)
             if done == summary.total or time.monotonic() > deadline:
                 return summary

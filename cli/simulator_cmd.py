@@ -41,7 +41,7 @@ def ready_line(simulator: RunningSimulator) -> str:
 def simulator_command(
     host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8089,
-    latency: Annotated[str, typer.Option(help="Seconds per request: MIN-MAX uniform, or one number.")] = "8-20",
+    latency: Annotated[str, typer.Option(help="Seconds per request: MIN-MAX or one value.")] = "8-20",
     time_scale: Annotated[float, typer.Option(help="Multiply latency by this (0.01 = 100x faster).")] = 1.0,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute per model (sliding 60 s).")] = None,
     rpd: Annotated[int | None, typer.Option(help="Requests per day per model (resets midnight PT).")] = None,

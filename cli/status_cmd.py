@@ -37,13 +37,27 @@ def status_command(
 
 def status_table(summaries: list[BatchSummary]) -> Table:
     table = Table(title="nanobatch status")
-    for column in ("batch", "state", "pending", "processing", "completed", "failed", "cancelled",
-                   "cost (USD)", "per min", "ETA"):
+    for column in (
+        "batch",
+        "state",
+        "pending",
+        "processing",
+        "completed",
+        "failed",
+        "cancelled",
+        "cost (USD)",
+        "per min",
+        "ETA",
+    ):
         table.add_column(column, justify="right" if column not in {"batch", "state"} else "left")
     for s in summaries:
         state = "budget reached" if s.budget_reached and s.remaining else s.status
         table.add_row(
-            s.name, state, *(str(s.counts[k]) for k in ("pending", "processing", "completed", "failed", "cancelled")),
-            f"{s.cost_usd:.3f}", f"{s.per_minute:.1f}", human_duration(s.eta_seconds),
+            s.name,
+            state,
+            *(str(s.counts[k]) for k in ("pending", "processing", "completed", "failed", "cancelled")),
+            f"{s.cost_usd:.3f}",
+            f"{s.per_minute:.1f}",
+            human_duration(s.eta_seconds),
         )
     return table

@@ -14,25 +14,39 @@ from models.catalog import CatalogError, load_catalog
 from tasks.estimate import estimate, human_duration
 from tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
 from tasks.producer import BatchOptions, SubmitError, SubmitReport, submit
+from tasks.runtime import redis_for
 from tasks.schedule import next_occurrence, parse_window
 from tasks.settings import Settings
+from workers.limiter import PoolLimits, RateLimiter
 
 MAX_ERRORS_SHOWN = 50
 
 
 def submit_command(
-    file: Path = typer.Argument(..., help="Products as .csv or .jsonl (columns: key, prompt or --template fields, …)"),
+    file: Path = typer.Argument(
+        ..., help="Products as .csv or .jsonl (columns: key, prompt or --template fields, …)"
+    ),
     batch: str | None = typer.Option(None, "--batch", help="Batch name (default: the file's stem)"),
     model: str | None = typer.Option(None, "--model", help="Default model for rows without one"),
     size: str | None = typer.Option(None, "--size", help="Default image size: 1K, 2K or 4K"),
     aspect: str | None = typer.Option(None, "--aspect", help="Default aspect ratio, e.g. 1:1 or 16:9"),
-    template: str | None = typer.Option(None, "--template", help='Prompt template, e.g. "Studio photo of {title}"'),
+    template: str | None = typer.Option(
+        None, "--template", help='Prompt template, e.g. "Studio photo of {title}"'
+    ),
     output_format: str = typer.Option("png", "--format", help="png or jpeg"),
-    images_dir: Path | None = typer.Option(None, "--images-dir", help="Input images must lie inside this folder"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and estimate cost and ETA; write nothing"),
+    images_dir: Path | None = typer.Option(
+        None, "--images-dir", help="Input images must lie inside this folder"
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate and estimate cost and ETA; write nothing"
+    ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Write the good rows, print the rejects"),
-    budget_usd: float | None = typer.Option(None, "--budget-usd", help="Stop paid calls once spent reaches this"),
-    reuse: bool = typer.Option(False, "--reuse", help="Complete identical requests from earlier results, unpaid"),
+    budget_usd: float | None = typer.Option(
+        None, "--budget-usd", help="Stop paid calls once spent reaches this"
+    ),
+    reuse: bool = typer.Option(
+        False, "--reuse", help="Complete identical requests from earlier results, unpaid"
+    ),
     at: str | None = typer.Option(None, "--at", help="Start at HH:MM (next occurrence, NANOBATCH_TIMEZONE)"),
     window: str | None = typer.Option(None, "--window", help="Only run inside HH:MM-HH:MM each day"),
 ) -> None:
@@ -56,7 +70,9 @@ def submit_command(
         _print_estimate(intake, settings)
         raise typer.Exit(1 if intake.errors else 0)
     if intake.errors and not skip_invalid:
-        raise fail(f"{len(intake.errors)} invalid row(s); nothing was written (use --skip-invalid to write the rest)")
+        raise fail(
+            f"{len(intake.errors)} invalid row(s); nothing was written (use --skip-invalid to write the rest)"
+        )
     batch_options = _batch_options(batch or file.stem, settings, budget_usd, reuse, at, window)
     report = _write(settings, intake, batch_options, options, str(file), skip_invalid)
     _print_report(report, settings)
@@ -87,13 +103,22 @@ def _batch_options(
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     return BatchOptions(
-        name=name, budget_usd=budget, reuse=reuse, scheduled_for=scheduled, window=parsed_window,
+        name=name,
+        budget_usd=budget,
+        reuse=reuse,
+        scheduled_for=scheduled,
+        window=parsed_window,
         window_tz=settings.timezone,
     )
 
 
 def _write(
-    settings: Settings, intake: IntakeResult, batch: BatchOptions, options: IntakeOptions, source: str, skip: bool
+    settings: Settings,
+    intake: IntakeResult,
+    batch: BatchOptions,
+    options: IntakeOptions,
+    source: str,
+    skip: bool,
 ) -> SubmitReport:
     runtime = runtime_for(settings)
     runtime.db.upgrade()
@@ -103,8 +128,14 @@ def _write(
         with Progress(*columns, console=err_console, transient=True) as progress:
             bar = progress.add_task("rows", total=len(intake.tasks))
             return submit(
-                runtime.db, dispatcher, intake, batch, intake_options=options, source=source,
-                skip_invalid=skip, progress=lambda n: progress.advance(bar, n),
+                runtime.db,
+                dispatcher,
+                intake,
+                batch,
+                intake_options=options,
+                source=source,
+                skip_invalid=skip,
+                progress=lambda n: progress.advance(bar, n),
             )
     except SubmitError as exc:
         raise fail(str(exc), 2) from None
@@ -119,22 +150,45 @@ def _print_errors(intake: IntakeResult) -> None:
         err_console.print(f"… and {len(intake.errors) - MAX_ERRORS_SHOWN} more invalid rows")
 
 
+def _live_limits(settings: Settings, pools: set[str]) -> dict[str, PoolLimits]:
+    """The limits workers will apply: live ones from Redis where set, else the NANOBATCH_LIMITS seeds."""
+    limits = dict(settings.limits)
+    if settings.embedded:
+        return limits
+    limiter = RateLimiter(redis_for(settings), prefix=settings.limiter_prefix)
+    for pool in pools:
+        live = limiter.get_limits(pool)
+        if live.configured():
+            limits[pool] = live
+    return limits
+
+
 def _print_estimate(intake: IntakeResult, settings: Settings) -> None:
     result = estimate(
-        intake.tasks, load_catalog(settings.catalog_file), settings.limits,
-        worker_concurrency=settings.concurrency, latency_seconds=settings.expected_latency,
+        intake.tasks,
+        load_catalog(settings.catalog_file),
+        _live_limits(settings, {task.model for task in intake.tasks}),
+        worker_concurrency=settings.concurrency,
+        latency_seconds=settings.expected_latency,
     )
     table = Table(title="dry run: nothing written")
     for column in ("pool", "tasks", "est. cost (USD)", "rate /min", "bottleneck", "ETA"):
         table.add_column(column)
     for pool in result.pools:
-        table.add_row(pool.pool, str(pool.tasks), f"{pool.cost_usd:.2f}", f"{pool.per_minute:.1f}",
-                      pool.bottleneck, human_duration(pool.eta_seconds))
+        table.add_row(
+            pool.pool,
+            str(pool.tasks),
+            f"{pool.cost_usd:.2f}",
+            f"{pool.per_minute:.1f}",
+            pool.bottleneck,
+            human_duration(pool.eta_seconds),
+        )
     console.print(table)
     console.print(
-        f"{result.tasks} task(s), {len(intake.errors)} invalid row(s); estimated cost ${result.cost_usd:.2f}; "
+        f"{result.tasks} task(s), {len(intake.errors)} invalid row(s); "
+        f"estimated cost ${result.cost_usd:.2f}; "
         f"ETA {human_duration(result.eta_seconds)} (concurrency {settings.concurrency}, "
-        f"~{settings.expected_latency:.0f}s per call, limits from NANOBATCH_LIMITS)"
+        f"~{settings.expected_latency:.0f}s per call, NANOBATCH_EXPECTED_LATENCY)"
     )
 
 
@@ -144,6 +198,8 @@ def _print_report(report: SubmitReport, settings: Settings) -> None:
         + (f", {len(report.errors)} rejected" if report.errors else "")
     )
     if settings.embedded:
-        console.print("embedded mode (no NANOBATCH_REDIS_URL): `nanobatch worker` will dispatch the pending rows")
+        console.print(
+            "embedded mode (no NANOBATCH_REDIS_URL): `nanobatch worker` will dispatch the pending rows"
+        )
     elif report.new and not report.dispatched:
         console.print("the batch is scheduled: the sweeper dispatches it when its start time or window opens")

@@ -15,8 +15,12 @@ from tasks.sweep import sweep
 
 
 def worker_command(
-    concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Threads (default NANOBATCH_CONCURRENCY)"),
-    beat: bool = typer.Option(False, "--beat", "-B", help="Also run the beat scheduler (exactly one per cluster)"),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-c", help="Threads (default NANOBATCH_CONCURRENCY)"
+    ),
+    beat: bool = typer.Option(
+        False, "--beat", "-B", help="Also run the beat scheduler (exactly one per cluster)"
+    ),
     loglevel: str = typer.Option("info", "--loglevel", "-l"),
     hostname: str | None = typer.Option(None, "--hostname", "-n", help="Celery node name"),
 ) -> None:
@@ -27,15 +31,26 @@ def worker_command(
     runtime = runtime_for(settings)
     runtime.db.upgrade()
     if settings.embedded:
-        console.print("embedded worker (in-process broker and limiter); Ctrl-C stops. Set NANOBATCH_REDIS_URL "
-                      "to share work and limits between workers.")
+        console.print(
+            "embedded worker (in-process broker and limiter); Ctrl-C stops. Set NANOBATCH_REDIS_URL "
+            "to share work and limits between workers."
+        )
         with EmbeddedWorker(runtime, sweep_interval=min(settings.sweep_interval, 2.0)):
             threading.Event().wait()
         return
     argv = [
-        "worker", "--pool", "threads", "--concurrency", str(settings.concurrency),
-        "--queues", f"{settings.queue},{control_queue(settings)}", "--events",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(settings.concurrency),
+        "--queues",
+        f"{settings.queue},{control_queue(settings)}",
+        "--events",
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
     ]
     if hostname:
         argv += ["--hostname", hostname]
@@ -61,13 +76,16 @@ def sweep_command() -> None:
         report = sweep(runtime)
     finally:
         runtime.close()
-    console.print(f"reclaimed {report.reclaimed}, dispatched {report.dispatched}, "
-                  f"already queued {report.skipped_live}, batches outside their window {report.held_by_window}")
+    console.print(
+        f"reclaimed {report.reclaimed}, dispatched {report.dispatched}, "
+        f"already queued {report.skipped_live}, batches outside their window {report.held_by_window}"
+    )
 
 
 def _refuse_paid_upstream_without_key(settings: Settings) -> None:
     if settings.provider_base_url == GOOGLE_BASE_URL and not settings.api_key_value:
         raise fail(
             "no API key: set GEMINI_API_KEY (or NANOBATCH_API_KEY), or point NANOBATCH_PROVIDER_BASE_URL at "
-            "a simulator (`nanobatch simulator`)", 2
+            "a simulator (`nanobatch simulator`)",
+            2,
         )

@@ -29,7 +29,9 @@ log = logging.getLogger("nanobatch.embedded")
 class EmbeddedWorker:
     """``with EmbeddedWorker(runtime): …`` runs tasks and sweeps until the block ends."""
 
-    def __init__(self, runtime: Runtime, *, concurrency: int | None = None, sweep_interval: float = 2.0) -> None:
+    def __init__(
+        self, runtime: Runtime, *, concurrency: int | None = None, sweep_interval: float = 2.0
+    ) -> None:
         self.runtime = runtime
         self.concurrency = concurrency or runtime.settings.concurrency
         self.sweep_interval = sweep_interval
@@ -41,7 +43,9 @@ class EmbeddedWorker:
         self.start()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self.stop()
 
     def start(self) -> None:

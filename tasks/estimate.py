@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from models.catalog import Catalog
+from models.catalog import Catalog, ModelSpec
 from tasks.intake import TaskSpec
-from tasks.settings import PoolLimitsConfig
+from workers.limiter import PoolLimits
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -38,7 +38,7 @@ class Estimate:
 def estimate(
     specs: list[TaskSpec],
     catalog: Catalog,
-    limits: dict[str, PoolLimitsConfig],
+    limits: dict[str, PoolLimits],
     *,
     worker_concurrency: int,
     latency_seconds: float,
@@ -47,7 +47,9 @@ def estimate(
     cost = 0.0
     for spec in specs:
         model = catalog.resolve(spec.model)
-        cost += model.cost_usd(spec.image_size, model.estimate_prompt_tokens(spec.prompt, len(spec.input_images)))
+        cost += model.cost_usd(
+            spec.image_size, model.estimate_prompt_tokens(spec.prompt, len(spec.input_images))
+        )
     pools = [
         _pool_estimate(pool, n, specs, catalog, limits.get(pool), worker_concurrency, latency_seconds)
         for pool, n in sorted(by_pool.items())
@@ -63,7 +65,7 @@ def _pool_estimate(
     n: int,
     specs: list[TaskSpec],
     catalog: Catalog,
-    limits: PoolLimitsConfig | None,
+    limits: PoolLimits | None,
     worker_concurrency: int,
     latency: float,
 ) -> PoolEstimate:
@@ -90,9 +92,14 @@ def _pool_estimate(
         eta = max(eta, (n // limits.rpd) * SECONDS_PER_DAY)
         bottleneck = "rpd"
     cost = sum(
-        model.cost_usd(s.image_size, model.estimate_prompt_tokens(s.prompt, len(s.input_images))) for s in pool_specs
+        model.cost_usd(s.image_size, model.estimate_prompt_tokens(s.prompt, len(s.input_images)))
+        for s in pool_specs
     )
     return PoolEstimate(pool, n, round(cost, 4), per_minute, bottleneck, eta)
+
+
+def _cost(model: ModelSpec, spec: TaskSpec) -> float:
+    return model.cost_usd(spec.image_size, model.estimate_prompt_tokens(spec.prompt, len(spec.input_images)))
 
 
 def human_duration(seconds: float | None) -> str:

@@ -26,19 +26,44 @@ ExportFormat = Literal["csv", "jsonl"]
 
 #: The fixed columns, in order (a public interface: extend at the end, never rename).
 FIELDS: tuple[str, ...] = (
-    "key", "status", "path", "sha256", "width", "height", "mime_type", "bytes", "cost_usd", "model",
-    "image_size", "aspect_ratio", "error_code", "error_message", "attempts",
+    "key",
+    "status",
+    "path",
+    "sha256",
+    "width",
+    "height",
+    "mime_type",
+    "bytes",
+    "cost_usd",
+    "model",
+    "image_size",
+    "aspect_ratio",
+    "error_code",
+    "error_message",
+    "attempts",
 )
 #: Prefix for a product column whose name clashes with a fixed one (e.g. a ``status`` column).
 CLASH_PREFIX = "extra_"
 CHUNK = 1000
 
 _COLUMNS = (
-    GenerationTask.key, GenerationTask.status, GenerationTask.result_uri, GenerationTask.result_sha256,
-    GenerationTask.width, GenerationTask.height, GenerationTask.mime_type, GenerationTask.bytes,
-    GenerationTask.cost_usd, GenerationTask.model, GenerationTask.model_used, GenerationTask.image_size,
-    GenerationTask.aspect_ratio, GenerationTask.error_code, GenerationTask.error_message,
-    GenerationTask.attempts, GenerationTask.extra,
+    GenerationTask.key,
+    GenerationTask.status,
+    GenerationTask.result_uri,
+    GenerationTask.result_sha256,
+    GenerationTask.width,
+    GenerationTask.height,
+    GenerationTask.mime_type,
+    GenerationTask.bytes,
+    GenerationTask.cost_usd,
+    GenerationTask.model,
+    GenerationTask.model_used,
+    GenerationTask.image_size,
+    GenerationTask.aspect_ratio,
+    GenerationTask.error_code,
+    GenerationTask.error_message,
+    GenerationTask.attempts,
+    GenerationTask.extra,
 )
 
 

@@ -107,8 +107,13 @@ def collect(session: Session, batch: Batch, *, max_images: int = MAX_IMAGES) -> 
 def _tiles(session: Session, batch_id: str, limit: int) -> list[Tile]:
     rows = session.execute(
         select(
-            GenerationTask.key, GenerationTask.status, GenerationTask.prompt, GenerationTask.cost_usd,
-            GenerationTask.width, GenerationTask.height, GenerationTask.result_uri,
+            GenerationTask.key,
+            GenerationTask.status,
+            GenerationTask.prompt,
+            GenerationTask.cost_usd,
+            GenerationTask.width,
+            GenerationTask.height,
+            GenerationTask.result_uri,
         )
         .where(GenerationTask.batch_id == batch_id, GenerationTask.status == TaskStatus.COMPLETED.value)
         .order_by(GenerationTask.key)
@@ -201,7 +206,7 @@ def render_html(data: ReportData) -> str:
     """The whole page as a string; pure (no I/O), so it is unit-tested directly."""
     s = data.summary
     return PAGE.substitute(
-        csp=esc(CSP),
+        csp=CSP,  # a constant with single quotes, inside a double-quoted attribute
         title=esc(f"nanobatch report · {s.name}"),
         batch=esc(s.name),
         batch_status=esc(s.status),
@@ -283,7 +288,7 @@ def _full_prompt(prompt: str) -> str:
     """Long prompts: the full text in a native disclosure widget (the title is hard to read or copy)."""
     if len(prompt) <= PROMPT_SHOWN:
         return ""
-    return f'<details><summary>Full prompt</summary><p>{esc(prompt)}</p></details>'
+    return f"<details><summary>Full prompt</summary><p>{esc(prompt)}</p></details>"
 
 
 def _failures_section(groups: Sequence[FailureGroup], failed: int) -> str:
@@ -291,7 +296,7 @@ def _failures_section(groups: Sequence[FailureGroup], failed: int) -> str:
         return ""
     blocks = []
     for group in groups:
-        rows = "".join(f"<tr><td class=\"key\">{esc(k)}</td><td>{esc(m)}</td></tr>" for k, m in group.items)
+        rows = "".join(f'<tr><td class="key">{esc(k)}</td><td>{esc(m)}</td></tr>' for k, m in group.items)
         more = group.count - len(group.items)
         tail = f'<p class="muted">… and {more:,} more.</p>' if more > 0 else ""
         blocks.append(

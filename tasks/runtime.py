@@ -84,6 +84,9 @@ class Runtime:
 
 def build_runtime(settings: Settings, app: Celery) -> Runtime:
     redis = redis_for(settings)
+    limiter = RateLimiter(redis, prefix=settings.limiter_prefix)
+    for pool, limits in settings.limits.items():
+        limiter.seed_limits(pool, limits)  # fills only what `nanobatch limits set` has not set
     http = make_http_client(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.request_timeout,
@@ -95,7 +98,7 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         catalog=load_catalog(settings.catalog_file),
         db=Database(settings.database_url, pool_size=min(settings.concurrency + 2, 40)),
         redis=redis,
-        limiter=RateLimiter(redis, prefix=settings.limiter_prefix),
+        limiter=limiter,
         http=http,
         provider=make_provider(provider_config(settings), http),
         dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,18 +20,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from workers.limiter import PoolLimits
+
 DEFAULT_HOME = Path("nanobatch-data")
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
-
-
-class PoolLimitsConfig(BaseModel):
-    """Default limits of one quota pool; seeded into Redis when the pool has none yet."""
-
-    rpm: int | None = Field(default=None, gt=0, le=1_000_000)
-    ipm: int | None = Field(default=None, gt=0, le=1_000_000)
-    tpm: int | None = Field(default=None, gt=0, le=1_000_000_000)
-    rpd: int | None = Field(default=None, gt=0, le=100_000_000)
-    concurrency: int | None = Field(default=None, gt=0, le=100_000)
 
 
 class Settings(BaseSettings):
@@ -73,7 +65,7 @@ class Settings(BaseSettings):
     lease_seconds: float | None = Field(default=None, gt=0)  # default: request_timeout + 60
     expected_latency: float = Field(default=15.0, gt=0)  # seconds per call, for dry-run ETAs
     fallback_models: list[str] = []
-    limits: dict[str, PoolLimitsConfig] = {}
+    limits: dict[str, PoolLimits] = {}  # seeds for pools that have no live limits in Redis yet
     limiter_prefix: str = "nanobatch"
 
     # Sweeper / beat.

@@ -56,8 +56,13 @@ class Stack:
 
     @property
     def settings(self) -> Settings:
-        return Settings(**{k.removeprefix("NANOBATCH_").lower(): v for k, v in self.env.items()
-                           if k.startswith("NANOBATCH_") and k != "NANOBATCH_API_KEY"})
+        return Settings(
+            **{
+                k.removeprefix("NANOBATCH_").lower(): v
+                for k, v in self.env.items()
+                if k.startswith("NANOBATCH_") and k != "NANOBATCH_API_KEY"
+            }
+        )
 
     @property
     def runtime(self) -> Runtime:
@@ -65,13 +70,33 @@ class Stack:
             self._runtime = runtime_for(self.settings)
         return self._runtime
 
-    def start_worker(self, concurrency: int = 4, *, beat: bool = False, **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, concurrency: int = 4, *, beat: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
         """A real ``celery worker`` process on this stack (``beat=True`` embeds the scheduler: sweeps)."""
         queues = f"{self.env['NANOBATCH_QUEUE']},{self.env['NANOBATCH_QUEUE']}.control"
         number = len(self.workers)
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "threads", "-c", str(concurrency),
-               "-Q", queues, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
-               "-n", f"w{number}-{os.getpid()}@%h"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-Q",
+            queues,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "info",
+            "-n",
+            f"w{number}-{os.getpid()}@%h",
+        ]
         if beat:
             cmd += ["-B", "-s", str(self.output_dir.parent / f"beat-schedule-{number}")]
         log = (self.output_dir.parent / f"worker{number}.log").open("wb")
@@ -81,8 +106,12 @@ class Stack:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "cli", *args], cwd=REPO, env={**os.environ, **self.env},
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "cli", *args],
+            cwd=REPO,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"nanobatch {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -107,12 +136,15 @@ class Stack:
             if summary.remaining == 0 and summary.total:
                 return summary
             if time.monotonic() > deadline:
-                raise AssertionError(f"batch {batch} not terminal after {timeout}s: {summary.counts}\n"
-                                     + self.worker_logs())
+                raise AssertionError(
+                    f"batch {batch} not terminal after {timeout}s: {summary.counts}\n" + self.worker_logs()
+                )
             time.sleep(0.2)
 
     def worker_logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.output_dir.parent.glob("worker*.log"))
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in self.output_dir.parent.glob("worker*.log")
+        )
 
     def stop(self) -> None:
         for proc in self.workers:

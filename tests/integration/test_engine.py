@@ -50,8 +50,15 @@ def test_permanent_failures_fail_after_exactly_one_call(simulator, stack, tmp_pa
     sim = simulator(block_words=("forbidden",))
     s = stack(sim)
     s.start_worker()
-    path = write_csv(tmp_path / "p.csv", "key,prompt", "A,mug", "B,forbidden mug", "C,forbidden cup",
-                     "D,forbidden plate", "E,cup")
+    path = write_csv(
+        tmp_path / "p.csv",
+        "key,prompt",
+        "A,mug",
+        "B,forbidden mug",
+        "C,forbidden cup",
+        "D,forbidden plate",
+        "E,cup",
+    )
     s.submit_file(path, "blocked")
     summary = s.wait_terminal("blocked")
     # Then the blocked ones fail with the reason, each after one call, none retried
@@ -144,9 +151,14 @@ def test_a_budget_stops_paid_calls(simulator, stack, tmp_path: Path) -> None:  #
     s.start_worker(concurrency=1)
     # 2.5 flash costs ~$0.039 an image: a $0.10 budget pays for two
     s.cli("submit", str(products(tmp_path, 5)), "--batch", "capped", "--budget-usd", "0.1", check=True)
-    _wait_until(lambda: s.summary("capped").counts["completed"] == 2 and
-                all(t.error_code == "budget_reached" for t in tasks_of(s, "capped") if t.status == "pending")
-                and s.summary("capped").counts["pending"] == 3, "two completed, three waiting on the budget")
+    _wait_until(
+        lambda: (
+            s.summary("capped").counts["completed"] == 2
+            and all(t.error_code == "budget_reached" for t in tasks_of(s, "capped") if t.status == "pending")
+            and s.summary("capped").counts["pending"] == 3
+        ),
+        "two completed, three waiting on the budget",
+    )
     assert sim.stats()["requests"] == 2
     assert s.summary("capped").cost_usd <= 0.1
     status = s.cli("status", "capped", check=True).stdout

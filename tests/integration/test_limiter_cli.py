@@ -111,7 +111,9 @@ def test_show_table(cli: Any, limiter: RateLimiter) -> None:
         ([], "nothing to do"),
     ],
 )
-def test_invalid_input_is_a_clear_error(cli: Any, limiter: RateLimiter, args: list[str], message: str) -> None:
+def test_invalid_input_is_a_clear_error(
+    cli: Any, limiter: RateLimiter, args: list[str], message: str
+) -> None:
     result = cli("set", "--pool", FLASH, *args)
 
     assert result.exit_code == 2

@@ -12,6 +12,7 @@ import random
 import signal
 import threading
 import time
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -96,7 +97,7 @@ def test_four_processes_never_beat_the_rpm_and_track_it_closely(redis_url: str, 
 
     # Then admissions, merged across processes, are never closer than the emission interval
     times = sorted(t for _, admitted in reports for t in admitted)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(times)]
     assert min(gaps) >= interval - 1e-6
     assert all(sum(1 for t in times if start <= t < start + 60) <= 600 for start in times)
     # And nearly every slot between the first and last admission was used (no lost capacity)

@@ -25,8 +25,12 @@ def test_submitted_rows_become_images_of_the_exact_size(simulator, stack, tmp_pa
     # Given a worker and a file asking for a 3 Pro 4K 21:9 image and a 2.5 flash 16:9 image
     s = stack(simulator())
     s.start_worker()
-    path = write_csv(tmp_path / "p.csv", "key,prompt,model,image_size,aspect_ratio",
-                     "SKU-1,red mug,gemini-3-pro-image,4K,21:9", "SKU-2,blue mug,,,16:9")
+    path = write_csv(
+        tmp_path / "p.csv",
+        "key,prompt,model,image_size,aspect_ratio",
+        "SKU-1,red mug,gemini-3-pro-image,4K,21:9",
+        "SKU-2,blue mug,,,16:9",
+    )
     # When it is submitted
     report = s.submit_file(path, "sizes")
     assert (report.new, report.dispatched) == (2, 2)
@@ -48,8 +52,11 @@ def test_status_json_has_the_documented_shape(simulator, stack, tmp_path: Path) 
     s.submit_file(write_csv(tmp_path / "p.csv", "key,prompt", "A,mug", "B,cup"), "shape")
     s.wait_terminal("shape")
     one = json.loads(s.cli("status", "shape", "--json", check=True).stdout)
-    assert one == {"batch": "shape", "cost_usd": pytest.approx(one["cost_usd"]),
-                   "counts": {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "cancelled": 0}}
+    assert one == {
+        "batch": "shape",
+        "cost_usd": pytest.approx(one["cost_usd"]),
+        "counts": {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "cancelled": 0},
+    }
     assert one["cost_usd"] > 0
     assert set(one) == {"batch", "counts", "cost_usd"}
     every = json.loads(s.cli("status", "--json", check=True).stdout)
@@ -80,7 +87,9 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
-def test_a_bad_file_is_rejected_with_line_numbers_and_writes_nothing(simulator, stack, tmp_path: Path, case: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_file_is_rejected_with_line_numbers_and_writes_nothing(
+    simulator, stack, tmp_path: Path, case: str
+) -> None:  # type: ignore[no-untyped-def]
     s = stack(simulator())
     content, expected = BAD_FILES[case]
     path = tmp_path / "bad.csv"
@@ -112,8 +121,11 @@ def test_a_redelivered_message_for_a_completed_task_does_nothing(simulator, stac
     # Then the redelivery was dropped: only the sentinel reached the upstream, the row is untouched
     assert sim.stats()["requests"] == calls + 1
     after = tasks_of(s, "redeliver")["A"]
-    assert (after.status, after.finished_at, after.result_sha256) == ("completed", before.finished_at,
-                                                                       before.result_sha256)
+    assert (after.status, after.finished_at, after.result_sha256) == (
+        "completed",
+        before.finished_at,
+        before.result_sha256,
+    )
 
 
 def test_a_hostile_key_cannot_write_outside_the_output_dir(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from PIL import Image
 
 from models.catalog import load_catalog
 from simulator.server import RunningSimulator
+from simulator.testing import wait_until
 from workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
@@ -193,20 +194,13 @@ def test_concurrency_cap_is_rate_limited(simulator: StartSimulator, client: http
     sim = simulator(concurrency=1, latency=(1.0, 1.0))
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(provider(kind, sim, client).generate, request_for(kind))
-        _wait_for_in_flight(sim)
+        wait_until(lambda: sim.stats()["current_concurrency"], message="the first call in flight")
+        time.sleep(0.1)  # arrival is counted a moment before quota admission; let it take the slot
 
         error = failure(kind, sim, client)
 
         assert first.result().data
     assert type(error) is RateLimited
-
-
-def _wait_for_in_flight(sim: RunningSimulator, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sim.stats()["requests"] < 1:
-        assert time.monotonic() < deadline, "the first request never reached the simulator"
-        time.sleep(0.01)
-    time.sleep(0.1)  # arrival is counted just before quota admission; let the first one take the slot
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -26,7 +26,8 @@ def simulator() -> Iterator[SimulatorFactory]:
 @pytest.mark.parametrize(("status", "google_status"), [
     (500, "INTERNAL"), (503, "UNAVAILABLE"), (504, "DEADLINE_EXCEEDED"), (429, "RESOURCE_EXHAUSTED"),
 ])
-def test_error_statuses_have_google_bodies(simulator: SimulatorFactory, status: int, google_status: str) -> None:
+def test_error_statuses_have_google_bodies(simulator: SimulatorFactory, status: int,
+                                           google_status: str) -> None:
     sim = simulator(fail_rates={status: 1.0})
     response = httpx.post(sim.url + PRO, json=BODY)
     assert response.status_code == status
@@ -36,7 +37,8 @@ def test_error_statuses_have_google_bodies(simulator: SimulatorFactory, status: 
 
 def test_bad_gateway_is_an_html_page(simulator: SimulatorFactory) -> None:
     sim = simulator(fail_rates={502: 1.0})
-    for response in (httpx.post(sim.url + PRO, json=BODY), httpx.post(sim.url + GENERATIONS, json=OPENAI_BODY)):
+    gemini = httpx.post(sim.url + PRO, json=BODY)
+    for response in (gemini, httpx.post(sim.url + GENERATIONS, json=OPENAI_BODY)):
         assert response.status_code == 502
         assert response.headers["content-type"].startswith("text/html")
 

@@ -68,8 +68,8 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("version", ["v1beta", "v1"])
-def test_both_api_versions_answer_with_an_image_at_catalog_size(http: httpx.Client, simulator: SimulatorFactory,
-                                                                version: str) -> None:
+def test_both_api_versions_answer_with_an_image_at_catalog_size(
+        http: httpx.Client, simulator: SimulatorFactory, version: str) -> None:
     sim = simulator()
     post = Poster(http, sim)
     response = post(f"/{version}/models/gemini-3-pro-image:generateContent",
@@ -110,14 +110,16 @@ def test_edit_with_two_inline_images_is_counted(http: httpx.Client, simulator: S
     post = Poster(http, sim)
     response = post(PRO, body("put the logo on the mug", ratio="1:1", images=2))
     assert response.status_code == 200
-    details = {d["modality"]: d["tokenCount"] for d in response.json()["usageMetadata"]["promptTokensDetails"]}
+    prompt_details = response.json()["usageMetadata"]["promptTokensDetails"]
+    details = {d["modality"]: d["tokenCount"] for d in prompt_details}
     assert details["IMAGE"] == 2 * 560
     assert sim.stats()["input_images_received"] == 2
     [summary] = sim.requests(1)
     assert summary["n_input_images"] == 2 and summary["input_mime_types"] == ["image/png", "image/png"]
 
 
-def test_text_and_image_modalities_give_a_text_part_first(http: httpx.Client, simulator: SimulatorFactory) -> None:
+def test_text_and_image_modalities_give_a_text_part_first(
+        http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator()
     post = Poster(http, sim)
     payload = body()
@@ -135,7 +137,8 @@ def test_jpeg_when_asked(http: httpx.Client, simulator: SimulatorFactory) -> Non
     assert image_of(response).format == "JPEG"
 
 
-def test_thumbnails_are_small_with_real_size_in_headers(http: httpx.Client, simulator: SimulatorFactory) -> None:
+def test_thumbnails_are_small_with_real_size_in_headers(
+        http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator(thumbnails=True)
     post = Poster(http, sim)
     response = post(PRO, body(ratio="21:9", size="4K"))
@@ -153,8 +156,8 @@ def test_thumbnails_are_small_with_real_size_in_headers(http: httpx.Client, simu
     (PRO, body(images=15), 400, "INVALID_ARGUMENT"),
     (PRO, {"contents": []}, 400, "INVALID_ARGUMENT"),
 ])
-def test_validation_errors(http: httpx.Client, simulator: SimulatorFactory, path: str, payload: dict[str, Any], status: int,
-                           google_status: str) -> None:
+def test_validation_errors(http: httpx.Client, simulator: SimulatorFactory, path: str,
+                           payload: dict[str, Any], status: int, google_status: str) -> None:
     sim = simulator(rpm=1)
     post = Poster(http, sim)
     response = post(path, payload)

@@ -82,7 +82,8 @@ def test_rpd_is_per_day_until_pacific_midnight(http: httpx.Client, simulator: Si
     found = details(limited)
     assert found["QuotaFailure"]["violations"][0]["quotaId"] == "GenerateRequestsPerDayPerProjectPerModel"
     now = time.time()
-    assert float(found["RetryInfo"]["retryDelay"][:-1]) == pytest.approx(next_pacific_midnight(now) - now, abs=30)
+    until_midnight = next_pacific_midnight(now) - now
+    assert float(found["RetryInfo"]["retryDelay"][:-1]) == pytest.approx(until_midnight, abs=30)
 
 
 def test_concurrency_limit_counts_requests_in_flight(http: httpx.Client, simulator: SimulatorFactory) -> None:
@@ -100,7 +101,8 @@ def test_concurrency_limit_counts_requests_in_flight(http: httpx.Client, simulat
     wait_until(lambda: sim.stats()["current_concurrency"] == 1, message="the first request in flight")
     limited = http.post(sim.url + PRO, json=BODY)
     assert limited.status_code == 429
-    assert details(limited)["QuotaFailure"]["violations"][0]["quotaId"] == "ConcurrentRequestsPerProjectPerModel"
+    violation = details(limited)["QuotaFailure"]["violations"][0]
+    assert violation["quotaId"] == "ConcurrentRequestsPerProjectPerModel"
     sim.stop()  # wakes the first request's simulated latency
     first.join(timeout=10)
     assert not first.is_alive() and outcome

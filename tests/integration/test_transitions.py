@@ -30,7 +30,11 @@ def add_batch(db: Database, n: int = 1, **batch_fields: object) -> tuple[str, li
         s.add(Batch(id=batch_id, name=f"b-{batch_id[:8]}", model="gemini-2.5-flash-image", **batch_fields))
         s.flush()
         for i, tid in enumerate(ids):
-            s.add(GenerationTask(id=tid, batch_id=batch_id, key=f"k{i}", prompt="p", model="m", aspect_ratio="1:1"))
+            s.add(
+                GenerationTask(
+                    id=tid, batch_id=batch_id, key=f"k{i}", prompt="p", model="m", aspect_ratio="1:1"
+                )
+            )
     return batch_id, ids
 
 

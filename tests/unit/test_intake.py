@@ -33,8 +33,13 @@ def test_good_csv_becomes_task_specs(tmp_path: Path) -> None:
     result = read(path)
     assert errors(result) == []
     a, b = result.tasks
-    assert (a.key, a.aspect_ratio, a.model, a.image_size, a.extra) == ("A", "16:9", "gemini-2.5-flash-image", None,
-                                                                         {"color": "red"})
+    assert (a.key, a.aspect_ratio, a.model, a.image_size, a.extra) == (
+        "A",
+        "16:9",
+        "gemini-2.5-flash-image",
+        None,
+        {"color": "red"},
+    )
     assert b.aspect_ratio == "1:1" and a.content_hash != b.content_hash
 
 
@@ -45,8 +50,14 @@ def test_good_csv_becomes_task_specs(tmp_path: Path) -> None:
         ("key,prompt\nA,a mug\nA,another\n", "line 3: key: duplicate key 'A' (first on line 2)"),
         ("key,prompt\nA,   \n", "line 2: prompt: String should have at least 1 character"),
         ("key,prompt,aspect_ratio\nA,mug,7:3\n", "line 2: aspect_ratio: aspect ratio '7:3' is not one of"),
-        ("key,prompt,model,image_size\nA,mug,gemini-3-pro-image,8K\n", "line 2: image_size: model gemini-3-pro-image"),
-        ("key,prompt,image_size\nA,mug,2K\n", "line 2: image_size: model gemini-2.5-flash-image takes no image size"),
+        (
+            "key,prompt,model,image_size\nA,mug,gemini-3-pro-image,8K\n",
+            "line 2: image_size: model gemini-3-pro-image",
+        ),
+        (
+            "key,prompt,image_size\nA,mug,2K\n",
+            "line 2: image_size: model gemini-2.5-flash-image takes no image size",
+        ),
         ("key,prompt,model\nA,mug,dall-e-9\n", "line 2: model: unknown model 'dall-e-9'"),
         ('key,prompt\nA,"unterminated\n', "line 2: -: not valid CSV"),
         ("key,prompt\nA,mug,extra\n", "line 2: -: expected 2 columns, found 3"),
@@ -95,7 +106,9 @@ def test_template_fills_from_columns_and_unknown_columns_are_refused(tmp_path: P
 
 
 def test_jsonl_rows_and_their_errors(tmp_path: Path) -> None:
-    body = '{"key": "A", "prompt": "mug"}\n\n{"key": "B", "prompt": "x", "aspect_ratio": "9:16"}\n{oops\n[1]\n'
+    body = (
+        '{"key": "A", "prompt": "mug"}\n\n{"key": "B", "prompt": "x", "aspect_ratio": "9:16"}\n{oops\n[1]\n'
+    )
     result = read(write(tmp_path, "p.jsonl", body))
     assert [t.key for t in result.tasks] == ["A", "B"]
     assert [e.split(":")[0] for e in errors(result)] == ["line 4", "line 5"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_the_midnights_bracket_now_with_a_day_either_side() -> None:
     assert midnights[1] <= now < midnights[2]
     assert [datetime.fromtimestamp(m, PACIFIC).time().hour for m in midnights] == [0, 0, 0, 0]
     assert datetime.fromtimestamp(midnights[1], PACIFIC).date() == datetime(2026, 5, 19).date()
-    assert [b - a for a, b in zip(midnights, midnights[1:], strict=False)] == [86400.0] * 3
+    assert [b - a for a, b in pairwise(midnights)] == [86400.0] * 3
 
 
 def test_microsecond_arguments_round_trip() -> None:

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import fakeredis
@@ -33,13 +34,13 @@ class Backend:
     prefix: str
     limiter: RateLimiter
 
-    def keys(self) -> list[str]:
+    def key_names(self) -> list[str]:
         return sorted(k.decode() for k in self.client.scan_iter(f"{self.prefix}*"))
 
     def snapshot(self) -> dict[str, Any]:
         """Every key's content (not its TTL): equal snapshots mean nothing was reserved."""
         dump: dict[str, Any] = {}
-        for key in self.keys():
+        for key in self.key_names():
             kind = self.client.type(key).decode()
             if kind == "hash":
                 dump[key] = self.client.hgetall(key)
@@ -171,7 +172,7 @@ def test_random_traffic_never_exceeds_any_window_and_every_wait_is_exact(backend
     assert _window_sums(times, [1] * len(times)) <= 120
     assert _window_sums(times, [i for _, _, i in admitted]) <= 150
     assert _window_sums(times, [k for _, k, _ in admitted]) <= 60_000
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= US / 2  # rpm: smooth pacing
+    assert min(b - a for a, b in pairwise(times)) >= US / 2  # rpm: smooth pacing
     # And the limits did bind, so this test can fail
     assert _window_sums(times, [k for _, k, _ in admitted]) > 50_000
 
@@ -425,7 +426,7 @@ def test_only_the_limits_hash_lives_forever(backend: Backend) -> None:
     acquire(backend, T0, tokens=100)
     backend.limiter.cooldown(POOL, 5, now=T0)
 
-    ttls = {key.rsplit(":", 1)[1]: backend.client.pttl(key) for key in backend.keys()}
+    ttls = {key.rsplit(":", 1)[1]: backend.client.pttl(key) for key in backend.key_names()}
 
     assert ttls.pop("limits") == -1
     assert set(ttls) == {"cooldown", "rpm", "ipm", "tpm", "sums", "day", "inflight", "usage"}

@@ -45,7 +45,11 @@ def test_transient_errors_retry_until_the_attempt_budget_is_spent(error: Excepti
 
 @pytest.mark.parametrize(
     "error",
-    [ContentBlocked("no", reason="IMAGE_SAFETY"), InvalidRequest("bad key", status_code=400), QuotaMisconfigured("0")],
+    [
+        ContentBlocked("no", reason="IMAGE_SAFETY"),
+        InvalidRequest("bad key", status_code=400),
+        QuotaMisconfigured("0"),
+    ],
 )
 def test_permanent_errors_fail_at_once(error: Exception) -> None:
     d = decide(error, attempts_so_far=0, policy=POLICY)  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ from simulator.config import SimulatorConfig
 
 
 def test_fail_rates_parse_into_status_to_rate() -> None:
-    assert SimulatorConfig.parse_fail_rates("500=0.01,503=0.05, 504=0.01") == {500: 0.01, 503: 0.05, 504: 0.01}
+    parsed = SimulatorConfig.parse_fail_rates("500=0.01,503=0.05, 504=0.01")
+    assert parsed == {500: 0.01, 503: 0.05, 504: 0.01}
 
 
 def test_empty_fail_rates_mean_none() -> None:

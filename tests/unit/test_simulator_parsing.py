@@ -91,7 +91,8 @@ def test_openai_size_is_rendered_as_asked_or_catalog_square_for_auto() -> None:
     ({"prompt": "p", "size": "1000x1000"}, "size"), ({"prompt": "p", "size": "16384x16"}, "size"),
     ({"prompt": "p", "size": "big"}, "size"), ({"prompt": ""}, "prompt"), ({"prompt": "p", "n": 0}, "n"),
     ({"prompt": "p", "n": 11}, "n"), ({"prompt": "p", "response_format": "file"}, "response_format"),
-    ({"prompt": "p", "output_format": "gif"}, "output_format"), ({"prompt": "p", "quality": "ultra"}, "quality"),
+    ({"prompt": "p", "output_format": "gif"}, "output_format"),
+    ({"prompt": "p", "quality": "ultra"}, "quality"),
 ])
 def test_openai_bad_fields_name_the_param(fields: dict, param: str) -> None:
     with pytest.raises(Rejected) as exc:

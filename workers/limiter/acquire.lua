@@ -194,7 +194,7 @@ end
 if never then
   return {0, '-1', never, fmt(now)}
 end
-if reason ~= '' and reason ~= 'ipm' then
+if reason ~= '' then
   return {0, fmt(math.max(wait, 1)), reason, fmt(now)}
 end
 

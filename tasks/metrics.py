@@ -1,0 +1,270 @@
+"""Prometheus metrics computed at scrape time from the database and Redis (DESIGN §1, "Ops").
+
+The exporter keeps no state of its own: every scrape asks the sources of truth — task counts, spend
+and throughput from the database; queue lengths, limiter state and the workers' telemetry
+(:mod:`tasks.telemetry`) from Redis. So an exporter can restart, or run twice, without losing or
+double counting anything, and it agrees with ``nanobatch status`` by construction.
+
+A source that fails (database down, Redis down) does not fail the whole scrape: its series are left
+out and ``nanobatch_exporter_source_up{source}`` drops to 0, which is what an alert should watch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from wsgiref.simple_server import WSGIServer
+
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from redis import Redis
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.db import Database
+from models.queries import THROUGHPUT_WINDOW
+from models.status import TaskStatus
+from models.tables import Batch, GenerationTask
+from tasks.celery_app import control_queue
+from tasks.runtime import redis_for
+from tasks.settings import Settings
+from tasks.telemetry import Telemetry, TelemetrySnapshot
+from workers.limiter import PoolState, RateLimiter
+
+log = logging.getLogger("nanobatch.metrics")
+
+
+@dataclass
+class MetricsSources:
+    """Where the numbers come from; ``redis`` is ``None`` in embedded mode (nothing shared to read)."""
+
+    db: Database
+    redis: Redis | None
+    queues: tuple[str, ...]
+    prefix: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricsSources:
+        return cls(
+            db=Database(settings.database_url, pool_size=2),
+            redis=None if settings.embedded else redis_for(settings),
+            queues=(settings.queue, control_queue(settings)),
+            prefix=settings.limiter_prefix,
+        )
+
+    def close(self) -> None:
+        self.db.dispose()
+        if self.redis is not None:
+            self.redis.close()
+
+
+class NanobatchCollector(Collector):
+    """A custom collector: ``collect()`` runs on every scrape and reads everything fresh."""
+
+    def __init__(self, sources: MetricsSources) -> None:
+        self.sources = sources
+        redis = sources.redis
+        self.limiter = RateLimiter(redis, prefix=sources.prefix) if redis is not None else None
+        self.telemetry = Telemetry(redis, prefix=sources.prefix) if redis is not None else None
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "nanobatch_exporter_source_up", "1 when the last scrape could read this source", labels=["source"]
+        )
+        for source, read in self._sections():
+            try:
+                families = list(read())
+            except Exception:  # any failure of one source must not hide the others
+                log.exception("metrics: cannot read %s", source)
+                up.add_metric([source], 0)
+                continue
+            up.add_metric([source], 1)
+            yield from families
+        yield up
+
+    def _sections(self) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
+        sections: list[tuple[str, Callable[[], Iterable[Metric]]]] = [("database", self._batches)]
+        if self.sources.redis is not None:
+            sections += [("queues", self._queues), ("limiter", self._limiter), ("telemetry", self._telemetry)]
+        return sections
+
+    def _batches(self) -> list[Metric]:
+        with self.sources.db.session() as session:
+            return batch_metrics(session, utcnow())
+
+    def _queues(self) -> list[Metric]:
+        assert self.sources.redis is not None
+        depth = GaugeMetricFamily(
+            "nanobatch_queue_depth", "Messages waiting in the Celery queue (all priorities)", labels=["queue"]
+        )
+        for queue, length in queue_lengths(self.sources.redis, self.sources.queues).items():
+            depth.add_metric([queue], length)
+        return [depth]
+
+    def _limiter(self) -> list[Metric]:
+        assert self.limiter is not None and self.sources.redis is not None
+        states = [self.limiter.state(pool) for pool in self.limiter.pools()]
+        return limiter_metrics(states, redis_now(self.sources.redis))
+
+    def _telemetry(self) -> list[Metric]:
+        assert self.telemetry is not None
+        return telemetry_metrics(self.telemetry.snapshot())
+
+
+# -- database -------------------------------------------------------------------------------------
+
+
+def batch_metrics(session: Session, now: datetime) -> list[Metric]:
+    """Per batch: tasks by status (every status, zeros included), spend, budget, completions/minute.
+
+    Three aggregate queries whatever the number of batches, so a scrape stays cheap as batches pile up.
+    """
+    tasks = GaugeMetricFamily("nanobatch_tasks", "Tasks of a batch by status", labels=["batch", "status"])
+    spend = GaugeMetricFamily("nanobatch_batch_spend_usd", "USD spent by a batch", labels=["batch"])
+    budget = GaugeMetricFamily("nanobatch_batch_budget_usd", "Budget of a batch (when set)", labels=["batch"])
+    rate = GaugeMetricFamily(
+        "nanobatch_completions_per_minute", "Completions per minute over the last 5 minutes", labels=["batch"]
+    )
+    counts = _status_counts(session)
+    recent = _recent_completions(session, now)
+    batches = session.execute(
+        select(Batch.id, Batch.name, Batch.spent_usd, Batch.budget_usd, Batch.created_at)
+    )
+    for batch_id, name, spent, budget_usd, created_at in batches:
+        for status in TaskStatus:
+            tasks.add_metric([name, status.value], counts.get((batch_id, status.value), 0))
+        spend.add_metric([name], float(spent or 0.0))
+        if budget_usd is not None:
+            budget.add_metric([name], float(budget_usd))
+        rate.add_metric([name], per_minute(recent.get(batch_id, 0), created_at, now))
+    return [tasks, spend, budget, rate]
+
+
+def per_minute(recent: int, created_at: datetime, now: datetime) -> float:
+    """Completions per minute over the throughput window, or over the batch's life when it is younger
+    (the same definition as ``nanobatch status``, so the two never disagree)."""
+    window = min(THROUGHPUT_WINDOW, max(now - created_at, timedelta(seconds=1)))
+    return recent / (window / timedelta(minutes=1))
+
+
+def _status_counts(session: Session) -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(GenerationTask.batch_id, GenerationTask.status, func.count()).group_by(
+            GenerationTask.batch_id, GenerationTask.status
+        )
+    )
+    return {(batch_id, status): int(count) for batch_id, status, count in rows}
+
+
+def _recent_completions(session: Session, now: datetime) -> dict[str, int]:
+    rows = session.execute(
+        select(GenerationTask.batch_id, func.count())
+        .where(
+            GenerationTask.status == TaskStatus.COMPLETED.value,
+            GenerationTask.finished_at >= now - THROUGHPUT_WINDOW,
+        )
+        .group_by(GenerationTask.batch_id)
+    )
+    return {batch_id: int(count) for batch_id, count in rows}
+
+
+# -- Redis: queues, limiter -----------------------------------------------------------------------
+
+
+def priority_queue_names(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for ``queue``: the plain name, plus ``<queue>\\x06\\x16<n>`` for
+    each non-zero priority step (kombu.transport.redis ``Channel._q_for_pri``)."""
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_lengths(redis: Redis, queues: Sequence[str]) -> dict[str, int]:
+    """LLEN of every priority list of every queue, summed per queue, in one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for name in priority_queue_names(queue):
+                pipe.llen(name)
+        lengths = iter(pipe.execute())
+    return {queue: sum(int(next(lengths)) for _ in PRIORITY_STEPS) for queue in queues}
+
+
+def redis_now(redis: Redis) -> float:
+    """The Redis clock (the limiter's clock), so cooldowns are not skewed by this host's clock."""
+    seconds, micros = redis.time()
+    return int(seconds) + int(micros) / 1_000_000
+
+
+def limiter_metrics(states: Sequence[PoolState], now: float) -> list[Metric]:
+    remaining = GaugeMetricFamily(
+        "nanobatch_limiter_remaining", "Headroom left under each configured limit", labels=["pool", "limit"]
+    )
+    limit = GaugeMetricFamily("nanobatch_limiter_limit", "Configured limit", labels=["pool", "limit"])
+    cooldown = GaugeMetricFamily(
+        "nanobatch_limiter_cooldown_seconds",
+        "Seconds until the pool's cooldown ends (0: none)",
+        labels=["pool"],
+    )
+    inflight = GaugeMetricFamily("nanobatch_limiter_inflight", "Calls in flight now", labels=["pool"])
+    reset = GaugeMetricFamily(
+        "nanobatch_quota_reset_timestamp",
+        "Next daily quota reset (Pacific midnight), epoch s",
+        labels=["pool"],
+    )
+    for state in states:
+        for name, left in state.remaining.items():
+            if left is not None:
+                remaining.add_metric([state.pool, name], left)
+        for name, value in state.limits.configured().items():
+            limit.add_metric([state.pool, name], value)
+        until = state.cooldown_until.timestamp() if state.cooldown_until else now
+        cooldown.add_metric([state.pool], max(0.0, until - now))
+        inflight.add_metric([state.pool], state.inflight)
+        reset.add_metric([state.pool], state.day_resets_at.timestamp())
+    return [remaining, limit, cooldown, inflight, reset]
+
+
+# -- Redis: worker telemetry ----------------------------------------------------------------------
+
+
+def telemetry_metrics(snapshot: TelemetrySnapshot) -> list[Metric]:
+    latency = HistogramMetricFamily(
+        "nanobatch_upstream_latency_seconds", "Duration of upstream generate calls", labels=["pool"]
+    )
+    for pool, histogram in sorted(snapshot.latency.items()):
+        latency.add_metric([pool], histogram.cumulative(), sum_value=histogram.sum)
+    limited = CounterMetricFamily(
+        "nanobatch_rate_limited", "429 answers from the upstream", labels=["pool", "quota_id"]
+    )
+    for (pool, quota), count in sorted(snapshot.rate_limited.items()):
+        limited.add_metric([pool, quota], count)
+    retries = CounterMetricFamily(
+        "nanobatch_retries", "Tasks sent back to pending, by reason", labels=["reason"]
+    )
+    for reason, count in sorted(snapshot.retries.items()):
+        retries.add_metric([reason], count)
+    outcomes = CounterMetricFamily(
+        "nanobatch_task_outcomes", "Task deliveries by how they ended", labels=["status"]
+    )
+    for status, count in sorted(snapshot.outcomes.items()):
+        outcomes.add_metric([status], count)
+    return [latency, limited, retries, outcomes]
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+
+def serve_metrics(sources: MetricsSources, *, address: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` from a registry holding only our collector (no exporter-process noise)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NanobatchCollector(sources))
+    return start_http_server(port, addr=address, registry=registry)
