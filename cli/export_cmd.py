@@ -9,9 +9,7 @@ carries nothing but the data.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +19,7 @@ import typer
 
 from cli.batch_cmd import database, require_batch
 from cli.context import err_console, load_settings
-from tasks.export import export_batch
+from tasks.export import atomic_text_file, export_batch
 
 
 class Format(StrEnum):
@@ -46,17 +44,10 @@ def export_command(
 
 @contextlib.contextmanager
 def _target(output: Path | None) -> Iterator[TextIO]:
-    """stdout, or a temporary file next to ``output`` that replaces it only once complete."""
+    """stdout, or ``output`` written atomically (it appears only once complete)."""
     if output is None:
         yield sys.stdout
         sys.stdout.flush()
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:  # csv writes its own line ends
-            yield handle
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(output) as handle:
+        yield handle

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -26,6 +26,11 @@ PROCESSING = TaskStatus.PROCESSING.value
 COMPLETED = TaskStatus.COMPLETED.value
 FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE touched (``Session.execute`` is typed as a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def _is_due(now: datetime) -> Any:
@@ -197,34 +202,38 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
     """
     now = now or utcnow()
     expired = and_(GenerationTask.status == PROCESSING, GenerationTask.lease_expires_at < now)
-    failed = session.execute(
-        update(GenerationTask)
-        .where(expired, GenerationTask.attempts + 1 >= max_attempts)
-        .values(
-            status=FAILED,
-            finished_at=now,
-            attempts=GenerationTask.attempts + 1,
-            lease_expires_at=None,
-            claim_token=None,
-            error_code="lease_expired",
-            error_message="worker stopped responding while holding the task (lease expired) too often",
+    failed = _rowcount(
+        session.execute(
+            update(GenerationTask)
+            .where(expired, GenerationTask.attempts + 1 >= max_attempts)
+            .values(
+                status=FAILED,
+                finished_at=now,
+                attempts=GenerationTask.attempts + 1,
+                lease_expires_at=None,
+                claim_token=None,
+                error_code="lease_expired",
+                error_message="worker stopped responding while holding the task (lease expired) too often",
+            )
         )
-    ).rowcount
-    requeued = session.execute(
-        update(GenerationTask)
-        .where(expired)
-        .values(
-            status=PENDING,
-            attempts=GenerationTask.attempts + 1,
-            lease_expires_at=None,
-            claim_token=None,
-            dispatched_at=None,
-            not_before=None,
-            error_code="lease_expired",
-            error_message="worker stopped responding while holding the task; retrying",
+    )
+    requeued = _rowcount(
+        session.execute(
+            update(GenerationTask)
+            .where(expired)
+            .values(
+                status=PENDING,
+                attempts=GenerationTask.attempts + 1,
+                lease_expires_at=None,
+                claim_token=None,
+                dispatched_at=None,
+                not_before=None,
+                error_code="lease_expired",
+                error_message="worker stopped responding while holding the task; retrying",
+            )
         )
-    ).rowcount
-    return int(failed or 0) + int(requeued or 0)
+    )
+    return failed + requeued
 
 
 def due_for_dispatch(
@@ -267,13 +276,12 @@ def mark_dispatched(session: Session, task_ids: Sequence[str], *, now: datetime 
 def cancel_batch(session: Session, batch_id: str) -> int:
     """pending|processing → cancelled for a whole batch; a worker mid-call loses its claim."""
     session.execute(update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.CANCELLED.value))
-    return int(
+    return _rowcount(
         session.execute(
             update(GenerationTask)
             .where(GenerationTask.batch_id == batch_id, GenerationTask.status.in_([PENDING, PROCESSING]))
             .values(status=CANCELLED, finished_at=utcnow(), lease_expires_at=None, claim_token=None)
-        ).rowcount
-        or 0
+        )
     )
 
 

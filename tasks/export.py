@@ -9,9 +9,13 @@ in the database, so it cannot leak through an export.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal, TextIO
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -189,3 +193,24 @@ def reason_counts(session: Session, batch_id: str, status: TaskStatus = TaskStat
     )
     counts = {str(code): int(n) for code, n in rows}
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+@contextlib.contextmanager
+def atomic_text_file(path: Path) -> Iterator[TextIO]:
+    """Write ``path`` under a temporary name and rename it into place only when the block succeeds.
+
+    An interrupted export or report never leaves a truncated file that looks complete. The
+    temporary file is created with ``open(…, "x")`` rather than ``mkstemp`` so the result gets the
+    user's normal permissions (umask), not 0600: reports and exports are meant to be shared.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8", newline="") as handle:  # csv writes its own line ends
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -30,8 +30,8 @@ from models.queries import BatchSummary, batch_summaries
 from models.status import TaskStatus
 from models.tables import Batch, GenerationTask
 from tasks.estimate import human_duration
-from tasks.export import local_path, reason_counts
-from workers.storage import safe_name, write_atomic
+from tasks.export import atomic_text_file, local_path, reason_counts
+from workers.storage import safe_name
 
 MAX_IMAGES = 1000
 THUMB_PX = 256
@@ -73,6 +73,8 @@ class ReportData:
     tiles: list[Tile]
     failures: list[FailureGroup]
     generated_at: datetime
+    source: str | None = None  # the submitted file's name
+    model: str | None = None  # the batch's default model
 
     @property
     def capped(self) -> bool:
@@ -101,6 +103,8 @@ def collect(session: Session, batch: Batch, *, max_images: int = MAX_IMAGES) -> 
         tiles=_tiles(session, batch.id, max_images),
         failures=_failures(session, batch.id),
         generated_at=utcnow(),
+        source=Path(batch.source).name if batch.source else None,
+        model=batch.model,
     )
 
 
@@ -176,9 +180,10 @@ def with_thumbnails(data: ReportData, threads: int = THUMB_THREADS) -> ReportDat
 
 def write_report(data: ReportData, path: Path) -> int:
     """Render and write atomically (a reader never sees half a page); returns the file size."""
-    content = render_html(data).encode("utf-8")
-    write_atomic(path, content)
-    return len(content)
+    content = render_html(data)
+    with atomic_text_file(path) as handle:
+        handle.write(content)
+    return len(content.encode("utf-8"))
 
 
 # --- Rendering ----------------------------------------------------------------------------------
@@ -210,13 +215,22 @@ def render_html(data: ReportData) -> str:
         title=esc(f"nanobatch report · {s.name}"),
         batch=esc(s.name),
         batch_status=esc(s.status),
-        generated=esc(_when(data.generated_at)),
+        subtitle=esc(" · ".join(_subtitle(data))),
         cards=_cards(data),
         span=_span_line(data),
         bar=_status_bar(s.counts, s.total),
         images=_images_section(data),
         failures=_failures_section(data.failures, s.counts[TaskStatus.FAILED]),
     )
+
+
+def _subtitle(data: ReportData) -> list[str]:
+    parts = ["nanobatch report"]
+    if data.source:
+        parts.append(f"source {data.source}")
+    if data.model:
+        parts.append(f"model {data.model}")
+    return [*parts, f"generated {_when(data.generated_at)}"]
 
 
 def _cards(data: ReportData) -> str:
@@ -355,8 +369,8 @@ h2 .count, summary .count { display: inline-block; margin-left: 8px; padding: 1p
 .tile { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 12px; overflow: hidden;
   box-shadow: 0 1px 2px rgba(15, 23, 42, 0.04); display: flex; flex-direction: column; }
 .thumb { aspect-ratio: 1 / 1; background: #f1f5f9; display: flex; align-items: center;
-  justify-content: center; border-bottom: 1px solid var(--line); }
-.thumb img { max-width: 100%; max-height: 100%; object-fit: contain; display: block; }
+  justify-content: center; border-bottom: 1px solid var(--line); overflow: hidden; padding: 8px; }
+.thumb img { width: 100%; height: 100%; object-fit: contain; display: block; }
 .missing { color: var(--muted); font-size: 12px; }
 figcaption { padding: 10px 12px 12px; display: flex; flex-direction: column; gap: 6px; min-width: 0; }
 .row { display: flex; align-items: center; gap: 8px; justify-content: space-between; min-width: 0; }
@@ -390,7 +404,7 @@ footer { color: var(--muted); font-size: 12px; text-align: center; padding: 0 0 
 <body>
 <header>
 <h1>$batch<span class="state">$batch_status</span></h1>
-<div class="sub">nanobatch report · generated $generated</div>
+<div class="sub">$subtitle</div>
 </header>
 <main>
 <section class="cards">$cards</section>

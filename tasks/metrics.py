@@ -28,6 +28,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -37,7 +39,6 @@ from models.queries import THROUGHPUT_WINDOW
 from models.status import TaskStatus
 from models.tables import Batch, GenerationTask
 from tasks.celery_app import control_queue
-from tasks.runtime import redis_for
 from tasks.settings import Settings
 from tasks.telemetry import Telemetry, TelemetrySnapshot
 from workers.limiter import PoolState, RateLimiter
@@ -58,7 +59,7 @@ class MetricsSources:
     def from_settings(cls, settings: Settings) -> MetricsSources:
         return cls(
             db=Database(settings.database_url, pool_size=2),
-            redis=None if settings.embedded else redis_for(settings),
+            redis=None if settings.embedded else scrape_redis(settings.broker_url),
             queues=(settings.queue, control_queue(settings)),
             prefix=settings.limiter_prefix,
         )
@@ -67,6 +68,12 @@ class MetricsSources:
         self.db.dispose()
         if self.redis is not None:
             self.redis.close()
+
+
+def scrape_redis(url: str) -> Redis:
+    """A client that fails fast: a scrape must answer within Prometheus' timeout (10 s by default)
+    even when Redis is down, reporting the Redis sources as down instead of hanging on retries."""
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 1))
 
 
 class NanobatchCollector(Collector):

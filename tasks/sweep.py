@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from models import transitions
 from models.base import utcnow
@@ -75,7 +76,7 @@ def _sweep_locked(rt: Runtime, now: datetime) -> SweepReport:
     return SweepReport(reclaimed, len(to_publish), len(candidates) - len(to_publish), len(held))
 
 
-def _batches_outside_window(session, now: datetime) -> list[str]:  # type: ignore[no-untyped-def]
+def _batches_outside_window(session: Session, now: datetime) -> list[str]:
     rows = session.execute(
         select(Batch.id, Batch.window_start, Batch.window_end, Batch.window_tz).where(
             Batch.window_start.is_not(None), Batch.status == "open"

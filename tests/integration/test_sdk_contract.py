@@ -73,7 +73,7 @@ def test_genai_generate_content_returns_a_decodable_image(simulator: SimulatorFa
     sim = simulator()
     client = gemini_client(sim)  # keep a reference: a collected genai.Client closes its connection pool
     response = client.models.generate_content(
-        model="gemini-3-pro-image", contents=["a red bicycle"], config=image_config())
+        model="gemini-3-pro-image", contents="a red bicycle", config=image_config())
     assert first_image(response).size == (2752, 1536)
     assert response.usage_metadata and response.usage_metadata.candidates_token_count == 1120
     assert sim.requests(1)[0]["auth"] == "x-goog-api-key"
@@ -81,7 +81,8 @@ def test_genai_generate_content_returns_a_decodable_image(simulator: SimulatorFa
 
 def test_genai_edit_with_an_input_image(simulator: SimulatorFactory) -> None:
     sim = simulator()
-    contents = [types.Part.from_bytes(data=png_bytes(), mime_type="image/png"), "put a hat on it"]
+    contents: list[types.PartUnionDict] = [types.Part.from_bytes(data=png_bytes(), mime_type="image/png"),
+                                           "put a hat on it"]
     client = gemini_client(sim)
     response = client.models.generate_content(
         model="gemini-2.5-flash-image", contents=contents, config=image_config("4:5", None))
@@ -97,7 +98,7 @@ def test_every_answer_the_sdk_receives_validates_strictly(simulator: SimulatorFa
     text_and_image = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"])
     for prompt, config in [("a lamp", image_config()), ("a lamp", text_and_image),
                            ("gore", image_config()), ("a knife", image_config())]:
-        client.models.generate_content(model="gemini-3-pro-image", contents=[prompt], config=config)
+        client.models.generate_content(model="gemini-3-pro-image", contents=prompt, config=config)
     assert len(recorder.bodies) == 4
     for status, body in recorder.bodies:
         assert status == 200
@@ -121,9 +122,9 @@ def test_other_answer_shapes_validate_strictly(simulator: SimulatorFactory, sett
 def test_genai_surfaces_a_429_with_retry_info(simulator: SimulatorFactory) -> None:
     sim = simulator(rpm=1)
     client = gemini_client(sim)
-    client.models.generate_content(model="gemini-3-pro-image", contents=["one"], config=image_config())
+    client.models.generate_content(model="gemini-3-pro-image", contents="one", config=image_config())
     with pytest.raises(errors.ClientError) as caught:
-        client.models.generate_content(model="gemini-3-pro-image", contents=["two"], config=image_config())
+        client.models.generate_content(model="gemini-3-pro-image", contents="two", config=image_config())
     assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
     details = caught.value.details["error"]["details"]
     retry = next(d for d in details if d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
@@ -136,7 +137,7 @@ def test_genai_wrong_key_is_a_client_error(simulator: SimulatorFactory) -> None:
     options = types.HttpOptions(base_url=sim.url, api_version="v1beta")
     client = genai.Client(api_key="wrong", http_options=options)
     with pytest.raises(errors.ClientError) as caught:
-        client.models.generate_content(model="gemini-3-pro-image", contents=["x"], config=image_config())
+        client.models.generate_content(model="gemini-3-pro-image", contents="x", config=image_config())
     assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
 
 

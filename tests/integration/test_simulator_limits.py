@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -106,6 +107,15 @@ def test_concurrency_limit_counts_requests_in_flight(http: httpx.Client, simulat
     sim.stop()  # wakes the first request's simulated latency
     first.join(timeout=10)
     assert not first.is_alive() and outcome
+
+
+def test_concurrency_slots_are_released_after_each_answer(http: httpx.Client,
+                                                          simulator: SimulatorFactory) -> None:
+    sim = simulator(concurrency=1, fail_rates={503: 0.3}, drop_rate=0.2, seed=4)
+    for _ in range(10):
+        with contextlib.suppress(httpx.RemoteProtocolError):  # a drop must release its slot too
+            assert http.post(sim.url + PRO, json=BODY).status_code in (200, 503)
+    assert sim.stats()["rate_limited"] == 0
 
 
 def test_rejected_requests_do_not_consume_quota(http: httpx.Client, simulator: SimulatorFactory) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from models.status import TaskStatus
 from models.tables import Batch, GenerationTask, new_id
 from tasks.export import (
     FIELDS,
+    atomic_text_file,
     export_batch,
     export_row,
     extra_columns,
@@ -179,3 +181,19 @@ def test_no_table_has_a_column_that_could_hold_a_secret() -> None:
     columns = [f"{t.name}.{c.name}" for t in Base.metadata.tables.values() for c in t.columns]
     assert not [c for c in columns if any(word in c for word in ("api_key", "secret", "password", "auth"))]
     assert not [f for f in FIELDS if "api" in f or "secret" in f]
+
+
+def test_an_export_file_appears_only_when_complete_and_with_normal_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "export.csv"
+    with pytest.raises(RuntimeError), atomic_text_file(target) as handle:
+        handle.write("key,status\n")
+        raise RuntimeError("interrupted")
+    assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written is left
+    old = os.umask(0o022)
+    try:
+        with atomic_text_file(target) as handle:
+            handle.write("key,status\n")
+    finally:
+        os.umask(old)
+    assert target.read_text() == "key,status\n"
+    assert target.stat().st_mode & 0o777 == 0o644  # shareable, not mkstemp's 0600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 from collections.abc import Iterator
@@ -64,11 +65,12 @@ def decode(data_uri: str) -> Image.Image:
 
 
 def test_keys_prompts_and_messages_are_escaped_everywhere() -> None:
-    page = render_html(report(
+    data = report(
         [tile(key=HOSTILE, prompt=ATTR_BREAKER + " " + "long " * 60)],
         [FailureGroup(code=HOSTILE, count=1, items=[(HOSTILE, ATTR_BREAKER)])],
         name=HOSTILE, failed=1,
-    ))
+    )
+    page = render_html(dataclasses.replace(data, source=HOSTILE, model=ATTR_BREAKER))
     assert "<script" not in page.lower()
     assert "onerror=alert(1)>" not in page  # the attribute breaker stays inside its quotes, as text
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from models.catalog import load_catalog
+from models.catalog import ModelSpec, load_catalog
 from simulator.gemini_request import build_job, read_body
 from simulator.multipart import parse_multipart
 from simulator.openai_request import build_job as openai_job
@@ -45,7 +45,7 @@ def test_snake_case_request_is_read_like_camel_case() -> None:
     (PRO, {"outputMimeType": "image/gif"}, "MIME"),
     (PRO, {"aspectRatoi": "1:1"}, "Unknown name"),
 ])
-def test_bad_image_config_is_invalid_argument(model, image_config: dict, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_image_config_is_invalid_argument(model: ModelSpec, image_config: dict, fragment: str) -> None:
     body = {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"imageConfig": image_config}}
     with pytest.raises(Rejected) as exc:
         build_job(model, body, "png")

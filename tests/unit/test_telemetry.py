@@ -15,6 +15,8 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tasks.metrics import telemetry_metrics
 from tasks.telemetry import LATENCY_BUCKETS, Telemetry, bucket_for, bucket_label
@@ -101,7 +103,8 @@ def test_prefixes_isolate_deployments(telemetry: Telemetry) -> None:
 
 def test_recording_never_raises_when_redis_is_down() -> None:
     # Given a Redis that is not there
-    down = Telemetry(redis.Redis(port=free_port(), socket_connect_timeout=0.2), prefix="nbdown")
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    down = Telemetry(client, prefix="nbdown")
     # When a worker records (after a paid call) nothing propagates: the task must still finish
     down.observe_latency(POOL, 1.0)
     down.count_429(POOL, "q")

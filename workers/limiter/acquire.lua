@@ -23,8 +23,11 @@ ARGV:
 Returns {admitted 0|1, wait µs ("-1" = never fits), reason or "", now µs} (numbers as strings).
 
 Algorithms: rpm is GCRA with burst 1 (one request per ceil(60e6/rpm) µs: smooth, at most rpm in any
-60 s window); storing the last admission rather than the next one makes a new rpm apply at once. ipm and tpm are weighted sliding logs (admit iff the costs admitted in the last 60 s plus
-this cost fit), exact for any window and for any cost. rpd is a counter keyed by its Pacific day.
+60 s window); storing the last admission rather than the next one makes a new rpm apply at once.
+ipm and tpm are weighted sliding logs (admit iff the costs admitted in the last 60 s plus this cost
+fit): exact for any window and any cost, which GCRA is not once costs vary. rpd is a counter keyed
+by its Pacific day; concurrency a ZSET of leases pruned on every call; cooldown a deadline.
+A denial writes nothing but the removal of expired entries.
 ]]
 
 local WINDOW = 60000000

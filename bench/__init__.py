@@ -1,0 +1,1 @@
+"""Benchmarks: one command each (see bench/README.md). Not part of the installed package."""

@@ -1,0 +1,216 @@
+"""Submit rate (issue 2): validate + insert + enqueue 100,000 rows, beside raw Celery publishing.
+
+    python bench/submit.py                 # 100,000 rows, 20,000 raw messages per publish style
+    python bench/submit.py --rows 20000 --raw 5000 --profile
+
+One run, one private PostgreSQL database and Redis prefix:
+1. a 100k-row product CSV is written to a temp dir;
+2. the whole submit is timed the way ``nanobatch submit`` runs it: ``tasks.intake.read_file``
+   (validate) then ``tasks.producer.submit`` with the real Redis dispatcher (bulk insert, pipelined
+   publish, ``mark_dispatched``). The phases are split with timing hooks around the dispatcher (no
+   change to the code under test): insert = submit start → first publish, enqueue = first publish
+   → submit returns;
+3. raw Celery: ``app.send_task(...)`` and ``task.apply_async(...)`` one message at a time, N each,
+   to a throwaway queue on the same broker (the rate people get from a plain loop);
+4. messages are deleted after each phase, so Redis never holds more than one phase's messages.
+
+Target: whole submit >= 5,000 rows/s. ``--profile`` writes a cProfile of the whole submit to
+bench/results/submit.prof and prints the top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (  # noqa: E402
+    RESULTS_DIR,
+    Bench,
+    console,
+    nanobatch_env,
+    nanobatch_runtime,
+    phase,
+    print_table,
+    write_products_csv,
+    write_results,
+)
+
+TARGET_ROWS_PER_S = 5000.0
+
+
+class TimedDispatcher:
+    """Wraps the real Dispatcher: records when publishing starts and how long it takes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.publish_started: float | None = None
+        self.publish_seconds = 0.0
+
+    def publish(self, task_ids: Any, **kwargs: Any) -> int:
+        started = time.perf_counter()
+        if self.publish_started is None:
+            self.publish_started = started
+        try:
+            return int(self.inner.publish(task_ids, **kwargs))
+        finally:
+            self.publish_seconds += time.perf_counter() - started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def drop_queue(redis: Any, queue: str) -> int:
+    n = int(redis.llen(queue))
+    redis.delete(queue)
+    return n
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks import producer
+    from tasks.celery_app import GENERATE_TASK
+    from tasks.intake import IntakeOptions, read_file
+    from tasks.producer import BatchOptions, submit
+
+    if args.insert_chunk:
+        console.print(f"[yellow]workaround: tasks.producer.INSERT_CHUNK {producer.INSERT_CHUNK} -> "
+                      f"{args.insert_chunk} (in this process only)[/yellow]")
+        producer.INSERT_CHUNK = args.insert_chunk
+
+    with Bench("submit", keep=args.keep) as bench:
+        with phase(f"writing {args.rows:,} rows of CSV"):
+            csv_path = write_products_csv(bench.tmp / "products.csv", args.rows)
+        console.print(f"  [dim]{csv_path.stat().st_size / 1e6:.1f} MB[/dim]")
+        db_url = bench.database()
+        ns = bench.namespace()
+        env = nanobatch_env(db_url, ns, "http://127.0.0.1:9", bench.tmp / "images")
+        runtime = nanobatch_runtime(bench, env)
+        redis = bench.redis()
+        options = IntakeOptions(model="gemini-2.5-flash-image")
+        dispatcher = TimedDispatcher(runtime.dispatcher)
+        profiler = cProfile.Profile() if args.profile else None
+
+        with phase("whole submit (read_file + producer.submit with the Redis dispatcher)"):
+            if profiler:
+                profiler.enable()
+            t0 = time.perf_counter()
+            intake = read_file(csv_path, runtime.catalog, options)
+            t1 = time.perf_counter()
+            report = submit(runtime.db, dispatcher, intake, BatchOptions(name="bench-submit"),
+                            intake_options=options)
+            t2 = time.perf_counter()
+            if profiler:
+                profiler.disable()
+        assert not intake.errors, intake.errors[:3]
+        queued = drop_queue(redis, ns.queue)
+        validate_s, submit_s, whole_s = t1 - t0, t2 - t1, t2 - t0
+        pub_start = dispatcher.publish_started or t2
+        insert_s = pub_start - t1
+        enqueue_s = t2 - pub_start
+        console.print(f"  rows {report.rows:,}, new {report.new:,}, dispatched {report.dispatched:,}, "
+                      f"messages seen in the queue {queued:,}")
+
+        raw: dict[str, dict[str, float]] = {}
+        raw_queue = f"{ns.prefix}:raw"
+        app = runtime.app
+        with phase(f"raw Celery app.send_task, {args.raw:,} messages one by one"):
+            ids = [f"raw-{i:08d}" for i in range(args.raw)]
+            started = time.perf_counter()
+            for task_id in ids:
+                app.send_task(GENERATE_TASK, args=(task_id,), queue=raw_queue)
+            seconds = time.perf_counter() - started
+            raw["send_task"] = {"messages": args.raw, "seconds": seconds, "per_s": args.raw / seconds,
+                                "in_queue": drop_queue(redis, raw_queue)}
+        with phase(f"raw Celery task.apply_async, {args.raw:,} messages one by one"):
+            from tasks.definitions import generate as task
+            started = time.perf_counter()
+            for task_id in ids:
+                task.apply_async(args=(task_id,), queue=raw_queue)
+            seconds = time.perf_counter() - started
+            raw["apply_async"] = {"messages": args.raw, "seconds": seconds, "per_s": args.raw / seconds,
+                                  "in_queue": drop_queue(redis, raw_queue)}
+
+        raw_best = max(r["per_s"] for r in raw.values())
+        rows = args.rows
+        whole_rate = rows / whole_s
+        table_rows = [
+            ["validate (read_file)", rows, validate_s, rows / validate_s, "", ""],
+            ["insert (bulk INSERT … ON CONFLICT)", rows, insert_s, rows / insert_s, "", ""],
+            ["enqueue (pipelined publish + mark_dispatched)", rows, enqueue_s, rows / enqueue_s,
+             (rows / enqueue_s) / raw_best, ""],
+            ["  of which publish", rows, dispatcher.publish_seconds, rows / dispatcher.publish_seconds, "", ""],
+            ["whole submit", rows, whole_s, whole_rate, whole_rate / raw_best,
+             "met" if whole_rate >= TARGET_ROWS_PER_S else "MISSED"],
+            ["raw send_task one by one", args.raw, raw["send_task"]["seconds"], raw["send_task"]["per_s"],
+             raw["send_task"]["per_s"] / raw_best, ""],
+            ["raw apply_async one by one", args.raw, raw["apply_async"]["seconds"],
+             raw["apply_async"]["per_s"], raw["apply_async"]["per_s"] / raw_best, ""],
+        ]
+        columns = ["step", "rows / msgs", "seconds", "per second", "÷ raw publish", "target ≥ 5,000/s"]
+        text = print_table(f"submit: {rows:,} rows into PostgreSQL + Redis", columns, table_rows,
+                           caption=f"÷ raw publish = rate ÷ the faster raw one-by-one publish "
+                                   f"({raw_best:,.0f} msgs/s)")
+        result: dict[str, Any] = {
+            "rows": rows,
+            "insert_chunk": producer.INSERT_CHUNK,
+            "insert_chunk_overridden": bool(args.insert_chunk),
+            "seconds": {"validate": validate_s, "insert": insert_s, "enqueue": enqueue_s,
+                        "publish": dispatcher.publish_seconds, "whole": whole_s},
+            "rows_per_s": {"validate": rows / validate_s, "insert": rows / insert_s,
+                           "enqueue": rows / enqueue_s, "whole": whole_rate},
+            "raw_publish": raw,
+            "ratio_whole_over_raw": whole_rate / raw_best,
+            "target_rows_per_s": TARGET_ROWS_PER_S,
+            "target_met": whole_rate >= TARGET_ROWS_PER_S,
+            "report": {"rows": report.rows, "new": report.new, "dispatched": report.dispatched,
+                       "queued_seen": queued},
+            "table": {"columns": columns, "rows": table_rows},
+            "text": text,
+        }
+        if profiler:
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            prof_path = RESULTS_DIR / "submit.prof"
+            profiler.dump_stats(prof_path)
+            buffer = io.StringIO()
+            pstats.Stats(profiler, stream=buffer).sort_stats("cumulative").print_stats(35)
+            console.print(buffer.getvalue())
+            buffer = io.StringIO()
+            pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(25)
+            console.print(buffer.getvalue())
+            result["profile"] = str(prof_path.relative_to(RESULTS_DIR.parents[1]))
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="rows in the CSV (default 100,000)")
+    parser.add_argument("--raw", type=int, default=20_000,
+                        help="messages per raw one-by-one publish style (default 20,000)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the whole submit")
+    parser.add_argument("--insert-chunk", type=int, default=None,
+                        help="override tasks.producer.INSERT_CHUNK in this process (workaround for the "
+                             "65,535 bind-parameter limit; see BENCHMARKS.md)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        result = run(args)
+    except DBAPIError as exc:  # never dump a 2 MB statement
+        console.print(f"[red]submit failed in the database: {type(exc.orig).__name__}: {exc.orig}[/red]")
+        if "number of parameters" in str(exc.orig):
+            console.print("[red]tasks/producer.py INSERT_CHUNK x columns exceeds PostgreSQL's 65,535 bind "
+                          "parameters per statement; rerun with --insert-chunk 4000 to measure the rest[/red]")
+        raise SystemExit(1) from None
+    write_results("submit", result)
+
+
+if __name__ == "__main__":
+    main()

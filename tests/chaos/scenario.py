@@ -1,0 +1,547 @@
+"""The chaos scenario: a batch against a hostile upstream while workers, Redis and PostgreSQL die.
+
+One run (DESIGN §11 "Chaos"):
+
+* the simulator answers 30 % of calls with a bare 429 (a random fault: no RetryInfo, so the worker
+  falls back to its default wait and cools the whole pool down), 5 % with 500/502/503 and holds 1 %
+  until the client's short ``NANOBATCH_REQUEST_TIMEOUT`` gives up;
+* several real Celery worker processes (threads pool) serve the batch; one embeds beat, i.e. the
+  sweeper, with short leases and a 1 s sweep interval;
+* at fixed fractions of progress the harness SIGKILLs a worker three times (starting a replacement
+  each time; the third victim is the sweeper's worker), wipes Redis (kill + fresh empty server on
+  the same port: queue, "queued" bookkeeping and limiter state are gone, only the database knows
+  what is left) and restarts PostgreSQL.
+
+Faults are injected one at a time: each waits for its progress threshold, then for the previous
+fault's recovery, so every recovery is measured on its own. Synchronisation is polling with
+deadlines only. Progress thresholds and simulator seeds make runs comparable, not bit-identical:
+thread scheduling decides which request meets which fault.
+
+What is measured per fault:
+
+* **resumed**: seconds from the fault until the first task *claimed after the fault* completed —
+  the whole pipeline (dispatch → claim → admit → call → store → finish) works again;
+* **recovered**: seconds until every task the fault hit (the victim's in-flight tasks for a kill,
+  the pending tasks whose messages died with Redis, the in-flight tasks during the PostgreSQL
+  restart) has been claimed again after the fault or has ended.
+
+"Called twice" is defined as *stored twice*: more than one result file for a key, or a result file
+rewritten after its row was completed (mtime later than ``finished_at``: a stale worker overwrote the
+stored result). A 200 that nobody stored (a killed worker's in-flight call, a call whose worker lost
+its database mid-way) is not a double result; those are counted separately as *wasted 200s*, from
+the simulator's own request log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from models.db import Database
+from models.tables import GenerationTask
+from simulator.config import SimulatorConfig
+from simulator.server import RunningSimulator, start_simulator
+from simulator.stats import Stats
+from tests.chaos.services import PrivatePostgres, PrivateRedis
+from tests.integration.conftest import Stack
+
+T = TypeVar("T")
+
+BATCH = "chaos"
+TERMINAL = ("completed", "failed", "cancelled")
+#: Every request the simulator sees is kept (its default log keeps the last 1,000 only).
+REQUEST_LOG_KEPT = 2_000_000
+KEY_IN_PROMPT = re.compile(r"chaos (K\d+) ")
+POLL = 0.25
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    """Knobs of one run. The defaults are the CI run; ``bench/chaos.py --tasks 1000`` is the long one."""
+
+    tasks: int = 150
+    workers: int = 3
+    threads: int = 4
+    seed: int = 7
+    rate_429: float = 0.30
+    rates_5xx: tuple[tuple[int, float], ...] = ((500, 0.02), (502, 0.01), (503, 0.02))
+    timeout_rate: float = 0.01
+    latency: tuple[float, float] = (0.2, 0.8)
+    request_timeout: float = 3.0
+    lease_seconds: float = 10.0
+    sweep_interval: float = 1.0
+    max_inline_wait: float = 4.0  # below lease - request timeout: a task never outlives its own lease
+    max_attempts: int = 8
+    recovery_bound: float = 120.0
+    #: (fault, fraction of the batch completed before it is injected)
+    faults: tuple[tuple[str, float], ...] = (
+        ("kill worker", 0.10),
+        ("wipe redis", 0.25),
+        ("kill worker", 0.40),
+        ("restart postgres", 0.55),
+        ("kill sweeper worker", 0.70),
+    )
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def finish_deadline(self) -> float:
+        """How long the whole batch may take: generous, it is a deadline, not a timing assertion."""
+        return 300.0 + self.tasks * 2.0
+
+    def simulator_config(self) -> SimulatorConfig:
+        return SimulatorConfig(
+            latency=self.latency,
+            fail_rates={429: self.rate_429, **dict(self.rates_5xx)},
+            timeout_rate=self.timeout_rate,
+            thumbnails=True,  # real PNGs, small: the 2-core box renders for every 200
+            seed=self.seed,
+        )
+
+
+@dataclass
+class FaultRecord:
+    name: str
+    at: float  # seconds since the run started
+    completed_before: int
+    affected: int
+    resumed: float | None = None
+    recovered: float | None = None
+    note: str = ""
+
+
+@dataclass
+class ChaosReport:
+    plan: ChaosPlan
+    duration: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    faults: list[FaultRecord] = field(default_factory=list)
+    files: int = 0
+    duplicate_files: list[str] = field(default_factory=list)
+    late_overwrites: list[str] = field(default_factory=list)
+    sha_mismatches: list[str] = field(default_factory=list)
+    completed_without_file: list[str] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)  # a file for a task that did not complete
+    temp_files: int = 0
+    requests: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    wasted_200: int = 0
+    keys_with_wasted_200: int = 0
+    completed_without_200: list[str] = field(default_factory=list)
+    log_truncated: bool = False
+    attempts_total: int = 0
+    rate_waits_total: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+    worker_tracebacks: int = 0
+    tail: float | None = None  # last fault → every task terminal
+    aborted: str | None = None
+
+    @property
+    def lost(self) -> int:
+        """Rows that never reached a terminal state, plus rows that never made it into the database."""
+        not_terminal = sum(n for status, n in self.counts.items() if status not in TERMINAL)
+        return not_terminal + max(0, self.plan.tasks - self.rows)
+
+    @property
+    def stored_twice(self) -> int:
+        return len(set(self.duplicate_files) | set(self.late_overwrites))
+
+    def problems(self) -> list[str]:
+        """Every violated guarantee, one line each (empty: the run proves what it should)."""
+        found: list[str] = []
+        if self.aborted:
+            found.append(f"run aborted: {self.aborted}")
+        if self.lost:
+            found.append(f"{self.lost} task(s) lost or not terminal: {self.counts}")
+        for label, items in (
+            ("with more than one result file", self.duplicate_files),
+            ("whose result file was rewritten after completion", self.late_overwrites),
+            ("whose stored file differs from the recorded sha256", self.sha_mismatches),
+            ("completed without a result file", self.completed_without_file),
+            ("completed although the upstream never returned a 200 for them", self.completed_without_200),
+        ):
+            if items:
+                found.append(f"{len(items)} task(s) {label}: {sorted(items)[:10]}")
+        if self.log_truncated:
+            found.append("the simulator request log was truncated: wasted-200 figures are unreliable")
+        for fault in self.faults:
+            for what, value in (("resumed", fault.resumed), ("recovered", fault.recovered)):
+                if value is None or value > self.plan.recovery_bound:
+                    found.append(f"{fault.name} at {fault.at:.0f}s: not {what} within "
+                                 f"{self.plan.recovery_bound:.0f}s ({fault.note or 'no note'})")
+        if self.by_status.get("429", 0) == 0 or not any(s.startswith("5") for s in self.by_status):
+            found.append(f"the upstream faults were not exercised: {self.by_status}")
+        return found
+
+    def table(self) -> str:
+        """The figures as a plain-text table (printed by the test with ``-s`` and by bench/chaos.py)."""
+        p = self.plan
+        lines = [
+            f"chaos run: {p.tasks} tasks, {p.workers} workers x {p.threads} threads, seed {p.seed}, "
+            f"lease {p.lease_seconds:g}s, request timeout {p.request_timeout:g}s — {self.duration:.1f}s total",
+            "",
+            f"{'fault':<22}{'at (s)':>8}{'done before':>13}{'affected':>10}{'resumed (s)':>13}"
+            f"{'recovered (s)':>15}  note",
+        ]
+        for f in self.faults:
+            lines.append(f"{f.name:<22}{f.at:>8.1f}{f.completed_before:>13}{f.affected:>10}"
+                         f"{_fmt(f.resumed):>13}{_fmt(f.recovered):>15}  {f.note}")
+        status = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v)
+        lines += [
+            "",
+            f"{'tasks':<22}{status}; lost {self.lost}; last fault → all terminal {_fmt(self.tail)}s",
+            f"{'result files':<22}{self.files} (stored twice {self.stored_twice}, late overwrites "
+            f"{len(self.late_overwrites)}, sha mismatch {len(self.sha_mismatches)}, orphans "
+            f"{len(self.orphan_files)}, temp leftovers {self.temp_files})",
+            f"{'upstream requests':<22}{self.requests} by status {dict(sorted(self.by_status.items()))}",
+            f"{'wasted 200s':<22}{self.wasted_200} on {self.keys_with_wasted_200} task(s) "
+            "(a call answered 200 whose result nobody stored: killed worker, lost DB or lease)",
+            f"{'attempts / rate waits':<22}{self.attempts_total} / {self.rate_waits_total}; error codes "
+            f"of the final rows {self.error_codes}",
+            f"{'worker tracebacks':<22}{self.worker_tracebacks} (in worker*.log)",
+        ]
+        problems = self.problems()
+        lines += ["", "RESULT: " + ("OK" if not problems else "FAILED"), *(f"  - {x}" for x in problems)]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    beat: bool
+    label: str
+
+    @property
+    def name(self) -> str:
+        """The worker name the runtime writes into ``generation_tasks.worker``."""
+        return f"{socket.gethostname()}:{self.proc.pid}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class ChaosRun:
+    """One execution of the scenario on private services; :meth:`run` returns the report."""
+
+    def __init__(self, plan: ChaosPlan, redis: PrivateRedis, postgres: PrivatePostgres, workdir: Path,
+                 log: Callable[[str], None] = print) -> None:
+        self.plan, self.redis, self.postgres, self.workdir, self.log = plan, redis, postgres, workdir, log
+        self.report = ChaosReport(plan)
+        self.workers: list[_Worker] = []
+        self._started = 0.0
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> ChaosReport:
+        sim = start_simulator(self.plan.simulator_config(), port=0)
+        sim.app.stats = Stats(keep=REQUEST_LOG_KEPT)  # before the first request: the log keeps all
+        stack = self._stack(sim)
+        self.stack = stack
+        try:
+            self._started = time.time()
+            self._start_workers()
+            stack.submit_file(self._products(), BATCH)
+            self.log(f"submitted {self.plan.tasks} tasks; workers {[w.label for w in self.workers]}")
+            try:
+                for name, fraction in self.plan.faults:
+                    self._inject(name, fraction)
+                last_fault = time.time()
+                self._wait_all_terminal()
+                self.report.tail = time.time() - last_fault
+            except _Abort as abort:
+                self.report.aborted = str(abort)
+            self._settle(sim)
+            self.report.duration = time.time() - self._started
+            self._collect(sim)
+        finally:
+            stack.stop()
+            sim.stop()
+        return self.report
+
+    def _stack(self, sim: RunningSimulator) -> Stack:
+        database = f"nbchaos_{uuid.uuid4().hex[:10]}"
+        url = self.postgres.create_database(database)
+        db = Database(url)
+        db.upgrade()
+        db.dispose()
+        p = self.plan
+        env = {
+            "NANOBATCH_DATABASE_URL": url,
+            "NANOBATCH_REDIS_URL": self.redis.url,
+            "NANOBATCH_LIMITER_PREFIX": "chaos",
+            "NANOBATCH_QUEUE": "chaos",
+            "NANOBATCH_OUTPUT_DIR": str(self.workdir / "images"),
+            "NANOBATCH_PROVIDER_BASE_URL": sim.url,
+            "NANOBATCH_REQUEST_TIMEOUT": str(p.request_timeout),
+            "NANOBATCH_CONNECT_TIMEOUT": "2",
+            "NANOBATCH_LEASE_SECONDS": str(p.lease_seconds),
+            "NANOBATCH_SWEEP_INTERVAL": str(p.sweep_interval),
+            "NANOBATCH_MAX_INLINE_WAIT": str(p.max_inline_wait),
+            "NANOBATCH_MAX_ATTEMPTS": str(p.max_attempts),
+            "NANOBATCH_BACKOFF_BASE": "0.2",
+            "NANOBATCH_BACKOFF_CAP": "2",
+            "NANOBATCH_CONCURRENCY": str(p.threads),
+            **dict(p.extra_env),
+        }
+        return Stack(env=env, output_dir=self.workdir / "images")
+
+    def _products(self) -> Path:
+        path = self.workdir / "chaos.csv"
+        rows = (f"K{i:05d},chaos K{i:05d} studio photo of a ceramic mug" for i in range(self.plan.tasks))
+        path.write_text("key,prompt\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        return path
+
+    def _start_workers(self) -> None:
+        for number in range(self.plan.workers):
+            self._spawn(beat=number == 0)
+
+    def _spawn(self, *, beat: bool) -> _Worker:
+        proc = self.stack.start_worker(self.plan.threads, beat=beat)
+        worker = _Worker(proc, beat, f"w{len(self.workers)}{'+beat' if beat else ''}")
+        self.workers.append(worker)
+        return worker
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _inject(self, name: str, fraction: float) -> None:
+        target = max(1, int(self.plan.tasks * fraction))
+        done = self._wait_for(lambda: (n := self._count("completed")) >= target and n,
+                              f"{target} completed before '{name}'", self.plan.finish_deadline)
+        note = ""
+        if name.startswith("kill"):
+            victim = self._victim(sweeper=name == "kill sweeper worker")
+            # A kill proves most when the victim is mid-call: give it a moment to hold a task.
+            if not self._poll(lambda: self._held_by(victim.name), 60.0):
+                note = "victim held no task when killed"
+            affected = self._held_by(victim.name)
+            started = self._fault_clock()
+            self._kill(victim)
+            replacement = self._spawn(beat=victim.beat)
+            note = note or f"{victim.label} killed, {replacement.label} started"
+        elif name == "wipe redis":
+            affected = self._ids_with_status("pending")
+            started = self._fault_clock()
+            self.redis.wipe()
+            note = "queue, queued-set and limiter state gone"
+        elif name == "restart postgres":
+            affected = self._ids_with_status("processing")
+            started = self._fault_clock()
+            self.postgres.restart()
+            note = f"down {time.time() - started:.1f}s"
+        else:
+            raise ValueError(f"unknown fault {name!r}")
+        record = FaultRecord(name, started - self._started, done, len(affected), note=note)
+        self.report.faults.append(record)
+        self._measure(record, started, affected)
+        self.log(f"{name}: affected {record.affected}, resumed {_fmt(record.resumed)}s, "
+                 f"recovered {_fmt(record.recovered)}s")
+
+    def _fault_clock(self) -> float:
+        return time.time()
+
+    def _victim(self, *, sweeper: bool) -> _Worker:
+        candidates = [w for w in self.workers if w.alive and w.beat == sweeper]
+        if not candidates:
+            raise _Abort("no live worker to kill")
+        return candidates[0]
+
+    def _kill(self, worker: _Worker) -> None:
+        """SIGKILL the worker and its children (the embedded beat is a child process): a dead host."""
+        try:
+            children = psutil.Process(worker.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait(timeout=30)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+                child.wait(timeout=30)
+
+    def _measure(self, record: FaultRecord, started: float, affected: list[str]) -> None:
+        since = datetime.fromtimestamp(started, UTC)
+        deadline = started + self.plan.recovery_bound
+        while time.time() < deadline and (record.resumed is None or record.recovered is None):
+            if record.resumed is None:
+                first = self._db(lambda s: s.scalar(
+                    select(func.min(GenerationTask.finished_at)).where(
+                        GenerationTask.status == "completed", GenerationTask.started_at > since)))
+                if first is not None:
+                    record.resumed = max(0.0, first.timestamp() - started)
+            if record.recovered is None and self._still_stuck(affected, since) == 0:
+                record.recovered = time.time() - started
+            time.sleep(POLL)
+
+    def _still_stuck(self, ids: list[str], since: datetime) -> int:
+        """Affected rows neither ended nor claimed again since the fault."""
+        if not ids:
+            return 0
+        return int(self._db(lambda s: s.scalar(
+            select(func.count()).select_from(GenerationTask).where(
+                GenerationTask.id.in_(ids),
+                GenerationTask.status.not_in(TERMINAL),
+                (GenerationTask.started_at.is_(None)) | (GenerationTask.started_at <= since),
+            ))) or 0)
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def _wait_all_terminal(self) -> None:
+        self._wait_for(lambda: self._count(*TERMINAL) == self.plan.tasks, "every task terminal",
+                       self.plan.finish_deadline - (time.time() - self._started))
+
+    def _settle(self, sim: RunningSimulator) -> None:
+        """Let calls still in flight (a stale worker's, a held timeout) end before files are judged."""
+        self._poll(lambda: sim.stats()["current_concurrency"] == 0, 30.0)
+
+    def _wait_for(self, probe: Callable[[], T], what: str, timeout: float) -> T:
+        end = time.monotonic() + max(timeout, 1.0)
+        while True:
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > end:
+                raise _Abort(f"timed out after {timeout:.0f}s waiting for {what}; counts {self._counts()}")
+            time.sleep(POLL)
+
+    def _poll(self, probe: Callable[[], Any], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not probe():
+            if time.monotonic() > end:
+                return False
+            time.sleep(POLL)
+        return True
+
+    # -- database reads (riding out our own PostgreSQL restart) ----------------------------------
+
+    def _db(self, read: Callable[[Session], T]) -> T:
+        end = time.monotonic() + 60.0
+        while True:
+            try:
+                with self.stack.runtime.db.session() as session:
+                    return read(session)
+            except (OperationalError, DBAPIError):
+                if time.monotonic() > end:
+                    raise
+                time.sleep(POLL)
+
+    def _counts(self) -> dict[str, int]:
+        rows = self._db(lambda s: s.execute(
+            select(GenerationTask.status, func.count()).group_by(GenerationTask.status)).all())
+        return {status: int(n) for status, n in rows}
+
+    def _count(self, *statuses: str) -> int:
+        return sum(n for status, n in self._counts().items() if status in statuses)
+
+    def _held_by(self, worker: str) -> list[str]:
+        return list(self._db(lambda s: s.scalars(select(GenerationTask.id).where(
+            GenerationTask.status == "processing", GenerationTask.worker == worker)).all()))
+
+    def _ids_with_status(self, status: str) -> list[str]:
+        return list(self._db(lambda s: s.scalars(
+            select(GenerationTask.id).where(GenerationTask.status == status)).all()))
+
+    # -- the verdict ---------------------------------------------------------------------------
+
+    def _collect(self, sim: RunningSimulator) -> None:
+        r = self.report
+        rows = self._db(lambda s: s.execute(select(
+            GenerationTask.key, GenerationTask.status, GenerationTask.result_sha256,
+            GenerationTask.finished_at, GenerationTask.attempts, GenerationTask.rate_waits,
+            GenerationTask.error_code)).all())
+        r.rows = len(rows)
+        r.counts = dict(Counter(row.status for row in rows))
+        r.attempts_total = sum(row.attempts for row in rows)
+        r.rate_waits_total = sum(row.rate_waits for row in rows)
+        r.error_codes = dict(Counter(row.error_code for row in rows if row.error_code))
+        self._judge_files(rows)
+        self._judge_requests(sim, {row.key for row in rows if row.status == "completed"})
+        r.worker_tracebacks = sum(p.read_text(errors="replace").count("Traceback")
+                                  for p in self.workdir.glob("worker*.log"))
+
+    def _judge_files(self, rows: Iterable[Any]) -> None:
+        r = self.report
+        files: dict[str, list[Path]] = {}
+        for path in (self.workdir / "images").rglob("*"):
+            if not path.is_file():
+                continue
+            if path.name.startswith(".tmp-"):
+                r.temp_files += 1
+                continue
+            files.setdefault(path.stem, []).append(path)
+        r.files = sum(len(v) for v in files.values())
+        completed = {row.key: row for row in rows if row.status == "completed"}
+        r.duplicate_files = [key for key, paths in files.items() if len(paths) > 1]
+        r.orphan_files = [key for key in files if key not in completed]
+        for key, row in completed.items():
+            paths = files.get(key)
+            if not paths:
+                r.completed_without_file.append(key)
+                continue
+            path = paths[0]
+            if _sha256(path) != row.result_sha256:
+                r.sha_mismatches.append(key)
+            if row.finished_at is not None and path.stat().st_mtime > row.finished_at.timestamp():
+                r.late_overwrites.append(key)
+
+    def _judge_requests(self, sim: RunningSimulator, completed: set[str]) -> None:
+        r = self.report
+        records = sim.requests(limit=REQUEST_LOG_KEPT)
+        r.requests = sim.stats()["requests"]
+        r.log_truncated = len(records) < sum(sim.stats()["by_route"].values())
+        r.by_status = dict(Counter(str(rec["status"] or rec["outcome"]) for rec in records))
+        ok_per_key: Counter[str] = Counter()
+        for rec in records:
+            match = KEY_IN_PROMPT.search(rec["prompt"] or "")
+            if match and rec["status"] == 200 and rec["outcome"] == "image":
+                ok_per_key[match.group(1)] += 1
+        for key, n in ok_per_key.items():
+            extra = n - (1 if key in completed else 0)
+            if extra > 0:
+                r.wasted_200 += extra
+                r.keys_with_wasted_200 += 1
+        r.completed_without_200 = [key for key in completed if ok_per_key[key] == 0]
+
+
+class _Abort(Exception):
+    """The run cannot go on (a deadline passed); the report says where it stopped."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_chaos(plan: ChaosPlan, workdir: Path, log: Callable[[str], None] = print) -> ChaosReport:
+    """Start private Redis and PostgreSQL under ``workdir``, run the scenario, stop them again."""
+    redis = PrivateRedis(workdir / "redis")
+    postgres = PrivatePostgres()
+    try:
+        redis.start()
+        postgres.init()
+        postgres.start()
+        return ChaosRun(plan, redis, postgres, workdir, log).run()
+    finally:
+        redis.stop()
+        postgres.cleanup()
