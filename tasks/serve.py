@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -28,7 +29,7 @@ from workers.errors import ProviderError, RateLimited
 from workers.providers.base import ImageRequest, ImageResult, InputImage
 from workers.redact import redact
 from workers.retry import Action, decide
-from workers.storage import StorageError, store_image
+from workers.storage import StorageError, StoredImage, store_image
 
 log = logging.getLogger("nanobatch.worker")
 
@@ -258,6 +259,21 @@ def finish_completed(
     except StorageError as exc:
         return handle_error_storage(rt, job, exc)
     prompt_tokens = result.prompt_tokens if result.prompt_tokens is not None else prompt_estimate
+    record_completion(
+        rt,
+        job,
+        stored,
+        prompt_tokens=prompt_tokens,
+        output_tokens=result.output_tokens,
+        cost_usd=spec.cost_usd(job.image_size, prompt_tokens),
+        latency_ms=latency_ms,
+        model_used=result.model_version or spec.name,
+    )
+    return Result.COMPLETED
+
+
+def record_completion(rt: Runtime, job: Job, stored: StoredImage, **usage: Any) -> None:
+    """processing → completed with the stored file's facts and the call's usage."""
     outcome = transitions.Outcome(
         result_uri=stored.uri,
         result_sha256=stored.sha256,
@@ -265,15 +281,10 @@ def finish_completed(
         width=stored.width,
         height=stored.height,
         bytes=stored.bytes,
-        prompt_tokens=prompt_tokens,
-        output_tokens=result.output_tokens,
-        cost_usd=spec.cost_usd(job.image_size, prompt_tokens),
-        latency_ms=latency_ms,
-        model_used=result.model_version or spec.name,
+        **usage,
     )
     with rt.db.session() as session:
         transitions.complete(session, job.id, job.token, outcome)
-    return Result.COMPLETED
 
 
 def handle_error_storage(rt: Runtime, job: Job, exc: StorageError) -> Result:
@@ -304,21 +315,16 @@ def reuse_previous(rt: Runtime, job: Job) -> Result | None:
     if not source.is_file():
         return None
     stored = store_image(rt.output_dir, job.batch_name, job.key, source.read_bytes())
-    outcome = transitions.Outcome(
-        result_uri=stored.uri,
-        result_sha256=stored.sha256,
-        mime_type=stored.mime_type,
-        width=stored.width,
-        height=stored.height,
-        bytes=stored.bytes,
+    record_completion(
+        rt,
+        job,
+        stored,
         prompt_tokens=0,
         output_tokens=0,
         cost_usd=0.0,
         latency_ms=0,
         model_used=prior.model_used,
     )
-    with rt.db.session() as session:
-        transitions.complete(session, job.id, job.token, outcome)
     return Result.REUSED
 
 

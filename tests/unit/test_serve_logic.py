@@ -1,0 +1,78 @@
+"""Pure pieces of the task pipeline: model fallback choice and request building."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from models.catalog import load_catalog
+from tasks.serve import Job, build_request, choose_model
+
+CATALOG = load_catalog()
+
+
+def job(**changes: object) -> Job:
+    fields: dict[str, object] = {
+        "id": "t1",
+        "token": "tok",
+        "batch_id": "b1",
+        "batch_name": "b",
+        "key": "k",
+        "prompt": "a mug",
+        "model": "gemini-3-pro-image",
+        "image_size": "2K",
+        "aspect_ratio": "16:9",
+        "output_format": "png",
+        "input_images": (),
+        "attempts": 0,
+        "error_code": None,
+        "content_hash": None,
+        "reuse": False,
+    }
+    fields.update(changes)
+    return Job(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("attempts", "code", "chain", "expected"),
+    [
+        (0, None, ["gemini-2.5-flash-image"], "gemini-3-pro-image"),  # healthy: own model
+        (1, "unavailable", ["gemini-2.5-flash-image"], "gemini-3-pro-image"),  # one outage is not a pattern
+        (2, "unavailable", ["gemini-2.5-flash-image"], "gemini-2.5-flash-image"),
+        (3, "timeout", ["m1", "m2"], "m2"),
+        (9, "timeout", ["m1", "m2"], "m2"),  # the chain's end is sticky
+        (5, "blocked", ["m1"], "gemini-3-pro-image"),  # only outages trigger a fallback
+        (5, "unavailable", [], "gemini-3-pro-image"),  # off by default
+    ],
+)
+def test_fallback_chain_after_repeated_outages(
+    attempts: int, code: str | None, chain: list[str], expected: str
+) -> None:
+    assert choose_model(job(attempts=attempts, error_code=code), chain) == expected
+
+
+def test_request_carries_catalog_pixels_and_size_only_where_supported() -> None:
+    pro = build_request(job(), CATALOG.resolve("gemini-3-pro-image"))
+    assert (pro.image_size, pro.width, pro.height) == ("2K", 2752, 1536)
+    flash = build_request(
+        job(model="gemini-2.5-flash-image", image_size=None), CATALOG.resolve("nano-banana")
+    )
+    assert (flash.image_size, flash.width, flash.height, flash.model) == (
+        None,
+        1344,
+        768,
+        "gemini-2.5-flash-image",
+    )
+
+
+def test_request_reads_input_images_with_their_mime_types(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    request = build_request(
+        job(input_images=(str(tmp_path / "a.jpg"), str(tmp_path / "b.png")), output_format="jpeg"),
+        CATALOG.resolve("gemini-3-pro-image"),
+    )
+    assert [i.mime_type for i in request.input_images] == ["image/jpeg", "image/png"]
+    assert request.output_format == "jpeg" and request.input_images[1].data.startswith(b"\x89PNG")
