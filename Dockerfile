@@ -9,6 +9,10 @@ COPY workers workers
 COPY simulator simulator
 COPY cli cli
 RUN pip install .
-RUN useradd --create-home nanobatch && mkdir -p /data && chown nanobatch /data
+# /data is the `images` volume in docker-compose.yml: images/ (output) and inbox/ (drop folder) start
+# owned by the unprivileged user, because a new named volume copies them from the image.
+RUN useradd --create-home nanobatch && mkdir -p /data/images /data/inbox && chown -R nanobatch /data
 USER nanobatch
+# A writable working directory: beat keeps its celerybeat-schedule file in the current directory.
+WORKDIR /home/nanobatch
 ENTRYPOINT ["nanobatch"]

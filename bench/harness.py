@@ -48,6 +48,7 @@ PG_ADMIN_URL = os.environ.get(
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+_LOAD_AT_START = os.getloadavg()
 
 
 def require_loopback(url: str) -> None:
@@ -81,7 +82,11 @@ def fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.{digits}f}"
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        if abs(value) < 10:
+            return f"{value:.3f}"
+        return f"{value:,.{digits if abs(value) < 1000 else 0}f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -122,7 +127,8 @@ def machine_info() -> dict[str, Any]:
         "kombu": kombu.__version__,
         "redis_py": redis.__version__,
         "sqlalchemy": sqlalchemy.__version__,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_at_start": [round(x, 2) for x in _LOAD_AT_START],
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -141,6 +147,13 @@ def machine_info() -> dict[str, Any]:
 
         with psycopg.connect(_dsn(PG_ADMIN_URL), autocommit=True) as conn:
             info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    with contextlib.suppress(Exception):
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tasks", "workers", "models", "simulator"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.split("\n")
+        info["git_head"] = head
+        info["uncommitted_engine_files"] = sorted(line[3:] for line in dirty if line.strip())
     return info
 
 
@@ -379,7 +392,8 @@ def delete_namespace(ns: Namespace) -> None:
     try:
         keys = list(client.scan_iter(match=_glob_escape(ns.prefix) + "*", count=1000))
         for queue in (ns.queue, ns.control_queue):
-            keys += list(client.scan_iter(match="_kombu.binding." + _glob_escape(queue) + "*", count=1000))
+            for kind in ("_kombu.binding.", "_kombu.binding_permanent."):
+                keys += list(client.scan_iter(match=kind + _glob_escape(queue) + "*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         # kombu keeps delivered-but-unacked messages of every queue in one shared hash: drop ours.

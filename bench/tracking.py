@@ -17,6 +17,8 @@ Scenarios (one table):
   b  nanobatch, limiter rpm = 2R (set too high) target: ratio >= 0.90; 429s reported
   c  plain Celery, rate_limit = R/2 per worker  (bench/baseline_app.py; the total split by hand)
   d  plain Celery, rate_limit = R per worker    (the naive reading of "rate_limit = the RPM")
+  e  plain Celery, no rate_limit                (control, not in the default set: shows what the
+                                                 baseline app does when Celery does not pace it)
 
 physical limit = min(R, C x 60 / L_mean); ratio = completions/min in the window / physical limit.
 """
@@ -56,6 +58,7 @@ SCENARIOS = {
     "b": "nanobatch, limiter rpm = 2R (too high)",
     "c": "plain Celery, rate_limit R/2 per worker",
     "d": "plain Celery, rate_limit R per worker (naive)",
+    "e": "plain Celery, no rate_limit (control)",
 }
 
 
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         console.print(f"[yellow]note: the steady window is {window:g}s, not a whole number of minutes; "
                       "against a sliding 60 s quota the rate can read high or low[/yellow]")
     share = R / args.workers
-    rates = {"c": f"{share:g}/m", "d": f"{R:g}/m"}
+    rates = {"c": f"{share:g}/m", "d": f"{R:g}/m", "e": ""}
     results: dict[str, Any] = {}
     rows = []
     with Bench("tracking", keep=args.keep) as bench:

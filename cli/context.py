@@ -49,3 +49,5 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per upstream call is noise at info level (and URLs are not ours to print).
+    logging.getLogger("httpx").setLevel(logging.WARNING)

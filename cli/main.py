@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from cli.batch_cmd import cancel_command, pause_command, resume_command, retry_command
 from cli.db_cmd import db_app
 from cli.demo_cmd import demo_command
+from cli.export_cmd import export_command
+from cli.flower_cmd import flower_command
 from cli.limits_cmd import limits_app
+from cli.metrics_cmd import metrics_command
+from cli.report_cmd import report_command
 from cli.simulator_cmd import simulator_command
 from cli.status_cmd import status_command
 from cli.submit_cmd import submit_command
+from cli.watch_cmd import watch_command
 from cli.worker_cmd import beat_command, sweep_command, worker_command
 
 app = typer.Typer(
@@ -25,6 +31,15 @@ app.command("beat")(beat_command)
 app.command("sweep")(sweep_command)
 app.command("status")(status_command)
 app.command("demo")(demo_command)
+app.command("watch")(watch_command)
+app.command("retry")(retry_command)
+app.command("cancel")(cancel_command)
+app.command("pause")(pause_command)
+app.command("resume")(resume_command)
+app.command("export")(export_command)
+app.command("report")(report_command)
+app.command("flower")(flower_command)
+app.command("metrics")(metrics_command)
 app.command("simulator")(simulator_command)
 app.add_typer(db_app, name="db")
 app.add_typer(limits_app, name="limits")

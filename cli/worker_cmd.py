@@ -65,7 +65,7 @@ def beat_command(loglevel: str = typer.Option("info", "--loglevel", "-l")) -> No
     if settings.embedded:
         raise fail("beat needs NANOBATCH_REDIS_URL (the embedded worker sweeps by itself)", 2)
     runtime_for(settings).close()
-    celery_app.start(["celery", "beat", "--loglevel", loglevel])
+    celery_app.start(["beat", "--loglevel", loglevel])
 
 
 def sweep_command() -> None:

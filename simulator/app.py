@@ -2,10 +2,12 @@
 
 Every image request runs the same steps in the order the real services apply them:
 auth -> validation -> quotas -> faults -> latency -> answer. A request refused before quotas
-consumes no quota; an admitted one holds a concurrency slot until its answer has been written.
-Counters are updated before the answer goes out, so a client that holds a response can already
-see it in ``stats()``. All state (counters, windows, random sequence, file store) belongs to one
-:class:`SimulatorApp`, so two simulators in one process share nothing.
+consumes no quota; an admitted one holds a concurrency slot until its answer starts going out (a
+held request: until the client gives up). Counters are updated before the answer goes out, so a
+client that holds a response already sees it in ``stats()``, and a client that calls again at once
+never meets its own previous request still in flight. All state (counters, windows, random
+sequence, file store) belongs to one :class:`SimulatorApp`, so two simulators in one process share
+nothing.
 
 Timing of faults: 500/502/503 (and other injected statuses) answer at once, as overloaded front
 ends do; 504 answers after the full latency, as a deadline does; a timeout holds the request
@@ -88,11 +90,19 @@ class SimulatorApp:
             outcome, ticket = self._run(request, dialect, record)
             _settle(record, outcome)
             self.stats.finish(record)
-            send(outcome)
+            if isinstance(outcome, Hold):
+                send(outcome)  # a held request stays in flight until the client gives up
+                return
         finally:
-            if ticket is not None:
-                self.quotas.release(ticket)
-            self.stats.end()
+            self._release(ticket)
+        send(outcome)
+
+    def _release(self, ticket: Ticket | None) -> None:
+        """End a request *before* its answer is written: a client that has read it may call again at
+        once, and must not find its own previous request still holding a concurrency slot."""
+        if ticket is not None:
+            self.quotas.release(ticket)
+        self.stats.end()
 
     def _run(self, request: HttpRequest, dialect: Dialect,
              record: RequestRecord) -> tuple[Outcome, Ticket | None]:

@@ -66,7 +66,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     from celery.schedules import crontab
 
     schedule: dict[str, dict[str, object]] = {
-        "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval},
+        # A sweep nobody ran in time is worthless (the next one is coming): let it expire.
+        "sweep": {
+            "task": SWEEP_TASK,
+            "schedule": settings.sweep_interval,
+            "options": {"expires": max(settings.sweep_interval * 2, 5.0)},
+        },
     }
     if settings.inbox_dir:
         hour, minute = settings.inbox_time.split(":")

@@ -12,7 +12,8 @@ from celery import Task
 from celery.signals import worker_process_init
 
 from tasks import app
-from tasks.celery_app import GENERATE_TASK, SWEEP_TASK
+from tasks.celery_app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
+from tasks.inbox import process_inbox
 from tasks.runtime import get_runtime, install_runtime
 from tasks.serve import serve
 from tasks.sweep import sweep
@@ -32,3 +33,9 @@ def generate(self: Task, task_id: str) -> str:
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> dict[str, int]:
     return sweep(get_runtime()).__dict__
+
+
+@app.task(name=INBOX_TASK, ignore_result=True)
+def inbox_task() -> dict[str, int]:
+    runtime = get_runtime()
+    return process_inbox(runtime, settle_seconds=runtime.settings.inbox_settle_seconds)

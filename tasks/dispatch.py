@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterable, Sequence
 
 from celery import Celery
+from kombu import Producer, Queue
+from kombu.common import maybe_declare
+from kombu.utils.uuid import uuid
 from redis import Redis
 
 from tasks.celery_app import GENERATE_TASK
@@ -29,23 +32,46 @@ class Dispatcher:
         self.queue = queue
 
     def publish(self, task_ids: Sequence[str], *, countdown: float | None = None) -> int:
-        """Publish one message per id (argument = the id only); returns how many were sent."""
+        """Publish one message per id (argument = the id only); returns how many were sent.
+
+        Messages are built by Celery's own protocol code (``amqp.as_task_v2``) and published through
+        kombu's producer batch (one Redis pipeline per 1,000). ``send_task`` would route, re-declare
+        the queue and ``saferepr`` the arguments for every message, which costs three times as much
+        and buys nothing for a fixed task with a fixed queue.
+        """
         if not task_ids:
             return 0
         now = time.time()
-        for start in range(0, len(task_ids), PUBLISH_BATCH):
-            chunk = task_ids[start : start + PUBLISH_BATCH]
-            self.redis.zadd(self.queued_key, dict.fromkeys(chunk, now + (countdown or 0)))
-            with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
-                for task_id in chunk:
-                    self.app.send_task(
-                        GENERATE_TASK,
-                        args=(task_id,),
-                        queue=self.queue,
-                        countdown=countdown,
-                        producer=producer,
-                    )
+        queue = Queue(self.queue)
+        with self.app.producer_or_acquire() as producer:
+            maybe_declare(queue, producer.channel)
+            for start in range(0, len(task_ids), PUBLISH_BATCH):
+                chunk = task_ids[start : start + PUBLISH_BATCH]
+                self.redis.zadd(self.queued_key, dict.fromkeys(chunk, now + (countdown or 0)))
+                with producer.batch(PUBLISH_BATCH):
+                    for task_id in chunk:
+                        self._publish_one(producer, task_id, countdown)
         return len(task_ids)
+
+    def _publish_one(self, producer: Producer, task_id: str, countdown: float | None) -> None:
+        message = self.app.amqp.as_task_v2(
+            uuid(),
+            GENERATE_TASK,
+            args=(task_id,),
+            countdown=countdown,
+            argsrepr=repr((task_id,)),
+            kwargsrepr="{}",
+        )
+        producer.publish(
+            message.body,
+            exchange="",
+            routing_key=self.queue,
+            headers=message.headers,
+            serializer="json",
+            declare=[],
+            retry=True,
+            **message.properties,
+        )
 
     def consumed(self, task_id: str) -> None:
         self.redis.zrem(self.queued_key, task_id)

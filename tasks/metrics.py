@@ -92,8 +92,8 @@ class NanobatchCollector(Collector):
         for source, read in self._sections():
             try:
                 families = list(read())
-            except Exception:  # any failure of one source must not hide the others
-                log.exception("metrics: cannot read %s", source)
+            except Exception as exc:  # any failure of one source must not hide the others
+                log.warning("metrics: cannot read %s: %s: %s", source, type(exc).__name__, exc)
                 up.add_metric([source], 0)
                 continue
             up.add_metric([source], 1)

@@ -8,12 +8,14 @@ id it cannot find; if publishing fails half-way, the rows are safe and the sweep
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from models import transitions
@@ -26,6 +28,7 @@ from tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
 from tasks.schedule import outside_window
 
 INSERT_CHUNK = 5000
+STAGING = "nanobatch_incoming_tasks"
 
 
 class SubmitError(ValueError):
@@ -121,23 +124,59 @@ def _get_or_create_batch(
 def _insert_tasks(
     session: Session, batch_id: str, tasks: Sequence[TaskSpec], progress: Callable[[int], None] | None
 ) -> list[str]:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    """Insert rows that are not there yet; returns the ids of the new ones, in chunks for progress."""
+    is_postgres = session.get_bind().dialect.name == "postgresql"
+    insert_chunk = _copy_chunk if is_postgres else _executemany_chunk
+    if is_postgres:
+        _create_staging_table(session)
     now = utcnow()
     new_ids: list[str] = []
     for start in range(0, len(tasks), INSERT_CHUNK):
         chunk = tasks[start : start + INSERT_CHUNK]
-        rows = [_row(batch_id, spec, now) for spec in chunk]
-        stmt = (
-            insert(GenerationTask)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["batch_id", "key"])
-            .returning(GenerationTask.id)
-        )
-        new_ids.extend(session.scalars(stmt))
+        new_ids.extend(insert_chunk(session, [_row(batch_id, spec, now) for spec in chunk]))
         if progress:
             progress(len(chunk))
     return new_ids
+
+
+def _executemany_chunk(session: Session, rows: list[dict[str, Any]]) -> list[str]:
+    """Portable path (SQLite): Core executemany, sent as batched "insertmanyvalues" statements."""
+    table = cast(Table, GenerationTask.__table__)
+    stmt = (
+        sqlite.insert(table).on_conflict_do_nothing(index_elements=["batch_id", "key"]).returning(table.c.id)
+    )
+    return list(session.scalars(stmt, rows))
+
+
+def _create_staging_table(session: Session) -> None:
+    session.execute(
+        text(f"CREATE TEMP TABLE {STAGING} (LIKE generation_tasks INCLUDING DEFAULTS) ON COMMIT DROP")
+    )
+
+
+def _copy_chunk(session: Session, rows: list[dict[str, Any]]) -> list[str]:
+    """PostgreSQL path: COPY into a temporary table, then one ``INSERT … SELECT … ON CONFLICT``.
+
+    COPY streams rows without building SQL text, several times faster than multi-row INSERTs
+    (whose huge statements psycopg must parse each time); the set-based INSERT keeps the dedupe.
+    """
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    columns = list(rows[0])
+    with raw.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {STAGING}")
+        with cursor.copy(f"COPY {STAGING} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([_copy_value(row[c]) for c in columns])
+        cursor.execute(
+            f"INSERT INTO generation_tasks SELECT * FROM {STAGING} "
+            "ON CONFLICT (batch_id, key) DO NOTHING RETURNING id"
+        )
+        return [r[0] for r in cursor.fetchall()]
+
+
+def _copy_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def _row(batch_id: str, spec: TaskSpec, now: datetime) -> dict[str, object]:

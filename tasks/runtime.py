@@ -23,6 +23,7 @@ from models.db import Database
 from tasks import app
 from tasks.dispatch import Dispatcher
 from tasks.settings import Settings
+from tasks.telemetry import Telemetry
 from workers.limiter import RateLimiter
 from workers.providers.base import Provider, ProviderConfig
 from workers.providers.factory import make_http_client, make_provider
@@ -71,6 +72,7 @@ class Runtime:
     provider: Provider
     dispatcher: Dispatcher
     policy: RetryPolicy
+    telemetry: Telemetry
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
@@ -102,6 +104,7 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         http=http,
         provider=make_provider(provider_config(settings), http),
         dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),
+        telemetry=Telemetry(redis, prefix=settings.limiter_prefix),
         policy=RetryPolicy(
             base=settings.backoff_base, cap=settings.backoff_cap, max_attempts=settings.max_attempts
         ),

@@ -25,6 +25,7 @@ from models.catalog import CatalogError, ModelSpec
 from models.queries import BUDGET_REACHED
 from models.tables import Batch, GenerationTask
 from tasks.runtime import Runtime
+from tasks.schedule import outside_window
 from workers.errors import ProviderError, RateLimited
 from workers.providers.base import ImageRequest, ImageResult, InputImage
 from workers.redact import redact
@@ -66,6 +67,7 @@ class Job:
     error_code: str | None
     content_hash: str | None
     reuse: bool
+    window: tuple[str | None, str | None, str] = (None, None, "UTC")  # start, end, time zone
 
     @property
     def holder(self) -> str:
@@ -74,10 +76,18 @@ class Job:
 
 def serve(rt: Runtime, task_id: str, *, celery_task_id: str | None = None) -> Result:
     """Run one delivery of a ``generate`` message to a terminal or well-defined waiting state."""
+    result = _serve(rt, task_id, celery_task_id)
+    rt.telemetry.count_outcome(result.value)
+    return result
+
+
+def _serve(rt: Runtime, task_id: str, celery_task_id: str | None) -> Result:
     rt.dispatcher.consumed(task_id)
     job = claim(rt, task_id, celery_task_id)
     if job is None:
         return Result.SKIPPED
+    if outside_window(utcnow(), *job.window):
+        return hand_back(rt, job, code="outside_window", message="the batch's window is closed")
     try:
         return run_claimed(rt, job)
     except Exception as exc:  # a bug or an infrastructure fault: never leave the row processing
@@ -114,6 +124,7 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
             error_code=row.error_code,
             content_hash=row.content_hash,
             reuse=batch.reuse,
+            window=(batch.window_start, batch.window_end, batch.window_tz or "UTC"),
         )
 
 
@@ -163,6 +174,7 @@ def admit_call_store(
         return handle_error(rt, job, pool, error)
     finally:
         rt.limiter.release(pool, job.holder)
+        rt.telemetry.observe_latency(pool, time.monotonic() - started)
     latency_ms = int((time.monotonic() - started) * 1000)
     return finish_completed(rt, job, spec, result, latency_ms, prompt_tokens)
 
@@ -191,6 +203,8 @@ def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> float | None:
 
 
 def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Result:
+    if isinstance(error, RateLimited):
+        rt.telemetry.count_429(pool, next(iter(error.quota_ids), ""))
     decision = decide(error, attempts_so_far=job.attempts, policy=rt.policy)
     if decision.action is Action.FAIL:
         return finish_failed(rt, job, decision.code, decision.message, count_attempt=decision.count_attempt)
@@ -224,6 +238,7 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
     Long ETAs are never handed to Celery: an ETA message sits in worker memory and, past the
     broker's visibility timeout, is redelivered in a loop (celery#9849, kombu#337).
     """
+    rt.telemetry.count_retry(code)
     short = delay <= rt.settings.max_countdown
     not_before = None if short else utcnow() + timedelta(seconds=delay)
     with rt.db.session() as session:
@@ -239,6 +254,15 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
         )
     if moved and short:
         rt.dispatcher.publish([job.id], countdown=delay if delay > 0 else None)
+    return Result.DEFERRED
+
+
+def hand_back(rt: Runtime, job: Job, *, code: str, message: str) -> Result:
+    """Back to pending with no message: the sweeper dispatches it when its batch may run again."""
+    with rt.db.session() as session:
+        transitions.requeue(
+            session, job.id, job.token, not_before=None, count_attempt=False, code=code, message=message
+        )
     return Result.DEFERRED
 
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     timezone: str = "UTC"  # for batch windows and --at
     inbox_dir: Path | None = None
     inbox_time: str = "00:30"
+    inbox_settle_seconds: float = Field(
+        default=60.0, ge=0
+    )  # skip files modified more recently (still copying)
 
     # Operations.
     flower_basic_auth: SecretStr | None = None  # "user:password"

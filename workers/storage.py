@@ -80,6 +80,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; images are meant to be served and shared
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

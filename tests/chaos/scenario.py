@@ -86,7 +86,9 @@ class ChaosPlan:
     request_timeout: float = 3.0
     lease_seconds: float = 10.0
     sweep_interval: float = 1.0
-    max_inline_wait: float = 4.0  # below lease - request timeout: a task never outlives its own lease
+    #: Above the 5 s a bare 429 cools the pool down for (a task waits it out instead of bouncing) and
+    #: below lease - request timeout (a healthy task never outlives its own lease).
+    max_inline_wait: float = 5.5
     max_attempts: int = 8
     recovery_bound: float = 120.0
     #: (fault, fraction of the batch completed before it is injected)
@@ -149,6 +151,7 @@ class ChaosReport:
     rate_waits_total: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
     worker_tracebacks: int = 0
+    unexpected_exits: list[str] = field(default_factory=list)
     tail: float | None = None  # last fault → every task terminal
     aborted: str | None = None
 
@@ -215,6 +218,9 @@ class ChaosReport:
             f"{'attempts / rate waits':<22}{self.attempts_total} / {self.rate_waits_total}; error codes "
             f"of the final rows {self.error_codes}",
             f"{'worker tracebacks':<22}{self.worker_tracebacks} (in worker*.log)",
+            f"{'unexpected exits':<22}{len(self.unexpected_exits)} (workers that died without being killed; "
+            "restarted like restart: unless-stopped)",
+            *(f"{'':<22}{line}" for line in self.unexpected_exits),
         ]
         problems = self.problems()
         lines += ["", "RESULT: " + ("OK" if not problems else "FAILED"), *(f"  - {x}" for x in problems)]
@@ -230,6 +236,8 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     beat: bool
     label: str
+    log: Path
+    killed: bool = False
 
     @property
     def name(self) -> str:
@@ -317,10 +325,33 @@ class ChaosRun:
             self._spawn(beat=number == 0)
 
     def _spawn(self, *, beat: bool) -> _Worker:
+        number = len(self.stack.workers)
         proc = self.stack.start_worker(self.plan.threads, beat=beat)
-        worker = _Worker(proc, beat, f"w{len(self.workers)}{'+beat' if beat else ''}")
+        worker = _Worker(proc, beat, f"w{number}{'+beat' if beat else ''}", self.workdir / f"worker{number}.log")
         self.workers.append(worker)
         return worker
+
+    def _supervise(self) -> None:
+        """Restart workers that exited on their own, as production's ``restart: unless-stopped`` does.
+
+        Such an exit is not one of the injected faults, so it is recorded (with the worker's last
+        CRITICAL log line) and reported; the run goes on with a replacement.
+        """
+        for worker in list(self.workers):
+            if worker.killed or worker.alive:
+                continue
+            worker.killed = True  # handled: do not restart it twice
+            lines = [x for x in worker.log.read_text(errors="replace").splitlines() if "CRITICAL" in x]
+            why = lines[-1].split("]", 1)[-1].strip() if lines else f"exit code {worker.proc.returncode}"
+            at = time.time() - self._started
+            replacement = self._spawn(beat=worker.beat)
+            self.report.unexpected_exits.append(
+                f"{worker.label} exited by itself at {at:.0f}s ({why[:160]}); {replacement.label} started")
+            self.log(f"unexpected exit: {self.report.unexpected_exits[-1]}")
+
+    def _sleep(self) -> None:
+        self._supervise()
+        time.sleep(POLL)
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -372,6 +403,7 @@ class ChaosRun:
             children = psutil.Process(worker.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             children = []
+        worker.killed = True
         worker.proc.send_signal(signal.SIGKILL)
         worker.proc.wait(timeout=30)
         for child in children:
@@ -391,7 +423,7 @@ class ChaosRun:
                     record.resumed = max(0.0, first.timestamp() - started)
             if record.recovered is None and self._still_stuck(affected, since) == 0:
                 record.recovered = time.time() - started
-            time.sleep(POLL)
+            self._sleep()
 
     def _still_stuck(self, ids: list[str], since: datetime) -> int:
         """Affected rows neither ended nor claimed again since the fault."""
@@ -422,14 +454,14 @@ class ChaosRun:
                 return value
             if time.monotonic() > end:
                 raise _Abort(f"timed out after {timeout:.0f}s waiting for {what}; counts {self._counts()}")
-            time.sleep(POLL)
+            self._sleep()
 
     def _poll(self, probe: Callable[[], Any], timeout: float) -> bool:
         end = time.monotonic() + timeout
         while not probe():
             if time.monotonic() > end:
                 return False
-            time.sleep(POLL)
+            self._sleep()
         return True
 
     # -- database reads (riding out our own PostgreSQL restart) ----------------------------------

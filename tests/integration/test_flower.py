@@ -139,7 +139,7 @@ def test_flower_refuses_requests_without_the_right_credentials(simulator, stack,
     assert CREDENTIALS[1] not in Path(f"/proc/{ui.proc.pid}/cmdline").read_bytes().decode(errors="replace")
 
 
-def test_flower_does_not_start_without_credentials_unless_told(stack, simulator) -> None:  # type: ignore[no-untyped-def]
+def test_flower_refuses_to_start_without_valid_credentials(stack, simulator) -> None:  # type: ignore[no-untyped-def]
     s = stack(simulator())
     env = {
         k: v

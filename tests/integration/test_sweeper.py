@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from models.tables import GenerationTask
 from tasks.sweep import sweep
@@ -61,3 +62,41 @@ def test_a_batch_scheduled_with_at_waits_for_its_time(simulator, stack, tmp_path
     assert s.runtime.dispatcher.queued_count() == 0
     assert sweep(s.runtime).dispatched == 0
     assert sweep(s.runtime, now=datetime.now(UTC) + timedelta(hours=3)).dispatched == 1
+
+
+def test_a_message_arriving_outside_the_window_is_handed_back(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Given a batch whose window is closed now, and a (delayed retry) message for it anyway
+    sim = simulator()
+    s = stack(sim)
+    now = datetime.now(UTC)
+    window = f"{(now + timedelta(hours=2)):%H:%M}-{(now + timedelta(hours=3)):%H:%M}"
+    s.cli(
+        "submit",
+        str(write_csv(tmp_path / "p.csv", "key,prompt", "A,mug")),
+        "--batch",
+        "closed",
+        "--window",
+        window,
+        check=True,
+    )
+    with s.runtime.db.session() as session:
+        (task_id,) = session.scalars(select(GenerationTask.id))
+    s.runtime.dispatcher.publish([task_id])
+    # When a worker receives it
+    s.start_worker(concurrency=1)
+    deadline = time.monotonic() + 60
+    while s.runtime.redis.zscore(s.runtime.dispatcher.queued_key, task_id) is not None:
+        assert time.monotonic() < deadline, "the worker never took the message"
+        time.sleep(0.1)
+    # Then it makes no upstream call and leaves the task pending for the sweeper
+    deadline = time.monotonic() + 30
+    while (task := _task(s, task_id)).error_code != "outside_window":
+        assert time.monotonic() < deadline, f"task not handed back: {task.status} {task.error_code}"
+        time.sleep(0.1)
+    assert task.status == "pending" and task.attempts == 0
+    assert sim.stats()["requests"] == 0
+
+
+def _task(s, task_id: str) -> GenerationTask:  # type: ignore[no-untyped-def]
+    with s.runtime.db.session() as session:
+        return session.get_one(GenerationTask, task_id)
