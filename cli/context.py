@@ -27,8 +27,18 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from env/TOML, or a clear message and exit code 2 when they are invalid."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except (ValidationError, ValueError) as exc:
-        err_console.print(f"[red]configuration error:[/red] {exc}")
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "NANOBATCH_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            where = ".".join(str(part) for part in error["loc"][1:])
+            err_console.print(
+                f"[red]configuration error:[/red] {name}{'.' + where if where else ''}: {error['msg']} "
+                f"(got {error.get('input')!r})",
+                highlight=False,
+            )
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
 

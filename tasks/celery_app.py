@@ -34,7 +34,13 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     """
     if app.configured and app.conf.broker_url != settings.broker_url:
         app._after_fork()
-    app.conf.update(
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """The Celery settings (lowercase names) for nanobatch ``settings``."""
+    return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},
@@ -54,12 +60,11 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
         worker_pool="threads",
         worker_concurrency=settings.concurrency,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,  # ids are published in bulk; Flower sees tasks from receipt on
         worker_hijack_root_logger=False,
         timezone=settings.timezone,
         beat_schedule=beat_schedule(settings),
     )
-    return app
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
@@ -80,5 +85,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    """The app; without explicit ``settings`` its configuration is read from the environment lazily.
+
+    Lazily (``config_from_object`` with a module name, imported on first use) so that importing
+    ``tasks`` never fails on a bad ``NANOBATCH_*`` value: the CLI validates settings first and
+    reports them as a clear error instead of an import-time traceback.
+    """
     app = Celery("nanobatch", include=["tasks.definitions"])
-    return configure_app(app, settings or Settings())
+    if settings is not None:
+        return configure_app(app, settings)
+    app.config_from_object("tasks.celeryconfig")
+    return app

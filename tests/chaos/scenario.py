@@ -12,8 +12,8 @@ One run (DESIGN §11 "Chaos"):
   the same port: queue, "queued" bookkeeping and limiter state are gone, only the database knows
   what is left) and restarts PostgreSQL.
 
-Faults are injected one at a time: each waits for its progress threshold, then for the previous
-fault's recovery, so every recovery is measured on its own. Synchronisation is polling with
+Faults are injected one at a time: each waits for its progress threshold and for the previous fault's
+asserted recovery figures (below), so every recovery is measured on its own. Synchronisation is polling with
 deadlines only. Progress thresholds and simulator seeds make runs comparable, not bit-identical:
 thread scheduling decides which request meets which fault.
 
@@ -417,7 +417,7 @@ class ChaosRun:
         watch = _Watch(record, started, affected)
         self._watching.append(watch)
         # The next fault waits for this one's asserted figures; "reclaimed" goes on in the background.
-        self._poll(lambda: watch.record.resumed is not None and watch.record.requeued is not None
+        self._poll(lambda: (watch.record.resumed is not None and watch.record.requeued is not None)
                    or watch not in self._watching, self.plan.recovery_bound + 5)
 
     def _fault_clock(self) -> float:
