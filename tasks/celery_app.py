@@ -46,7 +46,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         broker_transport_options={"visibility_timeout": 3600},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
+        task_acks_on_failure=True,  # a crashed task is recovered from the DB, not by redelivery
+        task_acks_on_timeout=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,

@@ -18,7 +18,6 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from models import transitions
 from models.base import utcnow
 from models.db import Database
 from models.status import BatchStatus
@@ -76,13 +75,13 @@ def submit(
         raise SubmitError("--budget-usd must be greater than 0")
     with db.session() as session:
         batch_row = _get_or_create_batch(session, batch, intake_options, source)
-        new_ids = _insert_tasks(session, batch_row.id, intake.tasks, progress)
-        runnable = _runnable_now(batch_row)
+        publish = dispatcher is not None and _runnable_now(batch_row)
+        # Rows about to be published carry their dispatch time from the start (no second UPDATE of
+        # 100k rows). If publishing then fails, they have no live message and the sweeper sends them.
+        new_ids = _insert_tasks(session, batch_row.id, intake.tasks, progress, dispatched=publish)
     report.new, report.existing, report.written = len(new_ids), len(intake.tasks) - len(new_ids), True
-    if dispatcher is not None and runnable and new_ids:
+    if publish and dispatcher is not None and new_ids:
         report.dispatched = dispatcher.publish(new_ids)
-        with db.session() as session:
-            transitions.mark_dispatched(session, new_ids)
     return report
 
 
@@ -122,7 +121,12 @@ def _get_or_create_batch(
 
 
 def _insert_tasks(
-    session: Session, batch_id: str, tasks: Sequence[TaskSpec], progress: Callable[[int], None] | None
+    session: Session,
+    batch_id: str,
+    tasks: Sequence[TaskSpec],
+    progress: Callable[[int], None] | None,
+    *,
+    dispatched: bool,
 ) -> list[str]:
     """Insert rows that are not there yet; returns the ids of the new ones, in chunks for progress."""
     is_postgres = session.get_bind().dialect.name == "postgresql"
@@ -133,7 +137,8 @@ def _insert_tasks(
     new_ids: list[str] = []
     for start in range(0, len(tasks), INSERT_CHUNK):
         chunk = tasks[start : start + INSERT_CHUNK]
-        new_ids.extend(insert_chunk(session, [_row(batch_id, spec, now) for spec in chunk]))
+        rows = [_row(batch_id, spec, now, dispatched_at=now if dispatched else None) for spec in chunk]
+        new_ids.extend(insert_chunk(session, rows))
         if progress:
             progress(len(chunk))
     return new_ids
@@ -179,7 +184,9 @@ def _copy_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list | dict) else value
 
 
-def _row(batch_id: str, spec: TaskSpec, now: datetime) -> dict[str, object]:
+def _row(
+    batch_id: str, spec: TaskSpec, now: datetime, *, dispatched_at: datetime | None
+) -> dict[str, object]:
     return {
         "id": new_id(),
         "batch_id": batch_id,
@@ -196,6 +203,7 @@ def _row(batch_id: str, spec: TaskSpec, now: datetime) -> dict[str, object]:
         "content_hash": spec.content_hash,
         "extra": spec.extra or None,
         "created_at": now,
+        "dispatched_at": dispatched_at,
     }
 
 
