@@ -57,8 +57,10 @@ _redis: redis.Redis | None = None
 def client() -> httpx.Client:
     global _client
     if _client is None:
-        _client = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0),
-                               limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
+        _client = httpx.Client(
+            timeout=httpx.Timeout(120.0, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+        )
     return _client
 
 
@@ -108,8 +110,11 @@ def generate(key: str, prompt: str) -> None:
         records().rpush(f"{PREFIX}:failed", f"{time.time()}")
         return
     parts = response.json()["candidates"][0]["content"]["parts"]
-    inline = next(p.get("inlineData") or p.get("inline_data") for p in parts
-                  if p.get("inlineData") or p.get("inline_data"))
+    inline = next(
+        p.get("inlineData") or p.get("inline_data")
+        for p in parts
+        if p.get("inlineData") or p.get("inline_data")
+    )
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUTPUT_DIR / f"{_SAFE.sub('_', key)}.png").write_bytes(base64.b64decode(inline["data"]))
     records().rpush(f"{PREFIX}:done", f"{time.time()}")

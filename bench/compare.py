@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     REDIS_URL,
     REPO,
     RESULTS_DIR,
@@ -59,8 +59,8 @@ from bench.harness import (  # noqa: E402
     write_products_csv,
     write_results,
 )
-from bench.harness import finished_times as db_finished_times  # noqa: E402
-from bench.tracking import parse_latency, publish_baseline  # noqa: E402
+from bench.harness import finished_times as db_finished_times
+from bench.tracking import parse_latency, publish_baseline
 
 POOL = "gemini-2.5-flash-image"
 SYSTEMS = {
@@ -71,8 +71,14 @@ SYSTEMS = {
 
 
 def sim_config(args: argparse.Namespace) -> dict[str, Any]:
-    return {"latency": args.latency, "time_scale": args.time_scale, "rpm": args.rpm,
-            "fail_rates": {503: args.fail_503}, "thumbnails": args.thumbnails, "seed": args.seed}
+    return {
+        "latency": args.latency,
+        "time_scale": args.time_scale,
+        "rpm": args.rpm,
+        "fail_rates": {503: args.fail_503},
+        "thumbnails": args.thumbnails,
+        "seed": args.seed,
+    }
 
 
 def wait_terminal(probe: Any, total: int, timeout: float, label: str) -> None:
@@ -84,8 +90,10 @@ def wait_terminal(probe: Any, total: int, timeout: float, label: str) -> None:
         if completed + failed >= total:
             return
         if elapsed > timeout:
-            console.print(f"[yellow]  {label}: timeout after {timeout:.0f}s with "
-                          f"{total - completed - failed} tasks not terminal[/yellow]")
+            console.print(
+                f"[yellow]  {label}: timeout after {timeout:.0f}s with "
+                f"{total - completed - failed} tasks not terminal[/yellow]"
+            )
             return
         if elapsed - last_print >= 15:
             last_print = elapsed
@@ -97,24 +105,55 @@ def run_threadpool(bench: Bench, args: argparse.Namespace, timeout: float) -> di
     sim = bench.simulator(**sim_config(args))
     times = bench.tmp / "threadpool-times.json"
     spacing = args.spacing if args.spacing is not None else 60.0 / args.rpm
-    cmd = [sys.executable, str(REPO / "bench" / "threadpool_script.py"), "--url", sim.url,
-           "--tasks", str(args.tasks), "--workers", str(args.threads), "--spacing", f"{spacing:g}",
-           "--retries", "5", "--out", str(bench.tmp / "threadpool-images"), "--times", str(times)]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "threadpool_script.py"),
+        "--url",
+        sim.url,
+        "--tasks",
+        str(args.tasks),
+        "--workers",
+        str(args.threads),
+        "--spacing",
+        f"{spacing:g}",
+        "--retries",
+        "5",
+        "--out",
+        str(bench.tmp / "threadpool-images"),
+        "--times",
+        str(times),
+    ]
     bench.run_process(cmd, timeout=timeout, log_name="threadpool.log")
     data = json.loads(times.read_text())
-    return {"start": data["started"], "done": sorted(data["done"]), "failed": sorted(data["failed"]),
-            "sim": sim.stats(), "concurrency": args.threads, "detail": f"spacing {spacing:g}s"}
+    return {
+        "start": data["started"],
+        "done": sorted(data["done"]),
+        "failed": sorted(data["failed"]),
+        "sim": sim.stats(),
+        "concurrency": args.threads,
+        "detail": f"spacing {spacing:g}s",
+    }
 
 
 def run_celery(bench: Bench, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     sim = bench.simulator(**sim_config(args))
     ns = bench.namespace("celery")
     rate = f"{args.rpm / args.workers:g}/m" if args.celery_rate == "share" else f"{args.rpm:g}/m"
-    env = {"BENCH_BROKER_URL": REDIS_URL, "BENCH_QUEUE": ns.queue, "BENCH_PREFIX": ns.prefix,
-           "BENCH_SIM_URL": sim.url, "BENCH_RATE_LIMIT": rate, "BENCH_MAX_RETRIES": "5",
-           "BENCH_OUTPUT_DIR": str(bench.tmp / "celery-images")}
-    workers = [bench.start_worker(app="bench.baseline_app", queues=[ns.queue], concurrency=args.concurrency,
-                                  env=env, label="celery") for _ in range(args.workers)]
+    env = {
+        "BENCH_BROKER_URL": REDIS_URL,
+        "BENCH_QUEUE": ns.queue,
+        "BENCH_PREFIX": ns.prefix,
+        "BENCH_SIM_URL": sim.url,
+        "BENCH_RATE_LIMIT": rate,
+        "BENCH_MAX_RETRIES": "5",
+        "BENCH_OUTPUT_DIR": str(bench.tmp / "celery-images"),
+    }
+    workers = [
+        bench.start_worker(
+            app="bench.baseline_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="celery"
+        )
+        for _ in range(args.workers)
+    ]
     bench.wait_ready(workers)
     redis = bench.redis()
     start = time.time()
@@ -126,10 +165,14 @@ def run_celery(bench: Bench, args: argparse.Namespace, timeout: float) -> dict[s
     wait_terminal(probe, args.tasks, timeout, "celery")
     stats = sim.stats()
     bench.stop_workers(workers)
-    return {"start": start, "done": sorted(float(x) for x in redis.lrange(f"{ns.prefix}:done", 0, -1)),
-            "failed": sorted(float(x) for x in redis.lrange(f"{ns.prefix}:failed", 0, -1)),
-            "sim": stats, "concurrency": args.workers * args.concurrency,
-            "detail": f"rate_limit {rate} per worker"}
+    return {
+        "start": start,
+        "done": sorted(float(x) for x in redis.lrange(f"{ns.prefix}:done", 0, -1)),
+        "failed": sorted(float(x) for x in redis.lrange(f"{ns.prefix}:failed", 0, -1)),
+        "sim": stats,
+        "concurrency": args.workers * args.concurrency,
+        "detail": f"rate_limit {rate} per worker",
+    }
 
 
 def run_nanobatch(bench: Bench, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
@@ -140,9 +183,17 @@ def run_nanobatch(bench: Bench, args: argparse.Namespace, timeout: float) -> dic
     runtime = nanobatch_runtime(bench, env)
     set_pool_limits(runtime.redis, ns.prefix, POOL, rpm=args.rpm)
     csv_path = write_products_csv(bench.tmp / "compare.csv", args.tasks)
-    workers = [bench.start_worker(app="tasks", queues=[ns.queue, ns.control_queue],
-                                  concurrency=args.concurrency, env=env, label="nb", beat=(i == 0))
-               for i in range(args.workers)]
+    workers = [
+        bench.start_worker(
+            app="tasks",
+            queues=[ns.queue, ns.control_queue],
+            concurrency=args.concurrency,
+            env=env,
+            label="nb",
+            beat=(i == 0),
+        )
+        for i in range(args.workers)
+    ]
     bench.wait_ready(workers)
     start = time.time()
     submit_csv(runtime, csv_path, "compare")
@@ -154,10 +205,15 @@ def run_nanobatch(bench: Bench, args: argparse.Namespace, timeout: float) -> dic
     wait_terminal(probe, args.tasks, timeout, "nanobatch")
     stats = sim.stats()
     bench.stop_workers(workers)
-    return {"start": start, "done": db_finished_times(runtime.db.engine, "completed"),
-            "failed": db_finished_times(runtime.db.engine, "failed"), "sim": stats,
-            "concurrency": args.workers * args.concurrency, "detail": f"limiter rpm {args.rpm}",
-            "counts": status_counts(runtime.db.engine)}
+    return {
+        "start": start,
+        "done": db_finished_times(runtime.db.engine, "completed"),
+        "failed": db_finished_times(runtime.db.engine, "failed"),
+        "sim": stats,
+        "concurrency": args.workers * args.concurrency,
+        "detail": f"limiter rpm {args.rpm}",
+        "counts": status_counts(runtime.db.engine),
+    }
 
 
 def plot(series: dict[str, dict[str, Any]], args: argparse.Namespace, path: Path) -> Path | None:
@@ -178,12 +234,20 @@ def plot(series: dict[str, dict[str, Any]], args: argparse.Namespace, path: Path
         longest = max(longest, xs[-1])
         ax.step([0.0, *xs], list(range(len(xs) + 1)), where="post", label=f"{key}  {SYSTEMS[key]}")
     ideal = min(args.tasks / (args.rpm / 60.0), longest)
-    ax.plot([0, ideal], [0, ideal * args.rpm / 60.0], linestyle="--", color="grey", linewidth=1,
-            label=f"R = {args.rpm}/min (the upstream's limit)")
+    ax.plot(
+        [0, ideal],
+        [0, ideal * args.rpm / 60.0],
+        linestyle="--",
+        color="grey",
+        linewidth=1,
+        label=f"R = {args.rpm}/min (the upstream's limit)",
+    )
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("images completed")
-    ax.set_title(f"{args.tasks:,} tasks, R={args.rpm} rpm (scaled), latency 8-20 s x {args.time_scale:g}, "
-                 f"{args.fail_503:.0%} 503s")
+    ax.set_title(
+        f"{args.tasks:,} tasks, R={args.rpm} rpm (scaled), latency 8-20 s x {args.time_scale:g}, "
+        f"{args.fail_503:.0%} 503s"
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -198,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     R = args.rpm
     l_mean = (args.latency[0] + args.latency[1]) / 2 * args.time_scale
     floor_s = args.tasks / (R / 60.0)
-    timeout = args.timeout or max(300.0, 4 * floor_s + 120)
+    timeout = args.timeout or max(600.0, 8 * floor_s + 120)
     runners = {"a": run_threadpool, "b": run_celery, "c": run_nanobatch}
     series: dict[str, dict[str, Any]] = {}
     rows = []
@@ -216,37 +280,91 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             physical = min(R, data["concurrency"] * 60.0 / l_mean) if l_mean > 0 else float(R)
             sim = data["sim"]
             paid = int(sim.get("by_status", {}).get("200", 0))
-            rows.append([f"{key}  {SYSTEMS[key]}", completed, failed, lost, sim.get("rate_limited", 0), paid,
-                         wall, per_min, f"{per_min / physical:.1%}"])
-            results[key] = {"system": SYSTEMS[key], "detail": data["detail"], "completed": completed,
-                            "failed": failed, "lost": lost, "rate_limited_429": sim.get("rate_limited", 0),
-                            "paid_calls": paid, "wall_s": wall, "completions_per_min": per_min,
-                            "physical_limit_per_min": physical, "pct_of_physical": per_min / physical,
-                            "concurrency": data["concurrency"], "sim_stats": sim,
-                            "db_counts": data.get("counts"),
-                            "completion_offsets_s": [round(t - data["start"], 3) for t in data["done"]]}
-            console.print(f"  completed {completed}, failed {failed}, lost {lost}, 429s "
-                          f"{sim.get('rate_limited', 0)}, paid {paid}, wall {wall:.1f}s, {per_min:.1f}/min")
-    columns = ["system", "completed", "failed", "lost", "429s served", "paid calls", "wall s",
-               "completions/min", "% of physical limit"]
+            rows.append(
+                [
+                    f"{key}  {SYSTEMS[key]}",
+                    completed,
+                    failed,
+                    lost,
+                    sim.get("rate_limited", 0),
+                    paid,
+                    wall,
+                    per_min,
+                    f"{per_min / physical:.1%}",
+                ]
+            )
+            results[key] = {
+                "system": SYSTEMS[key],
+                "detail": data["detail"],
+                "completed": completed,
+                "failed": failed,
+                "lost": lost,
+                "rate_limited_429": sim.get("rate_limited", 0),
+                "paid_calls": paid,
+                "wall_s": wall,
+                "completions_per_min": per_min,
+                "physical_limit_per_min": physical,
+                "pct_of_physical": per_min / physical,
+                "concurrency": data["concurrency"],
+                "sim_stats": sim,
+                "db_counts": data.get("counts"),
+                "completion_offsets_s": [round(t - data["start"], 3) for t in data["done"]],
+            }
+            console.print(
+                f"  completed {completed}, failed {failed}, lost {lost}, 429s "
+                f"{sim.get('rate_limited', 0)}, paid {paid}, wall {wall:.1f}s, {per_min:.1f}/min"
+            )
+    columns = [
+        "system",
+        "completed",
+        "failed",
+        "lost",
+        "429s served",
+        "paid calls",
+        "wall s",
+        "completions/min",
+        "% of physical limit",
+    ]
     limits = ", ".join(f"{k}: {results[k]['physical_limit_per_min']:.0f}/min" for k in results)
-    caption = (f"R = {R} rpm (scaled from 120), latency uniform {args.latency[0]:g}-{args.latency[1]:g}s x "
-               f"{args.time_scale:g} (mean {l_mean:.2f}s), {args.fail_503:.0%} 503s, seed {args.seed}; "
-               f"physical limit min(R, C·60/L): {limits}")
-    text = print_table(f"compare: {args.tasks:,} images, same upstream for all", columns, rows, caption=caption)
+    caption = (
+        f"R = {R} rpm (scaled from 120), latency uniform {args.latency[0]:g}-{args.latency[1]:g}s x "
+        f"{args.time_scale:g} (mean {l_mean:.2f}s), {args.fail_503:.0%} 503s, seed {args.seed}; "
+        f"physical limit min(R, C·60/L): {limits}"
+    )
+    text = print_table(
+        f"compare: {args.tasks:,} images, same upstream for all", columns, rows, caption=caption
+    )
     png = plot(series, args, RESULTS_DIR / "compare.png")
-    return {"params": {"tasks": args.tasks, "rpm": R, "rpm_note": "scaled from 120", "latency": args.latency,
-                       "time_scale": args.time_scale, "latency_mean_s": l_mean, "fail_503": args.fail_503,
-                       "thumbnails": args.thumbnails, "seed": args.seed, "workers": args.workers,
-                       "concurrency": args.concurrency, "threads": args.threads,
-                       "celery_rate": args.celery_rate, "floor_s": floor_s, "timeout_s": timeout},
-            "systems": results, "table": {"columns": columns, "rows": rows, "caption": caption},
-            "markdown": markdown_table(columns, rows), "plot": str(png.relative_to(REPO)) if png else None,
-            "text": text}
+    return {
+        "params": {
+            "tasks": args.tasks,
+            "rpm": R,
+            "rpm_note": "scaled from 120",
+            "latency": args.latency,
+            "time_scale": args.time_scale,
+            "latency_mean_s": l_mean,
+            "fail_503": args.fail_503,
+            "thumbnails": args.thumbnails,
+            "seed": args.seed,
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "threads": args.threads,
+            "celery_rate": args.celery_rate,
+            "floor_s": floor_s,
+            "timeout_s": timeout,
+        },
+        "systems": results,
+        "table": {"columns": columns, "rows": rows, "caption": caption},
+        "markdown": markdown_table(columns, rows),
+        "plot": str(png.relative_to(REPO)) if png else None,
+        "text": text,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=1000, help="images per system (1,000)")
     parser.add_argument("--rpm", type=int, default=600, help="R, scaled from 120 (600)")
     parser.add_argument("--latency", type=parse_latency, default=(8.0, 20.0), help="seconds MIN-MAX (8-20)")
@@ -257,10 +375,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="threads per worker for b and c (16)")
     parser.add_argument("--threads", type=int, default=10, help="thread-pool size of system a (10)")
     parser.add_argument("--spacing", type=float, default=None, help="system a's spacing (default 60/R s)")
-    parser.add_argument("--celery-rate", choices=["share", "total"], default="share",
-                        help="system b's rate_limit per worker: R/workers (share) or R (total)")
+    parser.add_argument(
+        "--celery-rate",
+        choices=["share", "total"],
+        default="share",
+        help="system b's rate_limit per worker: R/workers (share) or R (total)",
+    )
     parser.add_argument("--systems", default="a,b,c", help="comma list of a,b,c (all)")
-    parser.add_argument("--timeout", type=float, default=0.0, help="seconds per system (default: 4x floor+120)")
+    parser.add_argument(
+        "--timeout", type=float, default=0.0, help="seconds per system (default: max(600, 8 x floor + 120))"
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, images)")
     args = parser.parse_args()

@@ -60,7 +60,9 @@ def require_loopback(url: str) -> None:
 # -- small helpers ---------------------------------------------------------------------------------
 
 
-def wait_until(probe: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+def wait_until(
+    probe: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -92,8 +94,9 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
-                caption: str | None = None) -> str:
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None
+) -> str:
     """Print a rich table and return it as plain text (for BENCHMARKS.md)."""
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     for index, name in enumerate(columns):
@@ -148,10 +151,16 @@ def machine_info() -> dict[str, Any]:
         with psycopg.connect(_dsn(PG_ADMIN_URL), autocommit=True) as conn:
             info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
     with contextlib.suppress(Exception):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tasks", "workers", "models", "simulator"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "tasks", "workers", "models", "simulator"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
         info["git_head"] = head
         info["uncommitted_engine_files"] = sorted(line[3:] for line in dirty if line.strip())
     return info
@@ -160,9 +169,13 @@ def machine_info() -> dict[str, Any]:
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    document = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "machine": machine_info(), **payload}
+    document = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(),
+        **payload,
+    }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     console.print(f"[dim]results written to {path.relative_to(REPO)}[/dim]")
     return path
@@ -302,26 +315,57 @@ class Bench:
 
     # Workers ------------------------------------------------------------------------------------
 
-    def start_worker(self, *, app: str, queues: Sequence[str], concurrency: int, env: dict[str, str],
-                     label: str, beat: bool = False, loglevel: str = "warning") -> Worker:
+    def start_worker(
+        self,
+        *,
+        app: str,
+        queues: Sequence[str],
+        concurrency: int,
+        env: dict[str, str],
+        label: str,
+        beat: bool = False,
+        loglevel: str = "warning",
+    ) -> Worker:
         """One real ``celery worker -P threads`` process (via bench/celery_worker.py for readiness)."""
         number = len(self._workers)
         name = f"{label}{number}-{self.run_id}"
         ready = self.tmp / f"{name}.ready"
         log = self.tmp / f"{name}.log"
-        cmd = [sys.executable, str(REPO / "bench" / "celery_worker.py"), "--app", app,
-               "--ready-file", str(ready), "--",
-               "worker", "-P", "threads", "-c", str(concurrency), "-Q", ",".join(queues),
-               "--without-gossip", "--without-mingle", "--without-heartbeat",
-               "-l", loglevel, "-n", f"{name}@%h"]
+        cmd = [
+            sys.executable,
+            str(REPO / "bench" / "celery_worker.py"),
+            "--app",
+            app,
+            "--ready-file",
+            str(ready),
+            "--",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-Q",
+            ",".join(queues),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            loglevel,
+            "-n",
+            f"{name}@%h",
+        ]
         if beat:
             cmd += ["-B", "-s", str(self.tmp / f"{name}-beat-schedule")]
-        clean_env = {k: v for k, v in os.environ.items()
-                     if not k.startswith(("NANOBATCH_", "BENCH_")) and k not in {"GEMINI_API_KEY"}}
+        clean_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("NANOBATCH_", "BENCH_")) and k not in {"GEMINI_API_KEY"}
+        }
         full_env = {**clean_env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
         handle = log.open("wb")
-        proc = subprocess.Popen(cmd, cwd=self.tmp, env=full_env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=self.tmp, env=full_env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         handle.close()
         worker = Worker(name, proc, log, ready)
         self._workers.append(worker)
@@ -354,13 +398,19 @@ class Bench:
 
     # Subprocesses that are not workers -----------------------------------------------------------
 
-    def run_process(self, cmd: Sequence[str], *, timeout: float, log_name: str,
-                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run_process(
+        self, cmd: Sequence[str], *, timeout: float, log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         log = self.tmp / log_name
         with log.open("wb") as handle:
-            proc = subprocess.Popen(list(cmd), cwd=self.tmp, stdout=handle, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                list(cmd),
+                cwd=self.tmp,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                start_new_session=True,
+            )
             try:
                 proc.wait(timeout=timeout)
             except BaseException:
@@ -447,8 +497,15 @@ def nanobatch_runtime(bench: Bench, env: dict[str, str]) -> Any:
     return runtime
 
 
-def write_products_csv(path: Path, rows: int, *, model: str | None = None, image_size: str | None = None,
-                       aspect_ratio: str | None = None, seed: int = 7) -> Path:
+def write_products_csv(
+    path: Path,
+    rows: int,
+    *,
+    model: str | None = None,
+    image_size: str | None = None,
+    aspect_ratio: str | None = None,
+    seed: int = 7,
+) -> Path:
     """A product export like a shop's: key, title, colour, material, prompt (+ optional model columns)."""
     import csv
     import random
@@ -458,8 +515,11 @@ def write_products_csv(path: Path, rows: int, *, model: str | None = None, image
     materials = ["cotton", "linen", "wool", "leather", "canvas", "denim"]
     kinds = ["shirt", "tote bag", "jacket", "scarf", "sneaker", "cap", "backpack"]
     header = ["key", "title", "colour", "material", "prompt"]
-    extra = [(name, value) for name, value in
-             (("model", model), ("image_size", image_size), ("aspect_ratio", aspect_ratio)) if value]
+    extra = [
+        (name, value)
+        for name, value in (("model", model), ("image_size", image_size), ("aspect_ratio", aspect_ratio))
+        if value
+    ]
     header += [name for name, _ in extra]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -467,14 +527,23 @@ def write_products_csv(path: Path, rows: int, *, model: str | None = None, image
         for i in range(rows):
             colour, material, kind = rnd.choice(colours), rnd.choice(materials), rnd.choice(kinds)
             title = f"{colour.title()} {material} {kind} #{i}"
-            prompt = (f"Studio product photo of a {colour} {material} {kind}, soft light, white background, "
-                      f"catalogue style, item {i}")
+            prompt = (
+                f"Studio product photo of a {colour} {material} {kind}, soft light, white background, "
+                f"catalogue style, item {i}"
+            )
             writer.writerow([f"SKU-{i:07d}", title, colour, material, prompt, *[v for _, v in extra]])
     return path
 
 
-def submit_csv(runtime: Any, path: Path, batch: str, *, model: str = "gemini-2.5-flash-image",
-               image_size: str | None = None, aspect_ratio: str = "1:1") -> Any:
+def submit_csv(
+    runtime: Any,
+    path: Path,
+    batch: str,
+    *,
+    model: str = "gemini-2.5-flash-image",
+    image_size: str | None = None,
+    aspect_ratio: str = "1:1",
+) -> Any:
     from tasks.intake import IntakeOptions, read_file
     from tasks.producer import BatchOptions, submit
 
@@ -489,16 +558,20 @@ def status_counts(engine: Any) -> dict[str, int]:
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        return {s: int(n) for s, n in conn.execute(text(
-            "SELECT status, count(*) FROM generation_tasks GROUP BY status"))}
+        return {
+            s: int(n)
+            for s, n in conn.execute(text("SELECT status, count(*) FROM generation_tasks GROUP BY status"))
+        }
 
 
 def finished_times(engine: Any, status: str = "completed") -> list[float]:
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT finished_at FROM generation_tasks WHERE status = :s "
-                                 "AND finished_at IS NOT NULL"), {"s": status})
+        rows = conn.execute(
+            text("SELECT finished_at FROM generation_tasks WHERE status = :s AND finished_at IS NOT NULL"),
+            {"s": status},
+        )
         return sorted(_epoch(r[0]) for r in rows)
 
 

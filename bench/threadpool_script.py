@@ -36,14 +36,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     url = f"{args.url.rstrip('/')}/v1beta/models/{MODEL}:generateContent"
-    client = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0),
-                          limits=httpx.Limits(max_connections=args.workers * 2))
+    client = httpx.Client(
+        timeout=httpx.Timeout(120.0, connect=10.0), limits=httpx.Limits(max_connections=args.workers * 2)
+    )
     done: list[float] = []
     failed: list[float] = []
 
     def generate(i: int) -> None:
-        body = {"contents": [{"role": "user", "parts": [{"text": f"Studio product photo, item {i}"}]}],
-                "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "1:1"}}}
+        body = {
+            "contents": [{"role": "user", "parts": [{"text": f"Studio product photo, item {i}"}]}],
+            "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "1:1"}},
+        }
         for attempt in range(args.retries + 1):
             try:
                 response = client.post(url, json=body)
@@ -58,7 +61,7 @@ def main() -> None:
             except httpx.TransportError:
                 pass
             if attempt < args.retries:
-                time.sleep(args.backoff * 2 ** attempt)
+                time.sleep(args.backoff * 2**attempt)
         failed.append(time.time())
 
     started = time.time()

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     REDIS_URL,
     Bench,
     console,
@@ -63,23 +63,41 @@ SCENARIOS = {
 
 
 def sim_config(args: argparse.Namespace) -> dict[str, Any]:
-    return {"latency": args.latency, "time_scale": args.time_scale, "rpm": args.rpm,
-            "thumbnails": args.thumbnails, "seed": args.seed}
+    return {
+        "latency": args.latency,
+        "time_scale": args.time_scale,
+        "rpm": args.rpm,
+        "thumbnails": args.thumbnails,
+        "seed": args.seed,
+    }
 
 
 def run_nanobatch(bench: Bench, args: argparse.Namespace, limiter_rpm: int, tasks: int) -> dict[str, Any]:
     sim = bench.simulator(**sim_config(args))
     db_url = bench.database()
     ns = bench.namespace("nb")
-    env = nanobatch_env(db_url, ns, sim.url, bench.tmp / f"images-{ns.prefix[-6:]}",
-                        concurrency=args.concurrency, request_timeout=30)
+    env = nanobatch_env(
+        db_url,
+        ns,
+        sim.url,
+        bench.tmp / f"images-{ns.prefix[-6:]}",
+        concurrency=args.concurrency,
+        request_timeout=30,
+    )
     runtime = nanobatch_runtime(bench, env)
     set_pool_limits(runtime.redis, ns.prefix, POOL, rpm=limiter_rpm)
     csv_path = write_products_csv(bench.tmp / f"tracking-{ns.prefix[-6:]}.csv", tasks)
     submit_csv(runtime, csv_path, "tracking")
-    workers = [bench.start_worker(app="tasks", queues=[ns.queue, ns.control_queue],
-                                  concurrency=args.concurrency, env=env, label="nb")
-               for _ in range(args.workers)]
+    workers = [
+        bench.start_worker(
+            app="tasks",
+            queues=[ns.queue, ns.control_queue],
+            concurrency=args.concurrency,
+            env=env,
+            label="nb",
+        )
+        for _ in range(args.workers)
+    ]
     bench.wait_ready(workers)
     t0 = time.time()
     sleep_with_progress(args.duration, lambda: status_counts(runtime.db.engine).get("completed", 0))
@@ -88,20 +106,34 @@ def run_nanobatch(bench: Bench, args: argparse.Namespace, limiter_rpm: int, task
     bench.stop_workers(workers)
     done = finished_times(runtime.db.engine, "completed")
     counts = status_counts(runtime.db.engine)
-    return {"t0": t0, "t_end": t_end, "done": done, "failed": counts.get("failed", 0),
-            "counts": counts, "sim": stats}
+    return {
+        "t0": t0,
+        "t_end": t_end,
+        "done": done,
+        "failed": counts.get("failed", 0),
+        "counts": counts,
+        "sim": stats,
+    }
 
 
 def run_celery(bench: Bench, args: argparse.Namespace, rate_limit: str, tasks: int) -> dict[str, Any]:
     sim = bench.simulator(**sim_config(args))
     ns = bench.namespace("celery")
-    env = {"BENCH_BROKER_URL": REDIS_URL, "BENCH_QUEUE": ns.queue, "BENCH_PREFIX": ns.prefix,
-           "BENCH_SIM_URL": sim.url, "BENCH_RATE_LIMIT": rate_limit,
-           "BENCH_OUTPUT_DIR": str(bench.tmp / f"images-{ns.prefix[-6:]}")}
+    env = {
+        "BENCH_BROKER_URL": REDIS_URL,
+        "BENCH_QUEUE": ns.queue,
+        "BENCH_PREFIX": ns.prefix,
+        "BENCH_SIM_URL": sim.url,
+        "BENCH_RATE_LIMIT": rate_limit,
+        "BENCH_OUTPUT_DIR": str(bench.tmp / f"images-{ns.prefix[-6:]}"),
+    }
     publish_baseline(env, tasks)
-    workers = [bench.start_worker(app="bench.baseline_app", queues=[ns.queue], concurrency=args.concurrency,
-                                  env=env, label="celery")
-               for _ in range(args.workers)]
+    workers = [
+        bench.start_worker(
+            app="bench.baseline_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="celery"
+        )
+        for _ in range(args.workers)
+    ]
     redis = bench.redis()
     bench.wait_ready(workers)
     t0 = time.time()
@@ -122,8 +154,12 @@ def publish_baseline(env: dict[str, str], tasks: int, *, start: int = 0) -> None
     app.conf.update(task_default_queue=env["BENCH_QUEUE"], task_serializer="json")
     with app.producer_or_acquire() as producer, producer.batch(1000):
         for i in range(start, start + tasks):
-            app.send_task("baseline.generate", args=(f"SKU-{i:07d}", f"Studio product photo, item {i}"),
-                          queue=env["BENCH_QUEUE"], producer=producer)
+            app.send_task(
+                "baseline.generate",
+                args=(f"SKU-{i:07d}", f"Studio product photo, item {i}"),
+                queue=env["BENCH_QUEUE"],
+                producer=producer,
+            )
 
 
 def sleep_with_progress(seconds: float, probe: Any, every: float = 10.0) -> None:
@@ -142,13 +178,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     C = args.workers * args.concurrency
     l_mean = (args.latency[0] + args.latency[1]) / 2 * args.time_scale
     physical = min(R, C * 60.0 / l_mean) if l_mean > 0 else float(R)
-    tasks = args.tasks or int(math.ceil(R / 60 * args.duration * 1.5)) + 4 * C
+    tasks = args.tasks or math.ceil(R / 60 * args.duration * 1.5) + 4 * C
     window = args.duration - args.warmup
     if window <= 0:
         raise SystemExit("--duration must be longer than --warmup")
     if abs(window / 60 - round(window / 60)) > 1e-9:
-        console.print(f"[yellow]note: the steady window is {window:g}s, not a whole number of minutes; "
-                      "against a sliding 60 s quota the rate can read high or low[/yellow]")
+        console.print(
+            f"[yellow]note: the steady window is {window:g}s, not a whole number of minutes; "
+            "against a sliding 60 s quota the rate can read high or low[/yellow]"
+        )
     share = R / args.workers
     rates = {"c": f"{share:g}/m", "d": f"{R:g}/m", "e": ""}
     results: dict[str, Any] = {}
@@ -171,41 +209,79 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             served_errors = sum(n for s, n in by_status.items() if s not in {"200", "429"})
             ratio = per_min / physical
             results[key] = {
-                "scenario": label, "completions_per_min": per_min, "completions_per_min_whole_run": whole,
+                "scenario": label,
+                "completions_per_min": per_min,
+                "completions_per_min_whole_run": whole,
                 "completed_in_window": sum(1 for s in raw["done"] if start <= s < end),
-                "completed_total": len(raw["done"]), "physical_limit": physical, "ratio": ratio,
-                "rate_limited_429": sim.get("rate_limited", 0), "failed_tasks": raw["failed"],
-                "upstream_errors_served": served_errors, "sim_stats": sim, "status_counts": raw["counts"],
+                "completed_total": len(raw["done"]),
+                "physical_limit": physical,
+                "ratio": ratio,
+                "rate_limited_429": sim.get("rate_limited", 0),
+                "failed_tasks": raw["failed"],
+                "upstream_errors_served": served_errors,
+                "sim_stats": sim,
+                "status_counts": raw["counts"],
                 "celery_rate_limit": rates.get(key),
             }
-            rows.append([f"{key}  {label}", per_min, physical, ratio, sim.get("rate_limited", 0),
-                         raw["failed"] + served_errors])
-            console.print(f"  {per_min:,.1f}/min in the window, ratio {ratio:.3f}, "
-                          f"429s {sim.get('rate_limited', 0)}, requests {sim.get('requests', 0)}")
+            rows.append(
+                [
+                    f"{key}  {label}",
+                    per_min,
+                    physical,
+                    ratio,
+                    sim.get("rate_limited", 0),
+                    raw["failed"] + served_errors,
+                ]
+            )
+            console.print(
+                f"  {per_min:,.1f}/min in the window, ratio {ratio:.3f}, "
+                f"429s {sim.get('rate_limited', 0)}, requests {sim.get('requests', 0)}"
+            )
     columns = ["scenario", "completions/min", "physical limit", "ratio", "429s served", "errors"]
-    caption = (f"R = {R} rpm (simulator, sliding 60 s, real time); C = {args.workers}x{args.concurrency}; "
-               f"L = uniform {args.latency[0]:g}-{args.latency[1]:g}s x {args.time_scale:g} "
-               f"(mean {l_mean:.2f}s); steady window {args.warmup:g}-{args.duration:g}s; "
-               "errors = failed tasks + 5xx/other non-429 errors served")
+    caption = (
+        f"R = {R} rpm (simulator, sliding 60 s, real time); C = {args.workers}x{args.concurrency}; "
+        f"L = uniform {args.latency[0]:g}-{args.latency[1]:g}s x {args.time_scale:g} "
+        f"(mean {l_mean:.2f}s); steady window {args.warmup:g}-{args.duration:g}s; "
+        "errors = failed tasks + 5xx/other non-429 errors served"
+    )
     text = print_table("tracking: completions/min vs the provider limit", columns, rows, caption=caption)
     verdicts = []
     if "a" in results:
         a = results["a"]
-        verdicts.append(f"(a) ratio {a['ratio']:.3f} (target >= 0.98: "
-                        f"{'met' if a['ratio'] >= 0.98 else 'MISSED'}), 429s {a['rate_limited_429']} "
-                        f"(target 0: {'met' if a['rate_limited_429'] == 0 else 'MISSED'})")
+        verdicts.append(
+            f"(a) ratio {a['ratio']:.3f} (target >= 0.98: "
+            f"{'met' if a['ratio'] >= 0.98 else 'MISSED'}), 429s {a['rate_limited_429']} "
+            f"(target 0: {'met' if a['rate_limited_429'] == 0 else 'MISSED'})"
+        )
     if "b" in results:
         b = results["b"]
-        verdicts.append(f"(b) ratio {b['ratio']:.3f} (target >= 0.90: "
-                        f"{'met' if b['ratio'] >= 0.90 else 'MISSED'}), 429s {b['rate_limited_429']}")
+        verdicts.append(
+            f"(b) ratio {b['ratio']:.3f} (target >= 0.90: "
+            f"{'met' if b['ratio'] >= 0.90 else 'MISSED'}), 429s {b['rate_limited_429']}"
+        )
     for line in verdicts:
         console.print(line)
-    return {"params": {"rpm": R, "workers": args.workers, "concurrency": args.concurrency,
-                       "latency": args.latency, "time_scale": args.time_scale, "latency_mean_s": l_mean,
-                       "duration_s": args.duration, "warmup_s": args.warmup, "tasks_queued": tasks,
-                       "thumbnails": args.thumbnails, "seed": args.seed, "celery_rate_limits": rates},
-            "scenarios": results, "table": {"columns": columns, "rows": rows, "caption": caption},
-            "markdown": markdown_table(columns, rows), "verdicts": verdicts, "text": text}
+    return {
+        "params": {
+            "rpm": R,
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "latency": args.latency,
+            "time_scale": args.time_scale,
+            "latency_mean_s": l_mean,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "tasks_queued": tasks,
+            "thumbnails": args.thumbnails,
+            "seed": args.seed,
+            "celery_rate_limits": rates,
+        },
+        "scenarios": results,
+        "table": {"columns": columns, "rows": rows, "caption": caption},
+        "markdown": markdown_table(columns, rows),
+        "verdicts": verdicts,
+        "text": text,
+    }
 
 
 def parse_latency(text: str) -> tuple[float, float]:
@@ -214,7 +290,9 @@ def parse_latency(text: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rpm", type=int, default=600, help="R: the simulator's requests/minute (600)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (8)")
@@ -224,16 +302,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds excluded at the start (30)")
     parser.add_argument("--tasks", type=int, default=0, help="tasks queued per scenario (default: enough)")
     parser.add_argument("--scenarios", default="a,b,c,d", help="comma list of a,b,c,d (all)")
-    parser.add_argument("--no-thumbnails", dest="thumbnails", action="store_false",
-                        help="full-size images instead of thumbnails")
+    parser.add_argument(
+        "--no-thumbnails",
+        dest="thumbnails",
+        action="store_false",
+        help="full-size images instead of thumbnails",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs)")
+    parser.add_argument("--name", default="tracking", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
-    write_results("tracking", run(args))
+    write_results(args.name, run(args))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,14 @@ def _complete(session: Any, task_id: str, token: str, outcome: Any) -> bool:
     stmt = (
         update(GenerationTask)
         .where(transitions._owned(task_id, token))
-        .values(status=transitions.COMPLETED, finished_at=transitions.utcnow(), lease_expires_at=None,
-                error_code=None, error_message=None, **outcome.__dict__)
+        .values(
+            status=transitions.COMPLETED,
+            finished_at=transitions.utcnow(),
+            lease_expires_at=None,
+            error_code=None,
+            error_message=None,
+            **outcome.__dict__,
+        )
         .returning(GenerationTask.id)
     )
     return session.execute(stmt).first() is not None

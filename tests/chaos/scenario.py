@@ -12,10 +12,12 @@ One run (DESIGN §11 "Chaos"):
   the same port: queue, "queued" bookkeeping and limiter state are gone, only the database knows
   what is left) and restarts PostgreSQL.
 
-Faults are injected one at a time: each waits for its progress threshold and for the previous fault's
-asserted recovery figures (below), so every recovery is measured on its own. Synchronisation is polling with
-deadlines only. Progress thresholds and simulator seeds make runs comparable, not bit-identical:
-thread scheduling decides which request meets which fault.
+Faults are injected one at a time: each waits for its progress threshold and for the previous
+fault's asserted recovery figures (below), so every recovery is measured on its own. The harness
+acts as the process supervisor production has (compose ``restart: unless-stopped``): a worker that
+exits by itself is restarted and reported. Synchronisation is polling with deadlines only. Progress
+thresholds and simulator seeds make runs comparable, not bit-identical: thread scheduling decides
+which request meets which fault.
 
 What is measured per fault:
 
@@ -396,18 +398,18 @@ class ChaosRun:
             if not self._poll(lambda: self._held_by(victim.name), 60.0):
                 note = "victim held no task when killed"
             affected = self._held_by(victim.name)
-            started = self._fault_clock()
+            started = time.time()
             self._kill(victim)
             replacement = self._spawn(beat=victim.beat)
             note = note or f"{victim.label} killed, {replacement.label} started"
         elif name == "wipe redis":
             affected = self._ids_with_status("pending")
-            started = self._fault_clock()
+            started = time.time()
             self.redis.wipe()
             note = "queue, queued-set and limiter state gone"
         elif name == "restart postgres":
             affected = self._ids_with_status("processing")
-            started = self._fault_clock()
+            started = time.time()
             self.postgres.restart()
             note = f"down {time.time() - started:.1f}s"
         else:
@@ -419,9 +421,6 @@ class ChaosRun:
         # The next fault waits for this one's asserted figures; "reclaimed" goes on in the background.
         self._poll(lambda: (watch.record.resumed is not None and watch.record.requeued is not None)
                    or watch not in self._watching, self.plan.recovery_bound + 5)
-
-    def _fault_clock(self) -> float:
-        return time.time()
 
     def _victim(self, *, sweeper: bool) -> _Worker:
         candidates = [w for w in self.workers if w.alive and w.beat == sweeper]

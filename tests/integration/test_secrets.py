@@ -211,7 +211,7 @@ def test_the_api_key_is_nowhere_but_in_the_workers_environment(  # type: ignore[
     found += leaks("flower /api/tasks", json.dumps(tasks))
     found += leaks("flower /api/workers", ui.get("/api/workers?refresh=1").text)
     found += leaks("flower /tasks", ui.get("/tasks").text)
-    for uuid in [u for u, t in tasks.items() if t.get("args", "").strip("(),' ") in all_ids][:10]:
+    for uuid in [u for u, t in tasks.items() if (t.get("args") or "").strip("(),' ") in all_ids][:10]:
         page = ui.get(f"/task/{uuid}")
         assert page.status_code == 200
         found += leaks(f"flower /task/{uuid}", page.text)
