@@ -11,13 +11,16 @@ import logging
 import math
 import mimetypes
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from models import transitions
 from models.base import utcnow
@@ -33,6 +36,10 @@ from workers.retry import Action, decide
 from workers.storage import StorageError, StoredImage, store_image
 
 log = logging.getLogger("nanobatch.worker")
+T = TypeVar("T")
+
+#: Waits between tries of a final write while the database restarts (about half a minute in all).
+DB_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 #: How long a task waits before looking at its batch budget again.
 BUDGET_RECHECK_SECONDS = 300.0
@@ -241,8 +248,9 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
     rt.telemetry.count_retry(code)
     short = delay <= rt.settings.max_countdown
     not_before = None if short else utcnow() + timedelta(seconds=delay)
-    with rt.db.session() as session:
-        moved = transitions.requeue(
+    moved = write_with_retry(
+        rt,
+        lambda session: transitions.requeue(
             session,
             job.id,
             job.token,
@@ -251,7 +259,8 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
             code=code,
             message=_clean(rt, message),
             redispatched=short,
-        )
+        ),
+    )
     if moved and short:
         rt.dispatcher.publish([job.id], countdown=delay if delay > 0 else None)
     return Result.DEFERRED
@@ -259,18 +268,22 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
 
 def hand_back(rt: Runtime, job: Job, *, code: str, message: str) -> Result:
     """Back to pending with no message: the sweeper dispatches it when its batch may run again."""
-    with rt.db.session() as session:
-        transitions.requeue(
+    write_with_retry(
+        rt,
+        lambda session: transitions.requeue(
             session, job.id, job.token, not_before=None, count_attempt=False, code=code, message=message
-        )
+        ),
+    )
     return Result.DEFERRED
 
 
 def finish_failed(rt: Runtime, job: Job, code: str, message: str, *, count_attempt: bool = True) -> Result:
-    with rt.db.session() as session:
-        transitions.fail(
+    write_with_retry(
+        rt,
+        lambda session: transitions.fail(
             session, job.id, job.token, code=code, message=_clean(rt, message), count_attempt=count_attempt
-        )
+        ),
+    )
     log.warning("task %s (%s/%s) failed: %s", job.id, job.batch_name, job.key, code)
     return Result.FAILED
 
@@ -307,8 +320,24 @@ def record_completion(rt: Runtime, job: Job, stored: StoredImage, **usage: Any) 
         bytes=stored.bytes,
         **usage,
     )
-    with rt.db.session() as session:
-        transitions.complete(session, job.id, job.token, outcome)
+    write_with_retry(rt, lambda session: transitions.complete(session, job.id, job.token, outcome))
+
+
+def write_with_retry(rt: Runtime, write: Callable[[Session], T]) -> T:
+    """Run one short write transaction, retrying through a database restart (a few seconds).
+
+    The result of a paid call must not be lost to a database blip: without this, the row would stay
+    ``processing`` until its lease expired and the sweeper had the image generated (and paid) again.
+    """
+    for delay in DB_RETRY_DELAYS:
+        try:
+            with rt.db.session() as session:
+                return write(session)
+        except (OperationalError, InterfaceError):
+            log.warning("database unavailable; retrying the write in %.1fs", delay)
+            time.sleep(delay)
+    with rt.db.session() as session:  # the last try: its error propagates
+        return write(session)
 
 
 def handle_error_storage(rt: Runtime, job: Job, exc: StorageError) -> Result:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
 from models.catalog import load_catalog
+from tasks import serve
 from tasks.serve import Job, build_request, choose_model
 
 CATALOG = load_catalog()
@@ -76,3 +81,35 @@ def test_request_reads_input_images_with_their_mime_types(tmp_path: Path) -> Non
     )
     assert [i.mime_type for i in request.input_images] == ["image/jpeg", "image/png"]
     assert request.output_format == "jpeg" and request.input_images[1].data.startswith(b"\x89PNG")
+
+
+class _FlakyDatabase:
+    """Fails the first ``failures`` sessions the way a restarting PostgreSQL does."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    @contextmanager
+    def session(self) -> Iterator[str]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        yield "session"
+
+
+def test_final_writes_ride_out_a_database_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve, "DB_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    db = _FlakyDatabase(failures=3)
+    assert serve.write_with_retry(SimpleNamespace(db=db), lambda session: f"wrote with {session}") == (  # type: ignore[arg-type]
+        "wrote with session"
+    )
+    assert db.calls == 4
+
+
+def test_a_database_that_stays_down_raises_after_the_last_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve, "DB_RETRY_DELAYS", (0.0, 0.0))
+    db = _FlakyDatabase(failures=10)
+    with pytest.raises(OperationalError):
+        serve.write_with_retry(SimpleNamespace(db=db), lambda session: session)  # type: ignore[arg-type]
+    assert db.calls == 3
