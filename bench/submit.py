@@ -290,8 +290,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             whatif = what_if(runtime, redis, ns, intake, rows=args.rows)
             whatif["whole_s"] = validate_s + whatif["copy_insert_s"] + whatif["lean_publish_s"]
             # the shipped submit with only mark_dispatched replaced by the one-statement UPDATE:
-            mark_now_s = enqueue_s - dispatcher.publish_seconds
-            whatif["whole_with_one_mark_s"] = whole_s - mark_now_s + whatif["mark_one_statement_s"]
+            whatif["mark_now_s"] = enqueue_s - dispatcher.publish_seconds
+            whatif["whole_with_one_mark_s"] = whole_s - whatif["mark_now_s"] + whatif["mark_one_statement_s"]
 
         raw_best = max(r["per_s"] for r in raw.values())
         rows = args.rows
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ["validate (read_file)", rows, validate_s, rows / validate_s, "", ""],
             ["insert (bulk INSERT … ON CONFLICT)", rows, insert_s, rows / insert_s, "", ""],
             [
-                "enqueue (pipelined publish + mark_dispatched)",
+                "enqueue (publish, and any bookkeeping after it)",
                 rows,
                 enqueue_s,
                 rows / enqueue_s,
@@ -359,6 +359,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "",
                 ],
                 [
+                    "what-if: validate + COPY + lean publish",
+                    rows,
+                    whatif["whole_s"],
+                    rows / whatif["whole_s"],
+                    (rows / whatif["whole_s"]) / raw_best,
+                    "met" if rows / whatif["whole_s"] >= TARGET_ROWS_PER_S else "MISSED",
+                ],
+            ]
+        if whatif and whatif["mark_now_s"] > 0.5:  # only when submit still updates rows after publishing
+            table_rows += [
+                [
                     "what-if: mark_dispatched as one UPDATE … WHERE batch_id (prototype)",
                     rows,
                     whatif["mark_one_statement_s"],
@@ -373,14 +384,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows / whatif["whole_with_one_mark_s"],
                     (rows / whatif["whole_with_one_mark_s"]) / raw_best,
                     "met" if rows / whatif["whole_with_one_mark_s"] >= TARGET_ROWS_PER_S else "MISSED",
-                ],
-                [
-                    "what-if: validate + COPY + lean publish",
-                    rows,
-                    whatif["whole_s"],
-                    rows / whatif["whole_s"],
-                    (rows / whatif["whole_s"]) / raw_best,
-                    "met" if rows / whatif["whole_s"] >= TARGET_ROWS_PER_S else "MISSED",
                 ],
             ]
         columns = ["step", "rows / msgs", "seconds", "per second", "÷ raw publish", "target ≥ 5,000/s"]

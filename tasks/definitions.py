@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import task_received, worker_process_init
 
 from tasks import app
 from tasks.celery_app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
@@ -23,6 +23,13 @@ from tasks.sweep import sweep
 def _fresh_runtime_after_fork(**_: Any) -> None:
     """A forked child must not reuse its parent's sockets (prefork pool only; threads share one)."""
     install_runtime(None)
+
+
+@task_received.connect
+def _note_delayed_message(request: Any, **_: Any) -> None:
+    """Record that this worker now holds a delayed message in memory (see ``tasks.dispatch``)."""
+    if request.task_name == GENERATE_TASK and request.eta is not None and request.args:
+        get_runtime().dispatcher.received_delayed(str(request.args[0]), request.eta.timestamp())
 
 
 @app.task(name=GENERATE_TASK, bind=True, ignore_result=True)

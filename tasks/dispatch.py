@@ -1,17 +1,26 @@
 """Publishing task ids to Celery, pipelined, and remembering which ids have a live message.
 
 Submit publishes through kombu's producer batch (one Redis pipeline per 1,000 messages), which is
-what makes a 100k submit take seconds rather than minutes. Each published id is also recorded in a
-Redis sorted set (id → publish time); the worker removes it when the message is consumed. The
-sweeper re-publishes due ``pending`` rows that have no live entry there: after Redis lost its data
-(the set is gone with the queue) or after a message vanished. Duplicates are harmless, because the
-database claim lets only one copy run.
+what makes a 100k submit take seconds rather than minutes.
+
+Which ids have a live message is tracked in two Redis sorted sets, so the sweeper can re-publish
+exactly the due ``pending`` rows whose message is gone:
+
+- ``queued``: id → publish time. A message waiting in the broker queue may wait long behind a
+  backlog, so it counts as live for ``redispatch_after`` seconds.
+- ``held``: id → ETA + grace. A delayed (countdown) message lives in the memory of the worker that
+  received it; if that worker dies, the message is gone although Redis still lists it as unacked
+  for an hour. So on receipt the worker moves the id here, live only until shortly after its ETA.
+
+Both entries are removed when the task starts. After Redis loses its data both sets are gone with
+the queue, and everything pending is published again. Duplicates are harmless: the database claim
+lets only one copy run.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from celery import Celery
 from kombu import Producer, Queue
@@ -22,6 +31,8 @@ from redis import Redis
 from tasks.celery_app import GENERATE_TASK
 
 PUBLISH_BATCH = 1000
+#: A received delayed message is live until this long after its ETA (threads may all be busy).
+HELD_GRACE_SECONDS = 60.0
 
 
 class Dispatcher:
@@ -29,6 +40,7 @@ class Dispatcher:
         self.app = app
         self.redis = redis
         self.queued_key = f"{prefix}:queued"
+        self.held_key = f"{prefix}:held"
         self.queue = queue
 
     def publish(self, task_ids: Sequence[str], *, countdown: float | None = None) -> int:
@@ -47,7 +59,7 @@ class Dispatcher:
             maybe_declare(queue, producer.channel)
             for start in range(0, len(task_ids), PUBLISH_BATCH):
                 chunk = task_ids[start : start + PUBLISH_BATCH]
-                self.redis.zadd(self.queued_key, dict.fromkeys(chunk, now + (countdown or 0)))
+                self.redis.zadd(self.queued_key, dict.fromkeys(chunk, now))
                 with producer.batch(PUBLISH_BATCH):
                     for task_id in chunk:
                         self._publish_one(producer, task_id, countdown)
@@ -73,21 +85,35 @@ class Dispatcher:
             **message.properties,
         )
 
+    def received_delayed(self, task_id: str, eta: float) -> None:
+        """A worker now holds the delayed message for ``task_id`` in memory until ``eta``."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.queued_key, task_id)
+        pipe.zadd(self.held_key, {task_id: eta + HELD_GRACE_SECONDS})
+        pipe.execute()
+
     def consumed(self, task_id: str) -> None:
-        self.redis.zrem(self.queued_key, task_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.queued_key, task_id)
+        pipe.zrem(self.held_key, task_id)
+        pipe.execute()
 
     def without_live_message(self, task_ids: Sequence[str], *, stale_after: float) -> list[str]:
-        """The ids among ``task_ids`` that have no message published within ``stale_after`` seconds."""
+        """The ids among ``task_ids`` with neither a queued message younger than ``stale_after``
+        seconds nor a held delayed message that is not yet overdue."""
         if not task_ids:
             return []
-        scores = self.redis.zmscore(self.queued_key, list(task_ids))
-        cutoff = time.time() - stale_after
-        return [tid for tid, score in zip(task_ids, scores, strict=True) if score is None or score < cutoff]
-
-    def forget(self, task_ids: Iterable[str]) -> None:
         ids = list(task_ids)
-        if ids:
-            self.redis.zrem(self.queued_key, *ids)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zmscore(self.queued_key, ids)
+        pipe.zmscore(self.held_key, ids)
+        queued, held = pipe.execute()
+        now = time.time()
+        return [
+            tid
+            for tid, published, until in zip(ids, queued, held, strict=True)
+            if (published is None or published < now - stale_after) and (until is None or until < now)
+        ]
 
     def queued_count(self) -> int:
         return int(self.redis.zcard(self.queued_key))

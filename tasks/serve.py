@@ -291,6 +291,11 @@ def finish_failed(rt: Runtime, job: Job, code: str, message: str, *, count_attem
 def finish_completed(
     rt: Runtime, job: Job, spec: ModelSpec, result: ImageResult, latency_ms: int, prompt_estimate: int
 ) -> Result:
+    if not still_owned(rt, job):
+        log.warning(
+            "task %s lost its claim during the call (lease expired or cancelled); result dropped", job.id
+        )
+        return Result.SKIPPED
     try:
         stored = store_image(rt.output_dir, job.batch_name, job.key, result.data)
     except StorageError as exc:
@@ -307,6 +312,15 @@ def finish_completed(
         model_used=result.model_version or spec.name,
     )
     return Result.COMPLETED
+
+
+def still_owned(rt: Runtime, job: Job) -> bool:
+    """Renew the claim right before writing the file, so a worker whose lease already expired (and
+    whose task may be another worker's now) never overwrites that worker's image."""
+    lease = rt.settings.effective_lease_seconds
+    return write_with_retry(
+        rt, lambda session: transitions.extend_lease(session, job.id, job.token, lease_seconds=lease)
+    )
 
 
 def record_completion(rt: Runtime, job: Job, stored: StoredImage, **usage: Any) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -97,9 +97,21 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlWithoutSecrets(settings_cls))
 
+    @model_validator(mode="after")
+    def _lease_outlives_a_task(self) -> Settings:
+        """A lease shorter than a task may legitimately hold its claim would let the sweeper hand a
+        healthy task to a second worker (and pay for it twice)."""
+        floor = self.request_timeout + self.max_inline_wait
+        if self.lease_seconds is not None and self.lease_seconds <= floor:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must exceed "
+                f"request_timeout + max_inline_wait ({floor:g})"
+            )
+        return self
+
     @property
     def effective_lease_seconds(self) -> float:
-        return self.lease_seconds or self.request_timeout + 60.0
+        return self.lease_seconds or self.request_timeout + self.max_inline_wait + 30.0
 
     @property
     def embedded(self) -> bool:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -37,7 +38,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _poll(probe, what: str, deadline: float = START_DEADLINE) -> None:  # type: ignore[no-untyped-def]
+def _poll(probe: Callable[[], object], what: str, deadline: float = START_DEADLINE) -> None:
     """Call ``probe`` until it returns truthy; raise with ``what`` once ``deadline`` seconds pass."""
     end = time.monotonic() + deadline
     while True:
@@ -121,12 +122,16 @@ class PrivatePostgres:
 
     def __init__(self, port: int | None = None) -> None:
         self.bindir = _pg_bindir()
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ServiceUnavailable("running as root, but there is no 'postgres' OS user") from None
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="nbchaos-pg-"))
         self.data = self.root / "data"
-        self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
-            entry = pwd.getpwnam("postgres")
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
 
     @property
@@ -170,7 +175,7 @@ class PrivatePostgres:
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def stop(self) -> None:

@@ -30,6 +30,7 @@ from PIL import Image
 from sqlalchemy import select, text
 
 from models.tables import Batch, GenerationTask
+from simulator.server import RunningSimulator
 from tasks.intake import IntakeError, IntakeOptions, read_file
 from tasks.producer import BatchOptions, SubmitError, submit
 from tests.integration.conftest import REPO, Stack, write_csv
@@ -55,23 +56,23 @@ class Snapshot:
 
 
 def snapshot(s: Stack) -> Snapshot:
+    tables: dict[str, tuple[int, str]] = {}
     with s.runtime.db.session() as session:
         names = session.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).all()
-        tables = {
-            name: tuple(session.execute(text(
+        for name in names:
+            count, digest = session.execute(text(
                 f'SELECT count(*), coalesce(md5(string_agg(t::text, \'|\' ORDER BY t::text)), \'\') '
-                f'FROM "{name}" t')).one())
-            for name in names
-        }
+                f'FROM "{name}" t')).one()
+            tables[name] = (int(count), str(digest))
     files = tuple(sorted(str(p.relative_to(s.output_dir)) for p in s.output_dir.rglob("*")))
     prefix = s.env["NANOBATCH_LIMITER_PREFIX"]
     keys = tuple(sorted(k.decode() for k in s.runtime.redis.scan_iter(f"{prefix}*", count=1000)))
-    return Snapshot(tables, files, keys)  # type: ignore[arg-type]
+    return Snapshot(tables, files, keys)
 
 
 @pytest.fixture
-def seeded(simulator, stack, tmp_path: Path) -> Stack:  # type: ignore[no-untyped-def]
+def seeded(simulator: Callable[..., RunningSimulator], stack: Callable[..., Stack], tmp_path: Path) -> Stack:
     """A stack that already holds a batch, queued messages and an image, so "unchanged" means something."""
     s = stack(simulator())
     s.submit_file(write_csv(tmp_path / "existing.csv", "key,prompt", "E1,mug", "E2,cup"), "existing")
@@ -122,6 +123,10 @@ def _outside_image(tmp: Path) -> Path:
     outside.mkdir(exist_ok=True)
     Image.new("RGB", (8, 8), "red").save(outside / "real.png")
     return outside / "real.png"
+
+
+def _touch(path: Path, content: str) -> None:
+    path.write_text(content, encoding="utf-8")
 
 
 def _symlink_outside(tmp: Path) -> None:
@@ -177,7 +182,7 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
      ("aspect ratio '7:3' is not one of", "takes no image size (got '8K')")),
     ("bad-output-format", _with(_file("ok.csv", OK_CSV), "--format", "gif"), 1,
      ("output_format must be png or jpeg",)),
-    ("input-image-not-an-image", _image_row("fake.png", lambda t: (t / "fake.png").write_text("hello")), 1,
+    ("input-image-not-an-image", _image_row("fake.png", lambda t: _touch(t / "fake.png", "hello")), 1,
      ("fake.png: not a readable image",)),
     ("input-image-missing", _image_row("gone.png", lambda t: None), 1, ("gone.png: no such file",)),
     ("input-image-symlink-outside", _image_row("link.png", _symlink_outside), 1,
@@ -214,7 +219,7 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
 
 
 @pytest.mark.parametrize(("build", "code", "says"), [pytest.param(b, c, s, id=n) for n, b, c, s in REFUSED])
-def test_refused_input_says_why_and_changes_nothing(  # type: ignore[no-untyped-def]
+def test_refused_input_says_why_and_changes_nothing(
     seeded: Stack, tmp_path: Path, build: Build, code: int, says: tuple[str, ...]
 ) -> None:
     inputs = tmp_path / "in"
@@ -233,7 +238,7 @@ def test_refused_input_says_why_and_changes_nothing(  # type: ignore[no-untyped-
     ("NANOBATCH_REQUEST_TIMEOUT", "soon", "request_timeout"),
     ("NANOBATCH_PROVIDER", "midjourney", "provider"),
 ])
-def test_invalid_configuration_is_a_clear_error(  # type: ignore[no-untyped-def]
+def test_invalid_configuration_is_a_clear_error(
     seeded: Stack, tmp_path: Path, variable: str, value: str, names: str
 ) -> None:
     """Settings are read lazily (tasks.celeryconfig), so the CLI reports them: exit 2, no traceback."""
@@ -337,9 +342,11 @@ def test_api_writes_nothing_for_a_file_with_bad_rows_unless_told_to(seeded: Stac
 
 def test_api_refuses_impossible_limits(seeded: Stack) -> None:
     before = snapshot(seeded)
-    for bad in ({"rpm": 0}, {"rpm": -5}, {"concurrency": 10**12}):
+    impossible = (lambda: PoolLimits(rpm=0), lambda: PoolLimits(rpm=-5),
+                  lambda: PoolLimits(concurrency=10**12))
+    for make in impossible:
         with pytest.raises(ValueError):
-            PoolLimits(**bad)  # type: ignore[arg-type]
+            make()
     with pytest.raises(ValueError, match="invalid pool name"):
         seeded.runtime.limiter.set_limits("{x}", PoolLimits(rpm=5))
     assert snapshot(seeded) == before
@@ -348,8 +355,8 @@ def test_api_refuses_impossible_limits(seeded: Stack) -> None:
 # -- accepted by design: processed verbatim and harmlessly -------------------------------------------
 
 
-def test_bom_sql_shell_and_path_like_strings_are_stored_verbatim_and_harmless(  # type: ignore[no-untyped-def]
-    simulator, stack, tmp_path: Path
+def test_bom_sql_shell_and_path_like_strings_are_stored_verbatim_and_harmless(
+    simulator: Callable[..., RunningSimulator], stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     # Given a file saved by Excel (UTF-8 BOM) whose keys and prompts look like SQL, shell and paths
     canary = Path(f"/tmp/nbcanary-{uuid.uuid4().hex}")

@@ -115,7 +115,7 @@ def test_limits_matching_the_upstream_avoid_429s(simulator, stack, tmp_path: Pat
 def test_a_sigkilled_worker_leaves_nothing_stuck(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Given a slow upstream and short leases
     sim = simulator(latency=(3.0, 3.0))
-    s = stack(sim, NANOBATCH_LEASE_SECONDS="4", NANOBATCH_REQUEST_TIMEOUT="10")
+    s = stack(sim, NANOBATCH_LEASE_SECONDS="6", NANOBATCH_REQUEST_TIMEOUT="4", NANOBATCH_MAX_INLINE_WAIT="1")
     doomed = s.start_worker(concurrency=2)
     s.submit_file(products(tmp_path, 2), "killed")
     _wait_until(lambda: s.summary("killed").counts["processing"] == 2, "both tasks processing")

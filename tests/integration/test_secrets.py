@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import pytest
 from sqlalchemy import select, text
 
 from models.tables import Batch, GenerationTask
+from simulator.server import RunningSimulator
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, Stack, write_csv
 
@@ -137,7 +138,7 @@ def leaks(where: str, content: str) -> list[str]:
 
 def run_batch(s: Stack, tmp_path: Path, batch: str, n: int, **worker_env: str) -> None:
     """Run ``batch`` on a worker of its own (env overrides), to the end, then stop that worker."""
-    worker = s.start_worker(concurrency=3, GEMINI_API_KEY=KEY, **worker_env)
+    worker = s.start_worker(3, **{"GEMINI_API_KEY": KEY, **worker_env})  # type: ignore[arg-type]
     s.submit_file(write_csv(tmp_path / f"{batch}.csv", "key,prompt",
                             *(f"{batch}-{i},{batch} product photo {i}" for i in range(n))), batch)
     s.wait_terminal(batch, timeout=120)
@@ -145,8 +146,9 @@ def run_batch(s: Stack, tmp_path: Path, batch: str, n: int, **worker_env: str) -
     worker.wait(timeout=30)
 
 
-def test_the_api_key_is_nowhere_but_in_the_workers_environment(  # type: ignore[no-untyped-def]
-    simulator, stack, relay: EchoingRelay, flower_ui: list[FlowerUI], tmp_path: Path
+def test_the_api_key_is_nowhere_but_in_the_workers_environment(
+    simulator: Callable[..., RunningSimulator], stack: Callable[..., Stack], relay: EchoingRelay,
+    flower_ui: list[FlowerUI], tmp_path: Path,
 ) -> None:
     # Given an upstream that requires KEY and fails 30 % of calls, one for which KEY is wrong, and a
     # relay that echoes KEY back; Flower watching; the workers get KEY through GEMINI_API_KEY only
@@ -241,8 +243,8 @@ def redis_dump(s: Stack) -> tuple[str, list[dict[str, Any]]]:
     parts: list[str] = []
     bodies: list[dict[str, Any]] = []
     for raw_key in client.scan_iter(f"{s.env['NANOBATCH_LIMITER_PREFIX']}*", count=1000):
-        key = raw_key.decode()
-        kind = client.type(raw_key).decode()
+        key = _text(raw_key)
+        kind = _text(client.type(raw_key))
         values = _values(client, raw_key, kind)
         parts += [key, *(v.decode(errors="replace") for v in values if v is not None)]
         if kind == "list" and key == s.env["NANOBATCH_QUEUE"]:
@@ -252,6 +254,10 @@ def redis_dump(s: Stack) -> tuple[str, list[dict[str, Any]]]:
                 bodies.append({"args": args, "kwargs": kwargs, "headers": envelope.get("headers", {})})
                 parts.append(json.dumps(bodies[-1]))
     return "\n".join(parts), bodies
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _values(client: Any, key: bytes, kind: str) -> list[bytes]:

@@ -1,0 +1,55 @@
+"""Which messages are live: queued ones for a while, delayed ones held by a worker until their ETA."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from models.tables import GenerationTask
+from tests.integration.conftest import write_csv
+
+pytestmark = pytest.mark.integration
+
+
+def test_queued_and_held_messages_count_as_live_until_they_are_overdue(simulator, stack) -> None:  # type: ignore[no-untyped-def]
+    d = stack(simulator()).runtime.dispatcher
+    now = time.time()
+    d.redis.zadd(d.queued_key, {"fresh": now, "old": now - 700})
+    d.received_delayed("waiting", eta=now + 30)
+    d.received_delayed("overdue", eta=now - 61)
+    ids = ["fresh", "old", "waiting", "overdue", "unknown"]
+    assert d.without_live_message(ids, stale_after=600) == ["old", "overdue", "unknown"]
+    d.consumed("waiting")
+    assert "waiting" in d.without_live_message(ids, stale_after=600)
+
+
+def test_a_worker_that_receives_a_delayed_message_marks_it_held(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Given a pending task (of a batch that starts later, so nothing runs) and a delayed message for it
+    s = stack(simulator())
+    s.cli(
+        "submit",
+        str(write_csv(tmp_path / "p.csv", "key,prompt", "A,mug")),
+        "--batch",
+        "held",
+        "--at",
+        time.strftime("%H:%M", time.gmtime(time.time() + 7200)),
+        check=True,
+    )
+    with s.runtime.db.session() as session:
+        (task_id,) = session.scalars(select(GenerationTask.id))
+    s.runtime.dispatcher.publish([task_id], countdown=40)
+    # When a worker receives it (and holds it in memory until the ETA)
+    worker = s.start_worker(concurrency=1)
+    deadline = time.monotonic() + 60
+    while (held := s.runtime.redis.zscore(s.runtime.dispatcher.held_key, task_id)) is None:
+        assert time.monotonic() < deadline, "the worker never reported the delayed message as held"
+        time.sleep(0.1)
+    # Then it is live until shortly after its ETA, and no longer listed as queued
+    assert time.time() + 40 < held <= time.time() + 40 + 61
+    assert s.runtime.redis.zscore(s.runtime.dispatcher.queued_key, task_id) is None
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
