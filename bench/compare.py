@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     text = print_table(
         f"compare: {args.tasks:,} images, same upstream for all", columns, rows, caption=caption
     )
-    png = plot(series, args, RESULTS_DIR / "compare.png")
+    png = plot(series, args, RESULTS_DIR / f"{args.name}.png")
     return {
         "params": {
             "tasks": args.tasks,
@@ -386,6 +386,7 @@ def main() -> None:
         "--timeout", type=float, default=0.0, help="seconds per system (default: max(600, 8 x floor + 120))"
     )
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--name", default="compare", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, images)")
     args = parser.parse_args()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -393,8 +394,12 @@ def main() -> None:
         parser.error(f"systems must be among {', '.join(SYSTEMS)}")
     if args.tasks <= 0 or math.isnan(args.fail_503):
         parser.error("--tasks must be positive")
-    write_results("compare", run(args))
+    write_results(args.name, run(args))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: workers stopped, databases dropped, keys deleted[/yellow]")
+        raise SystemExit(130) from None

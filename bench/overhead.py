@@ -660,10 +660,15 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--payloads", default="sim,photo", help="memory payloads to run (sim,photo)")
+    parser.add_argument("--name", default="overhead", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, images)")
     args = parser.parse_args()
-    write_results("overhead", run(args))
+    write_results(args.name, run(args))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: workers stopped, databases dropped, keys deleted[/yellow]")
+        raise SystemExit(130) from None

@@ -459,6 +459,7 @@ def main() -> None:
         help="override tasks.producer.INSERT_CHUNK in this process (workaround for the "
         "65,535 bind-parameter limit; see BENCHMARKS.md)",
     )
+    parser.add_argument("--name", default="submit", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     from sqlalchemy.exc import DBAPIError
@@ -473,8 +474,12 @@ def main() -> None:
                 "parameters per statement; rerun with --insert-chunk 4000 to measure the rest[/red]"
             )
         raise SystemExit(1) from None
-    write_results("submit", result)
+    write_results(args.name, result)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: workers stopped, databases dropped, keys deleted[/yellow]")
+        raise SystemExit(130) from None

@@ -320,4 +320,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: workers stopped, databases dropped, keys deleted[/yellow]")
+        raise SystemExit(130) from None

@@ -144,16 +144,13 @@ def read_file(path: Path, catalog: Catalog, options: IntakeOptions) -> IntakeRes
 def _template_fields(template: str | None) -> tuple[str, ...]:
     if template is None:
         return ()
-    names = []
     try:
-        for _, name, _, _ in string.Formatter().parse(template):
-            if name is None:
-                continue
-            if not name or not name.isidentifier():
-                raise IntakeError(f"template field {{{name}}} must name a column, e.g. {{title}}")
-            names.append(name)
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise IntakeError(f"template is not valid: {exc}") from None
+    for name in names:
+        if not name or not name.isidentifier():
+            raise IntakeError(f"template field {{{name}}} must name a column, e.g. {{title}}")
     if not names:
         raise IntakeError("template uses no column; add fields like {title}")
     return tuple(dict.fromkeys(names))

@@ -57,7 +57,7 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"nbtest:{uuid.uuid4().hex[:10]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    keys = [*client.scan_iter(f"{prefix}*", count=1000), *client.scan_iter(f"_kombu.binding.{prefix}*")]
     if keys:
         client.delete(*keys)
     client.close()

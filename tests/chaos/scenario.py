@@ -97,9 +97,9 @@ class ChaosPlan:
     #: below lease - request timeout (a healthy task never outlives its own lease).
     max_inline_wait: float = 5.5
     max_attempts: int = 8
-    #: The product default (600 s) leaves a row whose delayed message died with a SIGKILLed worker
-    #: stuck for 10 minutes (see the report); ``None`` runs with the product default to show that.
-    redispatch_after: float | None = None  # the default (600 s): delayed messages of killed workers are tracked as held
+    #: ``None`` runs with the product default (600 s). Delayed messages that die with a SIGKILLed
+    #: worker are tracked as "held" until shortly after their ETA, so the default recovers them too.
+    redispatch_after: float | None = None
     recovery_bound: float = 120.0
     #: (fault, fraction of the batch completed before it is injected)
     faults: tuple[tuple[str, float], ...] = (
