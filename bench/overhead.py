@@ -402,7 +402,8 @@ def _is_waiting(frame: str) -> bool:
     """A leaf frame that blocks in a system call (I/O or a lock), i.e. not CPU."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    return any(name == func and path.endswith(suffix) for func, suffix in _WAITING)
+    method = name.rsplit(".", 1)[-1]  # py-spy names methods "Class.method"
+    return any(method == func and path.endswith(suffix) for func, suffix in _WAITING)
 
 
 def _short(frame: str) -> str:

@@ -135,7 +135,12 @@ def complete(session: Session, task_id: str, token: str, outcome: Outcome) -> bo
     row = session.execute(stmt).first()
     if row is not None and outcome.cost_usd:
         session.execute(
-            update(Batch).where(Batch.id == row.batch_id).values(spent_usd=Batch.spent_usd + outcome.cost_usd)
+            # Only budgeted batches keep a running total (their admission reads it); for the others the
+            # sum of task costs is the truth, and skipping this UPDATE keeps every worker thread off
+            # one hot batch row.
+            update(Batch)
+            .where(Batch.id == row.batch_id, Batch.budget_usd.is_not(None))
+            .values(spent_usd=Batch.spent_usd + outcome.cost_usd)
         )
     return row is not None
 

@@ -143,15 +143,13 @@ def batch_metrics(session: Session, now: datetime) -> list[Metric]:
     rate = GaugeMetricFamily(
         "nanobatch_completions_per_minute", "Completions per minute over the last 5 minutes", labels=["batch"]
     )
-    counts = _status_counts(session)
+    counts, costs = _status_counts(session)
     recent = _recent_completions(session, now)
-    batches = session.execute(
-        select(Batch.id, Batch.name, Batch.spent_usd, Batch.budget_usd, Batch.created_at)
-    )
-    for batch_id, name, spent, budget_usd, created_at in batches:
+    batches = session.execute(select(Batch.id, Batch.name, Batch.budget_usd, Batch.created_at))
+    for batch_id, name, budget_usd, created_at in batches:
         for status in TaskStatus:
             tasks.add_metric([name, status.value], counts.get((batch_id, status.value), 0))
-        spend.add_metric([name], float(spent or 0.0))
+        spend.add_metric([name], costs.get(batch_id, 0.0))
         if budget_usd is not None:
             budget.add_metric([name], float(budget_usd))
         rate.add_metric([name], per_minute(recent.get(batch_id, 0), created_at, now))
@@ -165,13 +163,19 @@ def per_minute(recent: int, created_at: datetime, now: datetime) -> float:
     return recent / (window / timedelta(minutes=1))
 
 
-def _status_counts(session: Session) -> dict[tuple[str, str], int]:
+def _status_counts(session: Session) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+    """Tasks per (batch, status) and USD spent per batch (the sum of task costs, as ``status`` shows)."""
     rows = session.execute(
-        select(GenerationTask.batch_id, GenerationTask.status, func.count()).group_by(
-            GenerationTask.batch_id, GenerationTask.status
-        )
+        select(
+            GenerationTask.batch_id, GenerationTask.status, func.count(), func.sum(GenerationTask.cost_usd)
+        ).group_by(GenerationTask.batch_id, GenerationTask.status)
     )
-    return {(batch_id, status): int(count) for batch_id, status, count in rows}
+    counts: dict[tuple[str, str], int] = {}
+    costs: dict[str, float] = {}
+    for batch_id, status, count, cost in rows:
+        counts[(batch_id, status)] = int(count)
+        costs[batch_id] = costs.get(batch_id, 0.0) + float(cost or 0.0)
+    return counts, costs
 
 
 def _recent_completions(session: Session, now: datetime) -> dict[str, int]:

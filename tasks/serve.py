@@ -74,6 +74,7 @@ class Job:
     error_code: str | None
     content_hash: str | None
     reuse: bool
+    has_budget: bool = False
     window: tuple[str | None, str | None, str] = (None, None, "UTC")  # start, end, time zone
 
     @property
@@ -131,6 +132,7 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
             error_code=row.error_code,
             content_hash=row.content_hash,
             reuse=batch.reuse,
+            has_budget=batch.budget_usd is not None,
             window=(batch.window_start, batch.window_end, batch.window_tz or "UTC"),
         )
 
@@ -423,11 +425,15 @@ def _read_input(path: str) -> InputImage:
 
 
 def _reserve_budget(rt: Runtime, job: Job, amount: float) -> bool:
+    if not job.has_budget:
+        return True  # no row lock on the batch for every task of an unbudgeted batch
     with rt.db.session() as session:
         return transitions.reserve_budget(session, job.batch_id, amount)
 
 
 def _release_budget(rt: Runtime, job: Job, amount: float) -> None:
+    if not job.has_budget:
+        return
     with rt.db.session() as session:
         transitions.release_budget(session, job.batch_id, amount)
 
