@@ -6,13 +6,13 @@ Real PostgreSQL, Redis, Celery worker processes and the simulator on loopback.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from models.tables import Batch, GenerationTask
+from simulator.testing import wait_until
 from tests.integration.conftest import Stack, write_csv
 from workers.limiter import PoolLimits
 
@@ -118,7 +118,9 @@ def test_a_sigkilled_worker_leaves_nothing_stuck(simulator, stack, tmp_path: Pat
     s = stack(sim, NANOBATCH_LEASE_SECONDS="6", NANOBATCH_REQUEST_TIMEOUT="4", NANOBATCH_MAX_INLINE_WAIT="1")
     doomed = s.start_worker(concurrency=2)
     s.submit_file(products(tmp_path, 2), "killed")
-    _wait_until(lambda: s.summary("killed").counts["processing"] == 2, "both tasks processing")
+    wait_until(
+        lambda: s.summary("killed").counts["processing"] == 2, timeout=60, message="both tasks processing"
+    )
     # When the worker is killed mid-call
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
@@ -151,22 +153,16 @@ def test_a_budget_stops_paid_calls(simulator, stack, tmp_path: Path) -> None:  #
     s.start_worker(concurrency=1)
     # 2.5 flash costs ~$0.039 an image: a $0.10 budget pays for two
     s.cli("submit", str(products(tmp_path, 5)), "--batch", "capped", "--budget-usd", "0.1", check=True)
-    _wait_until(
+    wait_until(
         lambda: (
             s.summary("capped").counts["completed"] == 2
             and all(t.error_code == "budget_reached" for t in tasks_of(s, "capped") if t.status == "pending")
             and s.summary("capped").counts["pending"] == 3
         ),
-        "two completed, three waiting on the budget",
+        timeout=60,
+        message="two completed, three waiting on the budget",
     )
     assert sim.stats()["requests"] == 2
     assert s.summary("capped").cost_usd <= 0.1
     status = s.cli("status", "capped", check=True).stdout
     assert "budget reached" in status
-
-
-def _wait_until(condition, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.1)
