@@ -57,7 +57,8 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"nbtest:{uuid.uuid4().hex[:10]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
-    keys = [*client.scan_iter(f"{prefix}*", count=1000), *client.scan_iter(f"_kombu.binding.{prefix}*")]
+    patterns = (f"{prefix}*", f"_kombu.binding.{prefix}*", f"_kombu.binding_permanent.{prefix}*")
+    keys = [key for pattern in patterns for key in client.scan_iter(pattern, count=1000)]
     if keys:
         client.delete(*keys)
     client.close()
