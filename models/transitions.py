@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -343,15 +343,3 @@ def release_budget(session: Session, batch_id: str, amount: float) -> None:
     session.execute(
         update(Batch).where(Batch.id == batch_id).values(reserved_usd=Batch.reserved_usd - amount)
     )
-
-
-def counts_by_status(session: Session, batch_id: str) -> dict[str, int]:
-    counts = {status.value: 0 for status in TaskStatus}
-    rows = session.execute(
-        select(GenerationTask.status, func.count())
-        .where(GenerationTask.batch_id == batch_id)
-        .group_by(GenerationTask.status)
-    )
-    for status, n in rows:
-        counts[status] = int(n)
-    return counts

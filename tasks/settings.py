@@ -135,7 +135,3 @@ class _TomlWithoutSecrets(TomlConfigSettingsSource):
         if "api_key" in data:
             raise ValueError("api_key must not be set in the config file; use NANOBATCH_API_KEY")
         return data
-
-
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
