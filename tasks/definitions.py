@@ -9,14 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from celery.signals import task_received, worker_process_init
+from celery.signals import task_received, worker_init, worker_process_init
 
 from tasks import app
 from tasks.celery_app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
 from tasks.inbox import process_inbox
 from tasks.runtime import get_runtime, install_runtime
 from tasks.serve import serve
+from tasks.settings import Settings
 from tasks.sweep import sweep
+from workers.malloc_tuning import pin_mmap_threshold
+
+
+@worker_init.connect
+def _tune_memory(**_: Any) -> None:
+    """Pinned before any task runs; prefork children inherit it (see ``workers.malloc_tuning``)."""
+    pin_mmap_threshold(Settings().malloc_mmap_threshold)
 
 
 @worker_process_init.connect

@@ -26,6 +26,7 @@ from tasks.settings import Settings
 from tasks.telemetry import Telemetry
 from workers.limiter import RateLimiter
 from workers.providers.base import Provider, ProviderConfig
+from workers.providers.body_gate import BodyGate
 from workers.providers.factory import make_http_client, make_provider
 from workers.retry import RetryPolicy
 
@@ -102,7 +103,7 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         redis=redis,
         limiter=limiter,
         http=http,
-        provider=make_provider(provider_config(settings), http),
+        provider=make_provider(provider_config(settings), http, BodyGate(settings.decode_slots)),
         dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),
         telemetry=Telemetry(redis, prefix=settings.limiter_prefix),
         policy=RetryPolicy(

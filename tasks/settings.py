@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Worker behaviour.
     concurrency: int = Field(default=16, gt=0, le=1000)
     max_attempts: int = Field(default=5, gt=0, le=100)
+    # Large answers (4K images) read and decoded at once per process: bounds worker memory.
+    decode_slots: int = Field(default=4, gt=0, le=1000)
+    # glibc mmap threshold pinned in workers so large freed blocks return to the OS (0: leave it).
+    malloc_mmap_threshold: int = Field(default=1 << 20, ge=0, le=1 << 30)
     backoff_base: float = Field(default=2.0, gt=0)
     backoff_cap: float = Field(default=300.0, gt=0)
     max_inline_wait: float = Field(default=20.0, ge=0)  # wait for limiter capacity inside the task

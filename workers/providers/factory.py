@@ -9,6 +9,7 @@ from __future__ import annotations
 import httpx
 
 from workers.providers.base import Provider, ProviderConfig
+from workers.providers.body_gate import BodyGate
 from workers.providers.gemini import GeminiProvider
 from workers.providers.http import make_http_client
 from workers.providers.openai_compat import OpenAICompatProvider
@@ -21,10 +22,13 @@ _PROVIDERS: dict[str, type[GeminiProvider] | type[OpenAICompatProvider]] = {
 }
 
 
-def make_provider(config: ProviderConfig, client: httpx.Client) -> Provider:
-    """The provider for ``config.kind``, talking through the injected (shared, pooled) ``client``."""
+def make_provider(config: ProviderConfig, client: httpx.Client, gate: BodyGate | None = None) -> Provider:
+    """The provider for ``config.kind``, talking through the injected (shared, pooled) ``client``.
+
+    ``gate`` bounds how many large answers the process reads and decodes at once (one per process).
+    """
     try:
         provider_class = _PROVIDERS[config.kind]
     except KeyError:
         raise ValueError(f"unknown provider kind {config.kind!r}; known: {', '.join(_PROVIDERS)}") from None
-    return provider_class(config, client)
+    return provider_class(config, client, gate)

@@ -40,19 +40,21 @@ from workers.errors import (
     UpstreamUnavailable,
 )
 from workers.providers.base import ImageRequest, ImageResult, ProviderConfig
+from workers.providers.body_gate import BodyGate
 from workers.providers.http import (
     as_dict,
     as_int,
     as_list,
     as_str,
     body_excerpt,
+    exchange,
     first_dict,
     json_body,
     parse_duration,
     retry_after_from_headers,
-    send,
     sniff_mime,
     status_error_class,
+    success_payload,
     truncate,
 )
 from workers.redact import redact
@@ -87,28 +89,26 @@ class GeminiProvider:
 
     name = "gemini"
 
-    def __init__(self, config: ProviderConfig, client: httpx.Client) -> None:
+    def __init__(self, config: ProviderConfig, client: httpx.Client, gate: BodyGate | None = None) -> None:
         self._config = config
         self._client = client
+        self._gate = gate
 
     def generate(self, request: ImageRequest) -> ImageResult:
         key = self._config.api_key
-        response = send(
+        with exchange(
             self._client,
             "POST",
             self.url_for(request.model),
             secret=key,
+            gate=self._gate,
             json=build_body(request),
             headers=self.auth_headers(),
-        )
-        if not response.is_success:
-            raise error_from_response(response, key)
-        payload = json_body(response)
-        if not isinstance(payload, dict):
-            raise UpstreamUnavailable(
-                redact(f"malformed JSON in a 200 response: {body_excerpt(response)}", key), status_code=200
-            )
-        return parse_generate_response(payload, key)
+        ) as response:
+            if not response.is_success:
+                raise error_from_response(response, key)
+            payload = success_payload(response, key)
+            return parse_generate_response(payload, key)
 
     def url_for(self, model: str) -> str:
         base = self._config.base_url.rstrip("/")

@@ -43,17 +43,19 @@ from workers.errors import (
     UpstreamUnavailable,
 )
 from workers.providers.base import ImageRequest, ImageResult, InputImage, ProviderConfig
+from workers.providers.body_gate import BodyGate
 from workers.providers.http import (
     as_dict,
     as_int,
     as_str,
     body_excerpt,
+    exchange,
     first_dict,
     json_body,
     retry_after_from_headers,
-    send,
     sniff_mime,
     status_error_class,
+    success_payload,
     truncate,
 )
 from workers.redact import redact
@@ -83,25 +85,27 @@ class OpenAICompatProvider:
 
     name = "openai"
 
-    def __init__(self, config: ProviderConfig, client: httpx.Client) -> None:
+    def __init__(self, config: ProviderConfig, client: httpx.Client, gate: BodyGate | None = None) -> None:
         self._config = config
         self._client = client
+        self._gate = gate
         self._root = api_root(config.base_url)
 
     def generate(self, request: ImageRequest) -> ImageResult:
         key = self._config.api_key
         url, body = self.request_parts(request)
-        response = send(self._client, "POST", url, secret=key, headers=self._auth_headers(), **body)
-        if not response.is_success:
-            raise error_from_response(response, key)
-        payload = json_body(response)
-        if not isinstance(payload, dict):
-            raise UpstreamUnavailable(
-                redact(f"malformed JSON in a 200 response: {body_excerpt(response)}", key), status_code=200
-            )
-        item = first_dict(payload.get("data"))
-        data = self._image_bytes(item)
-        return build_result(payload, item, data, request.output_format)
+        with exchange(
+            self._client, "POST", url, secret=key, gate=self._gate, headers=self._auth_headers(), **body
+        ) as response:
+            if not response.is_success:
+                raise error_from_response(response, key)
+            payload = success_payload(response, key)
+            item = first_dict(payload.get("data"))
+            if not is_result_link(item):
+                return build_result(payload, item, self._image_bytes(item), request.output_format)
+        # A result link is fetched after this answer's gate slot is given back: a thread never holds two
+        # slots, so the gate cannot deadlock.
+        return build_result(payload, item, self._image_bytes(item), request.output_format)
 
     def request_parts(self, request: ImageRequest) -> tuple[str, dict[str, Any]]:
         """URL and body: ``generations`` (JSON) without reference images, ``edits`` (multipart) with."""
@@ -138,10 +142,10 @@ class OpenAICompatProvider:
         """Fetch a result URL; the key is sent only back to the API's own origin."""
         key = self._config.api_key
         headers = self._auth_headers() if same_origin(url, self._root) else {}
-        response = send(self._client, "GET", url, secret=key, headers=headers)
-        if not response.is_success:
-            raise error_from_response(response, key)
-        return response.content
+        with exchange(self._client, "GET", url, secret=key, gate=self._gate, headers=headers) as response:
+            if not response.is_success:
+                raise error_from_response(response, key)
+            return response.content
 
 
 # --- request -------------------------------------------------------------------------------------
@@ -222,6 +226,12 @@ def build_result(
         revised_prompt=as_str(item.get("revised_prompt")),
         extra=extra,
     )
+
+
+def is_result_link(item: dict[str, Any]) -> bool:
+    """True when the image is behind an http(s) ``url`` (not ``b64_json`` nor a ``data:`` URL)."""
+    url = as_str(item.get("url"))
+    return not item.get("b64_json") and url is not None and not url.startswith("data:")
 
 
 def _b64decode(text: str, key: str | None) -> bytes:
