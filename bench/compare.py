@@ -248,8 +248,8 @@ def plot(series: dict[str, dict[str, Any]], args: argparse.Namespace, path: Path
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("images completed")
     ax.set_title(
-        f"{args.tasks:,} tasks, R={args.rpm} rpm (scaled), latency 8-20 s x {args.time_scale:g}, "
-        f"{args.fail_503:.0%} 503s"
+        f"{args.tasks:,} tasks, R={args.rpm} rpm, latency {args.latency[0]:g}-{args.latency[1]:g} s "
+        f"x {args.time_scale:g}, {args.fail_503:.0%} 503s"
     )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
