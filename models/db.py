@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -40,17 +40,39 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 
 class Database:
-    """An engine plus a session factory; ``with db.session() as s:`` commits or rolls back."""
+    """An engine plus a session factory; ``with db.session() as s:`` commits or rolls back.
+
+    The worker's per-task writes are Core statements (:mod:`models.transitions`) and skip the ORM
+    session: :meth:`transaction` is a plain connection in a transaction, :meth:`autocommit` one on
+    which each statement commits by itself (for a write that is one statement: no ``BEGIN`` and
+    ``COMMIT`` round trips).
+    """
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection in a transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement is its own transaction (same pool as the engine).
+
+        Only for writes that are a single statement: two statements run here do not commit together.
+        """
+        with self._autocommit_engine.connect() as connection:
+            yield connection
 
     def upgrade(self, revision: str = "head") -> None:
         upgrade(self.engine, revision)

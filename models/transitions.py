@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    CursorResult,
+    Float,
+    Integer,
+    Label,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from models.base import utcnow
+from models.base import UTCDateTime, utcnow
 from models.status import BatchStatus, TaskStatus
 from models.tables import Batch, GenerationTask
 
@@ -27,69 +41,148 @@ COMPLETED = TaskStatus.COMPLETED.value
 FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
 
+#: What the per-task transitions run on: an ORM session, or a plain connection (the worker's hot path,
+#: see ``Database.transaction`` / ``Database.autocommit``).
+Executor: TypeAlias = Session | Connection
+
+# The per-task statements (claim, extend_lease, complete, fail, requeue, budget) run once or more for
+# every delivery, so they are Core statements on the tables, built once here with bound parameters:
+# no ORM statement building, no session synchronisation, and a cache key computed once per process
+# (SQLAlchemy memoizes it on the statement object). Parameter names carry a ``p_`` prefix so they never
+# collide with the parameters SQLAlchemy names after the columns of an UPDATE's SET clause.
+_TASKS = cast(Table, GenerationTask.__table__)
+_BATCHES = cast(Table, Batch.__table__)
+
 
 def _rowcount(result: Any) -> int:
     """Rows an UPDATE touched (``Session.execute`` is typed as a plain Result)."""
     return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
-def _is_due(now: datetime) -> Any:
-    return or_(GenerationTask.not_before.is_(None), GenerationTask.not_before <= now)
+def _is_due(now: datetime | BindParameter[datetime]) -> Any:
+    return or_(_TASKS.c.not_before.is_(None), _TASKS.c.not_before <= now)
 
 
-def _runnable_batches(now: datetime) -> Any:
+def _runnable_batches(now: datetime | BindParameter[datetime]) -> Any:
     """Batches whose tasks may start now: open (not paused/cancelled) and past their start time."""
-    return select(Batch.id).where(
-        Batch.status == BatchStatus.OPEN.value,
-        or_(Batch.scheduled_for.is_(None), Batch.scheduled_for <= now),
+    return select(_BATCHES.c.id).where(
+        _BATCHES.c.status == BatchStatus.OPEN.value,
+        or_(_BATCHES.c.scheduled_for.is_(None), _BATCHES.c.scheduled_for <= now),
     )
 
 
+def _batch_fact(column: Any, label: str) -> Label[Any]:
+    """One column of the claimed row's batch, as a scalar subquery in the claim's RETURNING."""
+    return (
+        select(column)
+        .where(_BATCHES.c.id == _TASKS.c.batch_id)
+        .correlate(_TASKS)
+        .scalar_subquery()
+        .label(label)
+    )
+
+
+_NOW = bindparam("p_now", type_=UTCDateTime())
+_AMOUNT = bindparam("p_amount", type_=Float())
+
+#: What a claim returns: the task columns a worker needs, then its batch's facts (same round trip).
+CLAIMED_COLUMNS = (
+    "id",
+    "claim_token",
+    "batch_id",
+    "key",
+    "prompt",
+    "model",
+    "image_size",
+    "aspect_ratio",
+    "output_format",
+    "input_images",
+    "attempts",
+    "error_code",
+    "content_hash",
+)
+_CLAIM = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.id == bindparam("p_task_id"),
+        _TASKS.c.status == PENDING,
+        _is_due(_NOW),
+        _TASKS.c.batch_id.in_(_runnable_batches(_NOW)),
+    )
+    .values(
+        status=PROCESSING,
+        claim_token=bindparam("p_claim_token"),
+        worker=bindparam("p_worker"),
+        celery_task_id=bindparam("p_celery_task_id"),
+        lease_expires_at=bindparam("p_lease_expires_at"),
+        started_at=_NOW,
+    )
+    .returning(
+        *(_TASKS.c[name] for name in CLAIMED_COLUMNS),
+        _batch_fact(_BATCHES.c.name, "batch_name"),
+        _batch_fact(_BATCHES.c.reuse, "batch_reuse"),
+        _batch_fact(_BATCHES.c.budget_usd, "batch_budget_usd"),
+        _batch_fact(_BATCHES.c.window_start, "batch_window_start"),
+        _batch_fact(_BATCHES.c.window_end, "batch_window_end"),
+        _batch_fact(_BATCHES.c.window_tz, "batch_window_tz"),
+    )
+)
+
+
 def claim(
-    session: Session,
+    session: Executor,
     task_id: str,
     *,
     worker: str,
     lease_seconds: float,
     celery_task_id: str | None = None,
     now: datetime | None = None,
-) -> GenerationTask | None:
-    """pending → processing, if due; returns the claimed row or ``None`` when someone else has it."""
+) -> Row[Any] | None:
+    """pending → processing, if due and its batch is runnable; ``None`` when someone else has it.
+
+    Returns the row's :data:`CLAIMED_COLUMNS` and its batch's ``batch_name``, ``batch_reuse``,
+    ``batch_budget_usd``, ``batch_window_start``, ``batch_window_end`` and ``batch_window_tz``, read in
+    the same statement (one round trip).
+    """
     now = now or utcnow()
-    stmt = (
-        update(GenerationTask)
-        .where(
-            GenerationTask.id == task_id,
-            GenerationTask.status == PENDING,
-            _is_due(now),
-            GenerationTask.batch_id.in_(_runnable_batches(now)),
-        )
-        .values(
-            status=PROCESSING,
-            claim_token=str(uuid.uuid4()),
-            worker=worker,
-            celery_task_id=celery_task_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=now,
-        )
-        .returning(GenerationTask)
+    params = {
+        "p_task_id": task_id,
+        "p_now": now,
+        "p_claim_token": str(uuid.uuid4()),
+        "p_worker": worker,
+        "p_celery_task_id": celery_task_id,
+        "p_lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }
+    return session.execute(_CLAIM, params).one_or_none()
+
+
+def _owned(task_id: str | BindParameter[str], token: str | BindParameter[str]) -> Any:
+    """The row is still this claim's: processing, with the claim's token."""
+    return and_(
+        _TASKS.c.id == task_id,
+        _TASKS.c.status == PROCESSING,
+        _TASKS.c.claim_token == token,
     )
-    return session.scalars(stmt).one_or_none()
 
 
-def extend_lease(session: Session, task_id: str, token: str, *, lease_seconds: float) -> bool:
+_OWNED = _owned(bindparam("p_task_id"), bindparam("p_token"))
+
+_EXTEND_LEASE = (
+    update(_TASKS)
+    .where(_OWNED)
+    .values(lease_expires_at=bindparam("p_lease_expires_at"))
+    .returning(_TASKS.c.id)
+)
+
+
+def extend_lease(session: Executor, task_id: str, token: str, *, lease_seconds: float) -> bool:
     """Keep a claim alive through a long wait (e.g. for limiter capacity)."""
-    stmt = (
-        update(GenerationTask)
-        .where(
-            GenerationTask.id == task_id,
-            GenerationTask.status == PROCESSING,
-            GenerationTask.claim_token == token,
-        )
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .returning(GenerationTask.id)
-    )
-    return session.execute(stmt).first() is not None
+    params = {
+        "p_task_id": task_id,
+        "p_token": token,
+        "p_lease_expires_at": utcnow() + timedelta(seconds=lease_seconds),
+    }
+    return session.execute(_EXTEND_LEASE, params).first() is not None
 
 
 @dataclass(frozen=True)
@@ -109,64 +202,91 @@ class Outcome:
     model_used: str | None = None
 
 
-def _owned(task_id: str, token: str) -> Any:
-    return and_(
-        GenerationTask.id == task_id,
-        GenerationTask.status == PROCESSING,
-        GenerationTask.claim_token == token,
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
+_COMPLETE = (
+    update(_TASKS)
+    .where(_OWNED)
+    .values(
+        status=COMPLETED,
+        finished_at=bindparam("p_finished_at"),
+        lease_expires_at=None,
+        error_code=None,
+        error_message=None,
+        **{name: bindparam(f"p_{name}") for name in _OUTCOME_FIELDS},
     )
+    .returning(_TASKS.c.batch_id)
+)
+# Only budgeted batches keep a running total (their admission reads it); for the others the sum of
+# task costs is the truth, and the ``budget_usd IS NOT NULL`` condition keeps every worker thread off
+# one hot batch row.
+_ADD_SPEND = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == bindparam("p_batch_id"), _BATCHES.c.budget_usd.is_not(None))
+    .values(spent_usd=_BATCHES.c.spent_usd + _AMOUNT)
+)
 
 
-def complete(session: Session, task_id: str, token: str, outcome: Outcome) -> bool:
+def complete(session: Executor, task_id: str, token: str, outcome: Outcome) -> bool:
     """processing → completed with the result's facts; ``False`` if the claim was lost."""
-    stmt = (
-        update(GenerationTask)
-        .where(_owned(task_id, token))
-        .values(
-            status=COMPLETED,
-            finished_at=utcnow(),
-            lease_expires_at=None,
-            error_code=None,
-            error_message=None,
-            **outcome.__dict__,
-        )
-        .returning(GenerationTask.batch_id)
-    )
-    row = session.execute(stmt).first()
+    params: dict[str, Any] = {"p_task_id": task_id, "p_token": token, "p_finished_at": utcnow()}
+    for name in _OUTCOME_FIELDS:
+        params[f"p_{name}"] = getattr(outcome, name)
+    row = session.execute(_COMPLETE, params).first()
     if row is not None and outcome.cost_usd:
-        session.execute(
-            # Only budgeted batches keep a running total (their admission reads it); for the others the
-            # sum of task costs is the truth, and skipping this UPDATE keeps every worker thread off
-            # one hot batch row.
-            update(Batch)
-            .where(Batch.id == row.batch_id, Batch.budget_usd.is_not(None))
-            .values(spent_usd=Batch.spent_usd + outcome.cost_usd)
-        )
+        session.execute(_ADD_SPEND, {"p_batch_id": row.batch_id, "p_amount": outcome.cost_usd})
     return row is not None
 
 
+_FAIL = (
+    update(_TASKS)
+    .where(_OWNED)
+    .values(
+        status=FAILED,
+        finished_at=bindparam("p_finished_at"),
+        lease_expires_at=None,
+        error_code=bindparam("p_error_code"),
+        error_message=bindparam("p_error_message"),
+        attempts=_TASKS.c.attempts + bindparam("p_attempts_added", type_=Integer()),
+    )
+    .returning(_TASKS.c.id)
+)
+
+
 def fail(
-    session: Session, task_id: str, token: str, *, code: str, message: str, count_attempt: bool = True
+    session: Executor, task_id: str, token: str, *, code: str, message: str, count_attempt: bool = True
 ) -> bool:
     """processing → failed (terminal) with a reason; ``False`` if the claim was lost."""
-    stmt = (
-        update(GenerationTask)
-        .where(_owned(task_id, token))
-        .values(
-            status=FAILED,
-            finished_at=utcnow(),
-            lease_expires_at=None,
-            error_code=code,
-            error_message=message[:2000],
-            attempts=GenerationTask.attempts + (1 if count_attempt else 0),
-        )
-        .returning(GenerationTask.id)
+    params = {
+        "p_task_id": task_id,
+        "p_token": token,
+        "p_finished_at": utcnow(),
+        "p_error_code": code,
+        "p_error_message": message[:2000],
+        "p_attempts_added": 1 if count_attempt else 0,
+    }
+    return session.execute(_FAIL, params).first() is not None
+
+
+_REQUEUE = (
+    update(_TASKS)
+    .where(_OWNED)
+    .values(
+        status=PENDING,
+        not_before=bindparam("p_not_before"),
+        lease_expires_at=None,
+        claim_token=None,
+        dispatched_at=bindparam("p_dispatched_at"),
+        error_code=bindparam("p_error_code"),
+        error_message=bindparam("p_error_message"),
+        attempts=_TASKS.c.attempts + bindparam("p_attempts_added", type_=Integer()),
+        rate_waits=_TASKS.c.rate_waits + bindparam("p_rate_waits_added", type_=Integer()),
     )
-    return session.execute(stmt).first() is not None
+    .returning(_TASKS.c.id)
+)
 
 
 def requeue(
-    session: Session,
+    session: Executor,
     task_id: str,
     token: str,
     *,
@@ -182,21 +302,17 @@ def requeue(
     a 429 storm never exhausts a task's error budget. ``redispatched`` says the caller publishes a
     (delayed) message itself; otherwise the sweeper dispatches the row once it is due.
     """
-    values: dict[str, Any] = {
-        "status": PENDING,
-        "not_before": not_before,
-        "lease_expires_at": None,
-        "claim_token": None,
-        "dispatched_at": utcnow() if redispatched else None,
-        "error_code": code,
-        "error_message": message[:2000] if message else None,
+    params = {
+        "p_task_id": task_id,
+        "p_token": token,
+        "p_not_before": not_before,
+        "p_dispatched_at": utcnow() if redispatched else None,
+        "p_error_code": code,
+        "p_error_message": message[:2000] if message else None,
+        "p_attempts_added": 1 if count_attempt else 0,
+        "p_rate_waits_added": 0 if count_attempt else 1,
     }
-    if count_attempt:
-        values["attempts"] = GenerationTask.attempts + 1
-    else:
-        values["rate_waits"] = GenerationTask.rate_waits + 1
-    stmt = update(GenerationTask).where(_owned(task_id, token)).values(**values).returning(GenerationTask.id)
-    return session.execute(stmt).first() is not None
+    return session.execute(_REQUEUE, params).first() is not None
 
 
 def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None = None) -> int:
@@ -323,23 +439,29 @@ def set_batch_status(session: Session, batch_id: str, status: BatchStatus, *, ex
     return session.execute(stmt).first() is not None
 
 
-def reserve_budget(session: Session, batch_id: str, amount: float) -> bool:
+_RESERVE_BUDGET = (
+    update(_BATCHES)
+    .where(
+        _BATCHES.c.id == bindparam("p_batch_id"),
+        or_(
+            _BATCHES.c.budget_usd.is_(None),
+            _BATCHES.c.spent_usd + _BATCHES.c.reserved_usd + _AMOUNT <= _BATCHES.c.budget_usd,
+        ),
+    )
+    .values(reserved_usd=_BATCHES.c.reserved_usd + _AMOUNT)
+    .returning(_BATCHES.c.id)
+)
+_RELEASE_BUDGET = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == bindparam("p_batch_id"))
+    .values(reserved_usd=_BATCHES.c.reserved_usd - _AMOUNT)
+)
+
+
+def reserve_budget(session: Executor, batch_id: str, amount: float) -> bool:
     """Reserve spend for one call if the batch's budget allows it (always true without a budget)."""
-    stmt = (
-        update(Batch)
-        .where(
-            Batch.id == batch_id,
-            or_(
-                Batch.budget_usd.is_(None), Batch.spent_usd + Batch.reserved_usd + amount <= Batch.budget_usd
-            ),
-        )
-        .values(reserved_usd=Batch.reserved_usd + amount)
-        .returning(Batch.id)
-    )
-    return session.execute(stmt).first() is not None
+    return session.execute(_RESERVE_BUDGET, {"p_batch_id": batch_id, "p_amount": amount}).first() is not None
 
 
-def release_budget(session: Session, batch_id: str, amount: float) -> None:
-    session.execute(
-        update(Batch).where(Batch.id == batch_id).values(reserved_usd=Batch.reserved_usd - amount)
-    )
+def release_budget(session: Executor, batch_id: str, amount: float) -> None:
+    session.execute(_RELEASE_BUDGET, {"p_batch_id": batch_id, "p_amount": amount})

@@ -18,15 +18,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
 from models import transitions
 from models.base import utcnow
 from models.catalog import CatalogError, ModelSpec
 from models.queries import BUDGET_REACHED
-from models.tables import Batch, GenerationTask
+from models.tables import GenerationTask
 from tasks.runtime import Runtime
 from tasks.schedule import outside_window
 from workers.errors import ProviderError, RateLimited
@@ -105,36 +104,35 @@ def _serve(rt: Runtime, task_id: str, celery_task_id: str | None) -> Result:
 
 
 def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
-    with rt.db.session() as session:
+    with rt.db.autocommit() as connection:  # one statement: claims and reads the batch's facts
         row = transitions.claim(
-            session,
+            connection,
             task_id,
             worker=rt.worker_name,
             lease_seconds=rt.settings.effective_lease_seconds,
             celery_task_id=celery_task_id,
         )
-        if row is None:
-            return None
-        batch = session.get_one(Batch, row.batch_id)
-        return Job(
-            id=row.id,
-            token=row.claim_token or "",
-            batch_id=row.batch_id,
-            batch_name=batch.name,
-            key=row.key,
-            prompt=row.prompt,
-            model=row.model,
-            image_size=row.image_size,
-            aspect_ratio=row.aspect_ratio,
-            output_format=row.output_format,
-            input_images=tuple(row.input_images or ()),
-            attempts=row.attempts,
-            error_code=row.error_code,
-            content_hash=row.content_hash,
-            reuse=batch.reuse,
-            has_budget=batch.budget_usd is not None,
-            window=(batch.window_start, batch.window_end, batch.window_tz or "UTC"),
-        )
+    if row is None:
+        return None
+    return Job(
+        id=row.id,
+        token=row.claim_token or "",
+        batch_id=row.batch_id,
+        batch_name=row.batch_name,
+        key=row.key,
+        prompt=row.prompt,
+        model=row.model,
+        image_size=row.image_size,
+        aspect_ratio=row.aspect_ratio,
+        output_format=row.output_format,
+        input_images=tuple(row.input_images or ()),
+        attempts=row.attempts,
+        error_code=row.error_code,
+        content_hash=row.content_hash,
+        reuse=bool(row.batch_reuse),
+        has_budget=row.batch_budget_usd is not None,
+        window=(row.batch_window_start, row.batch_window_end, row.batch_window_tz or "UTC"),
+    )
 
 
 def run_claimed(rt: Runtime, job: Job) -> Result:
@@ -252,8 +250,8 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
     not_before = None if short else utcnow() + timedelta(seconds=delay)
     moved = write_with_retry(
         rt,
-        lambda session: transitions.requeue(
-            session,
+        lambda connection: transitions.requeue(
+            connection,
             job.id,
             job.token,
             not_before=not_before,
@@ -262,6 +260,7 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
             message=_clean(rt, message),
             redispatched=short,
         ),
+        single_statement=True,
     )
     if moved and short:
         rt.dispatcher.publish([job.id], countdown=delay if delay > 0 else None)
@@ -272,9 +271,10 @@ def hand_back(rt: Runtime, job: Job, *, code: str, message: str) -> Result:
     """Back to pending with no message: the sweeper dispatches it when its batch may run again."""
     write_with_retry(
         rt,
-        lambda session: transitions.requeue(
-            session, job.id, job.token, not_before=None, count_attempt=False, code=code, message=message
+        lambda connection: transitions.requeue(
+            connection, job.id, job.token, not_before=None, count_attempt=False, code=code, message=message
         ),
+        single_statement=True,
     )
     return Result.DEFERRED
 
@@ -282,9 +282,10 @@ def hand_back(rt: Runtime, job: Job, *, code: str, message: str) -> Result:
 def finish_failed(rt: Runtime, job: Job, code: str, message: str, *, count_attempt: bool = True) -> Result:
     write_with_retry(
         rt,
-        lambda session: transitions.fail(
-            session, job.id, job.token, code=code, message=_clean(rt, message), count_attempt=count_attempt
+        lambda connection: transitions.fail(
+            connection, job.id, job.token, code=code, message=_clean(rt, message), count_attempt=count_attempt
         ),
+        single_statement=True,
     )
     log.warning("task %s (%s/%s) failed: %s", job.id, job.batch_name, job.key, code)
     return Result.FAILED
@@ -321,7 +322,9 @@ def still_owned(rt: Runtime, job: Job) -> bool:
     whose task may be another worker's now) never overwrites that worker's image."""
     lease = rt.settings.effective_lease_seconds
     return write_with_retry(
-        rt, lambda session: transitions.extend_lease(session, job.id, job.token, lease_seconds=lease)
+        rt,
+        lambda connection: transitions.extend_lease(connection, job.id, job.token, lease_seconds=lease),
+        single_statement=True,
     )
 
 
@@ -336,24 +339,28 @@ def record_completion(rt: Runtime, job: Job, stored: StoredImage, **usage: Any) 
         bytes=stored.bytes,
         **usage,
     )
-    write_with_retry(rt, lambda session: transitions.complete(session, job.id, job.token, outcome))
+    write_with_retry(rt, lambda connection: transitions.complete(connection, job.id, job.token, outcome))
 
 
-def write_with_retry(rt: Runtime, write: Callable[[Session], T]) -> T:
+def write_with_retry(rt: Runtime, write: Callable[[Connection], T], *, single_statement: bool = False) -> T:
     """Run one short write transaction, retrying through a database restart (a few seconds).
 
     The result of a paid call must not be lost to a database blip: without this, the row would stay
     ``processing`` until its lease expired and the sweeper had the image generated (and paid) again.
+    ``single_statement`` says ``write`` runs exactly one statement, so it may run in autocommit mode
+    (no ``BEGIN``/``COMMIT`` round trips); the writes here are conditional on the claim token, so a
+    retry after a lost reply finds the row already moved and changes nothing.
     """
+    begin = rt.db.autocommit if single_statement else rt.db.transaction
     for delay in DB_RETRY_DELAYS:
         try:
-            with rt.db.session() as session:
-                return write(session)
+            with begin() as connection:
+                return write(connection)
         except (OperationalError, InterfaceError):
             log.warning("database unavailable; retrying the write in %.1fs", delay)
             time.sleep(delay)
-    with rt.db.session() as session:  # the last try: its error propagates
-        return write(session)
+    with begin() as connection:  # the last try: its error propagates
+        return write(connection)
 
 
 def handle_error_storage(rt: Runtime, job: Job, exc: StorageError) -> Result:
@@ -427,15 +434,15 @@ def _read_input(path: str) -> InputImage:
 def _reserve_budget(rt: Runtime, job: Job, amount: float) -> bool:
     if not job.has_budget:
         return True  # no row lock on the batch for every task of an unbudgeted batch
-    with rt.db.session() as session:
-        return transitions.reserve_budget(session, job.batch_id, amount)
+    with rt.db.autocommit() as connection:  # one statement
+        return transitions.reserve_budget(connection, job.batch_id, amount)
 
 
 def _release_budget(rt: Runtime, job: Job, amount: float) -> None:
     if not job.has_budget:
         return
-    with rt.db.session() as session:
-        transitions.release_budget(session, job.batch_id, amount)
+    with rt.db.autocommit() as connection:  # one statement
+        transitions.release_budget(connection, job.batch_id, amount)
 
 
 def _requeue_after_crash(rt: Runtime, job: Job, exc: Exception) -> None:

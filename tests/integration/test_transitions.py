@@ -139,3 +139,126 @@ def test_budget_reservations_stop_at_the_budget(db: Database) -> None:
         assert not transitions.reserve_budget(s, batch_id, 0.06)
         transitions.release_budget(s, batch_id, 0.06)
         assert transitions.reserve_budget(s, batch_id, 0.06)
+
+
+def test_a_claim_reads_its_batchs_facts_in_the_same_statement(db: Database) -> None:
+    from sqlalchemy import event
+
+    batch_id, (tid,) = add_batch(
+        db, reuse=True, budget_usd=2.5, window_start="01:00", window_end="06:00", window_tz="Europe/Berlin"
+    )
+    _, (plain,) = add_batch(db)
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with db.autocommit() as connection:
+        row = transitions.claim(connection, tid, worker="w", lease_seconds=60, celery_task_id="c1")
+    assert row is not None and len(statements) == 1
+    assert (row.id, row.batch_id, row.key, row.prompt, row.input_images) == (tid, batch_id, "k0", "p", [])
+    assert (row.batch_name, bool(row.batch_reuse), row.batch_budget_usd) == (f"b-{batch_id[:8]}", True, 2.5)
+    assert (row.batch_window_start, row.batch_window_end, row.batch_window_tz) == (
+        "01:00",
+        "06:00",
+        "Europe/Berlin",
+    )
+    task = get(db, tid)  # committed by the statement itself
+    assert (task.status, task.claim_token, task.worker, task.celery_task_id) == (
+        "processing",
+        row.claim_token,
+        "w",
+        "c1",
+    )
+    with db.transaction() as connection:
+        other = transitions.claim(connection, plain, worker="w", lease_seconds=60)
+    assert other is not None
+    assert (bool(other.batch_reuse), other.batch_budget_usd, other.batch_window_start) == (False, None, None)
+
+
+@pytest.mark.parametrize("kind", ["session", "transaction", "autocommit"])
+def test_a_stale_token_changes_nothing_on_any_executor(db: Database, kind: str) -> None:
+    _, (tid,) = add_batch(db)
+    with db.session() as s:
+        row = transitions.claim(s, tid, worker="w", lease_seconds=60)
+    assert row is not None
+    before = get(db, tid)
+    stale = "not-the-token"
+    outcome = transitions.Outcome("file:///x.png", "0" * 64, "image/png", 1, 1, 10, cost_usd=0.039)
+    with getattr(db, kind)() as executor:
+        assert not transitions.extend_lease(executor, tid, stale, lease_seconds=600)
+        assert not transitions.complete(executor, tid, stale, outcome)
+        assert not transitions.fail(executor, tid, stale, code="x", message="x")
+        assert not transitions.requeue(executor, tid, stale, not_before=None, count_attempt=True)
+    after = get(db, tid)
+    assert (after.status, after.lease_expires_at, after.attempts, after.claim_token) == (
+        before.status,
+        before.lease_expires_at,
+        before.attempts,
+        before.claim_token,
+    )
+    with getattr(db, kind)() as executor:
+        assert transitions.extend_lease(executor, tid, row.claim_token, lease_seconds=600)
+        assert transitions.requeue(executor, tid, row.claim_token, not_before=None, count_attempt=False)
+    task = get(db, tid)
+    assert (task.status, task.rate_waits, task.attempts, task.claim_token) == ("pending", 1, 0, None)
+
+
+def test_completion_adds_spend_only_to_budgeted_batches(db: Database) -> None:
+    budgeted, (b1,) = add_batch(db, budget_usd=1.0)
+    unbudgeted, (u1,) = add_batch(db)
+    outcome = transitions.Outcome("file:///x.png", "0" * 64, "image/png", 1, 1, 10, cost_usd=0.25)
+    for tid in (b1, u1):
+        with db.transaction() as connection:
+            row = transitions.claim(connection, tid, worker="w", lease_seconds=60)
+            assert row is not None
+            assert transitions.complete(connection, tid, row.claim_token, outcome)
+    with db.session() as s:
+        assert s.get_one(Batch, budgeted).spent_usd == pytest.approx(0.25)
+        assert s.get_one(Batch, unbudgeted).spent_usd == 0.0
+    task = get(db, b1)
+    assert (task.status, task.cost_usd, task.result_uri, task.lease_expires_at) == (
+        "completed",
+        0.25,
+        "file:///x.png",
+        None,
+    )
+
+
+def test_a_transaction_that_raises_leaves_the_row_unclaimed(db: Database) -> None:
+    _, (tid,) = add_batch(db)
+    with pytest.raises(RuntimeError), db.transaction() as connection:
+        assert transitions.claim(connection, tid, worker="w", lease_seconds=60) is not None
+        raise RuntimeError("crash before commit")
+    assert get(db, tid).status == "pending"
+
+
+def test_the_worker_builds_its_job_from_the_claim(db: Database) -> None:
+    from types import SimpleNamespace
+
+    from tasks import serve
+
+    batch_id, (tid,) = add_batch(db, budget_usd=3.0, window_start="22:00", window_end="04:00")
+    _, (paused,) = add_batch(db, status="paused")
+    rt = SimpleNamespace(db=db, worker_name="w1", settings=SimpleNamespace(effective_lease_seconds=60.0))
+    job = serve.claim(rt, tid, "celery-1")  # type: ignore[arg-type]
+    assert job is not None
+    assert job == serve.Job(
+        id=tid,
+        token=get(db, tid).claim_token or "",
+        batch_id=batch_id,
+        batch_name=f"b-{batch_id[:8]}",
+        key="k0",
+        prompt="p",
+        model="m",
+        image_size=None,
+        aspect_ratio="1:1",
+        output_format="png",
+        input_images=(),
+        attempts=0,
+        error_code=None,
+        content_hash=None,
+        reuse=False,
+        has_budget=True,
+        window=("22:00", "04:00", "UTC"),
+    )
+    assert job.token
+    assert serve.claim(rt, tid, "celery-2") is None  # already processing
+    assert serve.claim(rt, paused, "celery-3") is None

@@ -84,18 +84,27 @@ def test_request_reads_input_images_with_their_mime_types(tmp_path: Path) -> Non
 
 
 class _FlakyDatabase:
-    """Fails the first ``failures`` sessions the way a restarting PostgreSQL does."""
+    """Fails the first ``failures`` connections the way a restarting PostgreSQL does."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls = 0
+        self.kinds: list[str] = []
 
-    @contextmanager
-    def session(self) -> Iterator[str]:
+    def _connect(self, kind: str) -> Iterator[str]:
         self.calls += 1
+        self.kinds.append(kind)
         if self.calls <= self.failures:
             raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
         yield "session"
+
+    @contextmanager
+    def transaction(self) -> Iterator[str]:
+        yield from self._connect("transaction")
+
+    @contextmanager
+    def autocommit(self) -> Iterator[str]:
+        yield from self._connect("autocommit")
 
 
 def test_final_writes_ride_out_a_database_restart(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,6 +114,15 @@ def test_final_writes_ride_out_a_database_restart(monkeypatch: pytest.MonkeyPatc
         "wrote with session"
     )
     assert db.calls == 4
+    assert db.kinds == ["transaction"] * 4
+
+
+def test_single_statement_writes_run_in_autocommit_and_retry_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve, "DB_RETRY_DELAYS", (0.0, 0.0))
+    db = _FlakyDatabase(failures=1)
+    rt = SimpleNamespace(db=db)
+    assert serve.write_with_retry(rt, lambda c: c, single_statement=True) == "session"  # type: ignore[arg-type]
+    assert db.kinds == ["autocommit", "autocommit"]
 
 
 def test_a_database_that_stays_down_raises_after_the_last_try(monkeypatch: pytest.MonkeyPatch) -> None:
