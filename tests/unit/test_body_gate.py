@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import threading
+import weakref
 
 import httpx
 import pytest
@@ -123,3 +125,17 @@ def test_openai_result_link_is_downloaded_after_the_first_slot_is_returned() -> 
     worker.start()
     worker.join(10)
     assert done == [png]
+
+
+def test_a_read_response_is_freed_without_the_cycle_collector() -> None:
+    """httpx 0.28 links Response and its stream both ways; a 30 MB body must not wait for the GC."""
+    client = client_answering(BIG)
+    gc.disable()
+    try:
+        with exchange(client, "GET", "https://up.test/x") as response:
+            assert response.content == BIG
+            freed = weakref.ref(response)
+        del response
+        assert freed() is None
+    finally:
+        gc.enable()

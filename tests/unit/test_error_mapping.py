@@ -124,21 +124,21 @@ def test_status_error_is_classified_by_its_status() -> None:
     ],
     ids=lambda e: type(e).__name__,
 )
-def test_send_raises_our_error_from_the_httpx_one(exc: Exception) -> None:
+def test_exchange_raises_our_error_from_the_httpx_one(exc: Exception) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
 
     client = httpx.Client(transport=httpx.MockTransport(handler))
-    with pytest.raises(ProviderError) as info:
-        http.send(client, "GET", "https://upstream.test/")
+    with pytest.raises(ProviderError) as info, http.exchange(client, "GET", "https://upstream.test/"):
+        pass
     assert type(info.value) is http.error_class_for(type(exc))
     assert info.value.__cause__ is exc
 
 
 def test_an_invalid_base_url_is_a_permanent_error() -> None:
     client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
-    with pytest.raises(InvalidRequest) as info:
-        http.send(client, "GET", "http://[::1", secret="k")
+    with pytest.raises(InvalidRequest) as info, http.exchange(client, "GET", "http://[::1", secret="k"):
+        pass
     assert isinstance(info.value.__cause__, httpx.InvalidURL)
 
 

@@ -79,7 +79,7 @@ STATUS_MAPPED: tuple[type[Exception], ...] = (httpx.HTTPStatusError,)
 #: httpx exceptions that signal a bug in our code; left untranslated on purpose.
 NOT_TRANSLATED: tuple[type[Exception], ...] = (httpx.CookieConflict, httpx.StreamError)
 
-#: What :func:`send` catches: everything in the table plus the status-carrying error.
+#: What :func:`exchange` catches: everything in the table plus the status-carrying error.
 TRANSLATED: tuple[type[Exception], ...] = (httpx.HTTPError, httpx.InvalidURL)
 
 
@@ -117,14 +117,6 @@ def translate_httpx_error(exc: Exception, *secrets: str | None) -> ProviderError
     name = type(exc).__name__
     detail = str(exc) or "no detail"
     return error_class_for(type(exc))(redact(detail, *secrets), provider_status=name)
-
-
-def send(
-    client: httpx.Client, method: str, url: str | httpx.URL, *, secret: str | None = None, **kwargs: Any
-) -> httpx.Response:
-    """Build and send one request and return the response with its body read (small answers)."""
-    with exchange(client, method, url, secret=secret, **kwargs) as response:
-        return response
 
 
 @contextmanager
