@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -399,8 +398,10 @@ def main() -> None:
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if [s for s in args.systems if s not in SYSTEMS]:
         parser.error(f"systems must be among {', '.join(SYSTEMS)}")
-    if args.tasks <= 0 or math.isnan(args.fail_503):
+    if args.tasks <= 0:
         parser.error("--tasks must be positive")
+    if not 0.0 <= args.fail_503 < 1.0:  # also refuses NaN
+        parser.error("--fail-503 must be in [0, 1)")
     write_results(args.name, run(args))
 
 

@@ -4,10 +4,10 @@ Why: glibc serves blocks above ``M_MMAP_THRESHOLD`` with their own ``mmap`` and 
 ``free`` — but by default the threshold *rises* to the size of every such block freed (up to 32 MB).
 After the first 4K image, the 20-30 MB bodies, base64 strings and decoded images of later calls are
 carved out of the per-thread malloc arenas instead, and a worker with 50 threads keeps whatever each
-arena ever held. Measured on one process with 50 threads and ~22 MB PNGs (4 decode slots): 1,342 MB
-peak with the default, 776 MB with the threshold pinned at 1 MiB. Pinning it (any explicit value
-turns the dynamic adjustment off) costs one ``mmap``/``munmap`` pair per large block, which is
-nothing beside a multi-second upstream call.
+arena ever held. Measured by ``bench/overhead.py`` (one worker, 50 threads, 22.6 MB 4K PNGs, 4 decode
+slots): 1,639 MB peak with the default, 793 MB with the threshold pinned at 1 MiB. Pinning it (any
+explicit value turns the dynamic adjustment off) costs one ``mmap``/``munmap`` pair per large block,
+which is nothing beside a multi-second upstream call.
 
 ``MALLOC_MMAP_THRESHOLD_`` in the environment wins (glibc reads it itself); on other C libraries
 (musl, macOS) this does nothing.
