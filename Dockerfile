@@ -8,6 +8,7 @@ COPY tasks tasks
 COPY workers workers
 COPY simulator simulator
 COPY cli cli
+COPY nanobatch nanobatch
 RUN pip install .
 # /data is the `images` volume in docker-compose.yml: images/ (output) and inbox/ (drop folder) start
 # owned by the unprivileged user, because a new named volume copies them from the image.

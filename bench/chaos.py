@@ -24,20 +24,30 @@ from tests.chaos.scenario import ChaosPlan, run_chaos  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     defaults = ChaosPlan()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=1000, help="tasks in the batch (default 1000)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="threads per worker")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="simulator seed")
-    parser.add_argument("--redispatch-after", type=float, default=defaults.redispatch_after,
-                        help="NANOBATCH_REDISPATCH_AFTER for the workers; 0 = the product default (600 s)")
+    parser.add_argument(
+        "--redispatch-after",
+        type=float,
+        default=defaults.redispatch_after,
+        help="NANOBATCH_REDISPATCH_AFTER for the workers; 0 = the product default (600 s)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (kept on failure)")
     args = parser.parse_args(argv)
     if args.tasks < 20:
         parser.error("--tasks must be at least 20 (faults are injected at 10 %..70 % progress)")
-    plan = ChaosPlan(tasks=args.tasks, workers=args.workers, threads=args.threads, seed=args.seed,
-                     redispatch_after=args.redispatch_after or None)
+    plan = ChaosPlan(
+        tasks=args.tasks,
+        workers=args.workers,
+        threads=args.threads,
+        seed=args.seed,
+        redispatch_after=args.redispatch_after or None,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="nbchaos-"))
     started = time.monotonic()
 

@@ -187,7 +187,7 @@ def run_nanobatch(bench: Bench, args: argparse.Namespace, timeout: float) -> dic
     csv_path = write_products_csv(bench.tmp / "compare.csv", args.tasks)
     workers = [
         bench.start_worker(
-            app="tasks",
+            app="nanobatch.tasks",
             queues=[ns.queue, ns.control_queue],
             concurrency=args.concurrency,
             env=env,

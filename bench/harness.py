@@ -274,7 +274,7 @@ class Bench:
 
     def database(self) -> str:
         """A fresh, migrated PostgreSQL database; dropped at close. Returns its SQLAlchemy URL."""
-        from models.db import Database
+        from nanobatch.models.db import Database
 
         name = f"nbbench_{uuid.uuid4().hex[:12]}"
         _admin(f'CREATE DATABASE "{name}"')
@@ -306,8 +306,8 @@ class Bench:
     # Simulator ----------------------------------------------------------------------------------
 
     def simulator(self, **config: Any) -> Any:
-        from simulator.config import SimulatorConfig
-        from simulator.server import start_simulator
+        from nanobatch.simulator.config import SimulatorConfig
+        from nanobatch.simulator.server import start_simulator
 
         sim = start_simulator(SimulatorConfig(**config), host="127.0.0.1", port=0)
         self.on_close(f"simulator {sim.url}", sim.stop)
@@ -488,8 +488,8 @@ def nanobatch_env(db_url: str, ns: Namespace, sim_url: str, output_dir: Path, **
 
 def nanobatch_runtime(bench: Bench, env: dict[str, str]) -> Any:
     """A producer-side runtime (this process) on the same settings the workers get."""
-    from cli.context import runtime_for
-    from tasks.settings import Settings
+    from nanobatch.cli.context import runtime_for
+    from nanobatch.tasks.settings import Settings
 
     settings = Settings(**{k.removeprefix("NANOBATCH_").lower(): v for k, v in env.items()})
     runtime = runtime_for(settings)
@@ -544,8 +544,8 @@ def submit_csv(
     image_size: str | None = None,
     aspect_ratio: str = "1:1",
 ) -> Any:
-    from tasks.intake import IntakeOptions, read_file
-    from tasks.producer import BatchOptions, submit
+    from nanobatch.tasks.intake import IntakeOptions, read_file
+    from nanobatch.tasks.producer import BatchOptions, submit
 
     options = IntakeOptions(model=model, image_size=image_size, aspect_ratio=aspect_ratio)
     intake = read_file(path, runtime.catalog, options)
@@ -586,7 +586,7 @@ def _epoch(value: Any) -> float:
 
 
 def set_pool_limits(redis_client: Any, prefix: str, pool: str, **limits: int) -> None:
-    from workers.limiter import PoolLimits, RateLimiter
+    from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
     RateLimiter(redis_client, prefix=prefix).set_limits(pool, PoolLimits(**limits))
 

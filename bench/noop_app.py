@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tasks.celery_app import configure_app
-from tasks.settings import Settings
+from nanobatch.tasks.celery_app import configure_app
+from nanobatch.tasks.settings import Settings
 
 NOOP_TASK = "bench.noop"
 

@@ -167,8 +167,8 @@ def throughput(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     }
     from celery import Celery
 
-    from tasks.celery_app import configure_app
-    from tasks.settings import Settings
+    from nanobatch.tasks.celery_app import configure_app
+    from nanobatch.tasks.settings import Settings
 
     producer_app = configure_app(
         Celery("bench-noop-producer"),
@@ -203,7 +203,7 @@ def throughput(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
     # nanobatch generate (and, with --what-if, the same with the budget bookkeeping skipped).
     out["nanobatch"] = nanobatch_rate(
-        bench, args, sim, redis, app_module="tasks", label="nanobatch generate", profile=args.py_spy
+        bench, args, sim, redis, app_module="nanobatch.tasks", label="nanobatch generate", profile=args.py_spy
     )
     if args.what_if:
         out["what_if"] = nanobatch_rate(
@@ -431,7 +431,7 @@ def memory(bench: Bench, args: argparse.Namespace, payload: str) -> dict[str, An
     size = (5504, 3072)
     payload_bytes = None
     if payload == "photo":
-        from simulator.images import RenderedImage
+        from nanobatch.simulator.images import RenderedImage
 
         with phase("building the ~22 MB photo-like 5504x3072 PNG"):
             data = photo_payload(*size)
@@ -461,7 +461,7 @@ def memory(bench: Bench, args: argparse.Namespace, payload: str) -> dict[str, An
         runtime, csv_path, f"mem-{payload}", model="gemini-3-pro-image", image_size="4K", aspect_ratio="16:9"
     )
     worker = bench.start_worker(
-        app="tasks",
+        app="nanobatch.tasks",
         queues=[ns.queue, ns.control_queue],
         concurrency=args.mem_concurrency,
         env=env,

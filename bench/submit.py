@@ -80,9 +80,9 @@ def what_if(runtime: Any, redis: Any, ns: Any, intake: Any, *, rows: int) -> dic
     import json
     import uuid
 
-    from models.base import utcnow
-    from models.tables import Batch, new_id
-    from tasks.celery_app import GENERATE_TASK
+    from nanobatch.models.base import utcnow
+    from nanobatch.models.tables import Batch, new_id
+    from nanobatch.tasks.celery_app import GENERATE_TASK
 
     cols = [
         "id",
@@ -208,10 +208,10 @@ def drop_queue(redis: Any, queue: str) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tasks import producer
-    from tasks.celery_app import GENERATE_TASK
-    from tasks.intake import IntakeOptions, read_file
-    from tasks.producer import BatchOptions, submit
+    from nanobatch.tasks import producer
+    from nanobatch.tasks.celery_app import GENERATE_TASK
+    from nanobatch.tasks.intake import IntakeOptions, read_file
+    from nanobatch.tasks.producer import BatchOptions, submit
 
     if args.insert_chunk:
         console.print(
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "in_queue": drop_queue(redis, raw_queue),
             }
         with phase(f"raw Celery task.apply_async, {args.raw:,} messages one by one"):
-            from tasks.definitions import generate as task
+            from nanobatch.tasks.definitions import generate as task
 
             started = time.perf_counter()
             for task_id in ids:

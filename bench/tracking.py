@@ -90,7 +90,7 @@ def run_nanobatch(bench: Bench, args: argparse.Namespace, limiter_rpm: int, task
     submit_csv(runtime, csv_path, "tracking")
     workers = [
         bench.start_worker(
-            app="tasks",
+            app="nanobatch.tasks",
             queues=[ns.queue, ns.control_queue],
             concurrency=args.concurrency,
             env=env,

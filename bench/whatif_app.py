@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-import tasks.serve as serve
-from models import transitions
-from models.tables import GenerationTask
-from tasks import app
+import nanobatch.tasks.serve as serve
+from nanobatch.models import transitions
+from nanobatch.models.tables import GenerationTask
+from nanobatch.tasks import app
 
 __all__ = ["app"]
 

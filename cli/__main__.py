@@ -1,5 +1,5 @@
 """``python -m cli`` runs the nanobatch command (handy where the console script is not on PATH)."""
 
-from cli.main import main
+from nanobatch.cli.main import main
 
 main()

@@ -17,16 +17,16 @@ import typer
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from cli.context import console, fail, load_settings, runtime_for
-from models import transitions
-from models.base import utcnow
-from models.db import Database
-from models.queries import find_batch
-from models.status import BatchStatus, TaskStatus
-from models.tables import Batch, GenerationTask
-from tasks.runtime import Runtime
-from tasks.schedule import outside_window
-from tasks.settings import Settings
+from nanobatch.cli.context import console, fail, load_settings, runtime_for
+from nanobatch.models import transitions
+from nanobatch.models.base import utcnow
+from nanobatch.models.db import Database
+from nanobatch.models.queries import find_batch
+from nanobatch.models.status import BatchStatus, TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.tasks.runtime import Runtime
+from nanobatch.tasks.schedule import outside_window
+from nanobatch.tasks.settings import Settings
 
 REDISPATCH_CHUNK = 1000
 

@@ -13,10 +13,10 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from tasks import app as celery_app
-from tasks.celery_app import configure_app
-from tasks.runtime import Runtime, build_runtime
-from tasks.settings import Settings
+from nanobatch.tasks import app as celery_app
+from nanobatch.tasks.celery_app import configure_app
+from nanobatch.tasks.runtime import Runtime, build_runtime
+from nanobatch.tasks.settings import Settings
 
 # Piped output (CI logs, `| tee`) gets a wide console so tables are not squeezed to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 140)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli.context import console, load_settings
-from models.db import Database
+from nanobatch.cli.context import console, load_settings
+from nanobatch.models.db import Database
 
 db_app = typer.Typer(help="Database schema management", no_args_is_help=True)
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.context import console, fail, load_settings, runtime_for, setup_logging
-from cli.status_cmd import status_table
-from models.queries import BatchSummary, batch_summaries
-from simulator.config import SimulatorConfig
-from simulator.server import start_simulator
-from tasks.embedded import EmbeddedWorker
-from tasks.intake import IntakeError, IntakeOptions, read_file
-from tasks.producer import BatchOptions, submit
-from tasks.runtime import Runtime
+from nanobatch.cli.context import console, fail, load_settings, runtime_for, setup_logging
+from nanobatch.cli.status_cmd import status_table
+from nanobatch.models.queries import BatchSummary, batch_summaries
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import start_simulator
+from nanobatch.tasks.embedded import EmbeddedWorker
+from nanobatch.tasks.intake import IntakeError, IntakeOptions, read_file
+from nanobatch.tasks.producer import BatchOptions, submit
+from nanobatch.tasks.runtime import Runtime
 
 SAMPLE_DIR = Path(__file__).with_name("sample")
 SAMPLE_FILE = SAMPLE_DIR / "products.csv"

@@ -17,9 +17,9 @@ from typing import TextIO
 
 import typer
 
-from cli.batch_cmd import database, require_batch
-from cli.context import err_console, load_settings
-from tasks.export import atomic_text_file, export_batch
+from nanobatch.cli.batch_cmd import database, require_batch
+from nanobatch.cli.context import err_console, load_settings
+from nanobatch.tasks.export import atomic_text_file, export_batch
 
 
 class Format(StrEnum):

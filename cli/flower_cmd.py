@@ -12,9 +12,9 @@ import os
 
 import typer
 
-from cli.context import err_console, fail, load_settings
-from tasks import app as celery_app
-from tasks.celery_app import configure_app
+from nanobatch.cli.context import err_console, fail, load_settings
+from nanobatch.tasks import app as celery_app
+from nanobatch.tasks.celery_app import configure_app
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

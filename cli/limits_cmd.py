@@ -19,10 +19,10 @@ import redis
 import typer
 from rich.table import Table
 
-from cli.context import console, fail, load_settings
-from models.catalog import CatalogError, load_catalog
-from tasks.settings import Settings
-from workers.limiter import LIMIT_FIELDS, LIMIT_MAXIMA, PACIFIC, PoolLimits, PoolState, RateLimiter
+from nanobatch.cli.context import console, fail, load_settings
+from nanobatch.models.catalog import CatalogError, load_catalog
+from nanobatch.tasks.settings import Settings
+from nanobatch.workers.limiter import LIMIT_FIELDS, LIMIT_MAXIMA, PACIFIC, PoolLimits, PoolState, RateLimiter
 
 limits_app = typer.Typer(
     help="Show and change the global rate limits (stored in Redis, applied live to every worker).",
@@ -130,8 +130,8 @@ def state_table(states: list[PoolState]) -> Table:
     """One section per pool, one row per limit, then the pool's cooldown."""
     table = Table(title="Rate limits (used: last 60 s; rpd: today, Pacific day)")
     for column in ("pool", "limit", "set", "used", "remaining", "window / reset"):
-        justify = "right" if column in ("set", "used", "remaining") else "left"
-        table.add_column(column, justify=justify, overflow="fold")
+        numeric = column in ("set", "used", "remaining")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for state in states:
         for row_index, name in enumerate(LIMIT_FIELDS):
             table.add_row(state.pool if row_index == 0 else "", name, *_limit_cells(state, name))

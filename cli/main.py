@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from cli.batch_cmd import cancel_command, pause_command, resume_command, retry_command
-from cli.db_cmd import db_app
-from cli.demo_cmd import demo_command
-from cli.export_cmd import export_command
-from cli.flower_cmd import flower_command
-from cli.limits_cmd import limits_app
-from cli.metrics_cmd import metrics_command
-from cli.report_cmd import report_command
-from cli.simulator_cmd import simulator_command
-from cli.status_cmd import status_command
-from cli.submit_cmd import submit_command
-from cli.watch_cmd import watch_command
-from cli.worker_cmd import beat_command, sweep_command, worker_command
+from nanobatch.cli.batch_cmd import cancel_command, pause_command, resume_command, retry_command
+from nanobatch.cli.db_cmd import db_app
+from nanobatch.cli.demo_cmd import demo_command
+from nanobatch.cli.export_cmd import export_command
+from nanobatch.cli.flower_cmd import flower_command
+from nanobatch.cli.limits_cmd import limits_app
+from nanobatch.cli.metrics_cmd import metrics_command
+from nanobatch.cli.report_cmd import report_command
+from nanobatch.cli.simulator_cmd import simulator_command
+from nanobatch.cli.status_cmd import status_command
+from nanobatch.cli.submit_cmd import submit_command
+from nanobatch.cli.watch_cmd import watch_command
+from nanobatch.cli.worker_cmd import beat_command, sweep_command, worker_command
 
 app = typer.Typer(
     name="nanobatch",

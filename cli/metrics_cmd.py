@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from cli.context import console, err_console, load_settings, setup_logging
-from tasks.metrics import MetricsSources, serve_metrics
+from nanobatch.cli.context import console, err_console, load_settings, setup_logging
+from nanobatch.tasks.metrics import MetricsSources, serve_metrics
 
 
 def metrics_command(

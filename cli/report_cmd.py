@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from cli.batch_cmd import database, require_batch
-from cli.context import console, load_settings
-from tasks.gallery import MAX_IMAGES, collect, default_report_path, with_thumbnails, write_report
+from nanobatch.cli.batch_cmd import database, require_batch
+from nanobatch.cli.context import console, load_settings
+from nanobatch.tasks.gallery import MAX_IMAGES, collect, default_report_path, with_thumbnails, write_report
 
 
 def report_command(

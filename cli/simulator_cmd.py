@@ -13,24 +13,43 @@ from typing import Annotated
 
 import typer
 
-from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator, is_loopback, serve
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import RunningSimulator, is_loopback, serve
 
 
 def build_config(
-    *, latency: str = "8-20", time_scale: float = 1.0, rpm: int | None = None, rpd: int | None = None,
-    tpm: int | None = None, concurrency: int | None = None, fail_rate: str = "",
-    timeout_rate: float = 0.0, drop_rate: float = 0.0, block_words: str = "",
-    no_image_rate: float = 0.0, api_key: str | None = None, thumbnails: bool = False,
+    *,
+    latency: str = "8-20",
+    time_scale: float = 1.0,
+    rpm: int | None = None,
+    rpd: int | None = None,
+    tpm: int | None = None,
+    concurrency: int | None = None,
+    fail_rate: str = "",
+    timeout_rate: float = 0.0,
+    drop_rate: float = 0.0,
+    block_words: str = "",
+    no_image_rate: float = 0.0,
+    api_key: str | None = None,
+    thumbnails: bool = False,
     seed: int | None = None,
 ) -> SimulatorConfig:
     """Flags (as typed) -> a validated config; raises ``ValueError`` with a readable message."""
     return SimulatorConfig(
-        latency=SimulatorConfig.parse_latency(latency), time_scale=time_scale, rpm=rpm, rpd=rpd,
-        tpm=tpm, concurrency=concurrency, fail_rates=SimulatorConfig.parse_fail_rates(fail_rate),
-        timeout_rate=timeout_rate, drop_rate=drop_rate, no_image_rate=no_image_rate,
+        latency=SimulatorConfig.parse_latency(latency),
+        time_scale=time_scale,
+        rpm=rpm,
+        rpd=rpd,
+        tpm=tpm,
+        concurrency=concurrency,
+        fail_rates=SimulatorConfig.parse_fail_rates(fail_rate),
+        timeout_rate=timeout_rate,
+        drop_rate=drop_rate,
+        no_image_rate=no_image_rate,
         block_words=tuple(word for word in block_words.split(",") if word.strip()),
-        api_key=api_key or None, thumbnails=thumbnails, seed=seed,
+        api_key=api_key or None,
+        thumbnails=thumbnails,
+        seed=seed,
     )
 
 
@@ -52,19 +71,36 @@ def simulator_command(
     drop_rate: Annotated[float, typer.Option(help="Share of responses cut mid-body.")] = 0.0,
     block_words: Annotated[str, typer.Option(help="Comma-separated words that trigger safety blocks.")] = "",
     no_image_rate: Annotated[float, typer.Option(help="Share of 200s with NO_IMAGE and no image.")] = 0.0,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="NANOBATCH_SIM_API_KEY", show_default=False,
-        help="Fake key clients must present (never printed).")] = None,
-    thumbnails: Annotated[bool, typer.Option(
-        "--thumbnails", help="Serve small images; real size in X-Sim-Image-Width/-Height.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NANOBATCH_SIM_API_KEY",
+            show_default=False,
+            help="Fake key clients must present (never printed).",
+        ),
+    ] = None,
+    thumbnails: Annotated[
+        bool, typer.Option("--thumbnails", help="Serve small images; real size in X-Sim-Image-Width/-Height.")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed for latency and faults (reproducible runs).")] = None,
 ) -> None:
     """Run a fake Gemini / OpenAI image API on this machine (Ctrl-C stops it)."""
     try:
         config = build_config(
-            latency=latency, time_scale=time_scale, rpm=rpm, rpd=rpd, tpm=tpm, concurrency=concurrency,
-            fail_rate=fail_rate, timeout_rate=timeout_rate, drop_rate=drop_rate, block_words=block_words,
-            no_image_rate=no_image_rate, api_key=api_key, thumbnails=thumbnails, seed=seed,
+            latency=latency,
+            time_scale=time_scale,
+            rpm=rpm,
+            rpd=rpd,
+            tpm=tpm,
+            concurrency=concurrency,
+            fail_rate=fail_rate,
+            timeout_rate=timeout_rate,
+            drop_rate=drop_rate,
+            block_words=block_words,
+            no_image_rate=no_image_rate,
+            api_key=api_key,
+            thumbnails=thumbnails,
+            seed=seed,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -7,10 +7,10 @@ import json
 import typer
 from rich.table import Table
 
-from cli.context import console, fail, load_settings
-from models.db import Database
-from models.queries import BatchSummary, batch_summaries
-from tasks.estimate import human_duration
+from nanobatch.cli.context import console, fail, load_settings
+from nanobatch.models.db import Database
+from nanobatch.models.queries import BatchSummary, batch_summaries
+from nanobatch.tasks.estimate import human_duration
 
 
 def status_command(

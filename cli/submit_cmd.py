@@ -9,15 +9,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.context import console, err_console, fail, load_settings, runtime_for
-from models.catalog import CatalogError, load_catalog
-from tasks.estimate import estimate, human_duration
-from tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
-from tasks.producer import BatchOptions, SubmitError, SubmitReport, submit
-from tasks.runtime import redis_for
-from tasks.schedule import next_occurrence, parse_window
-from tasks.settings import Settings
-from workers.limiter import PoolLimits, RateLimiter
+from nanobatch.cli.context import console, err_console, fail, load_settings, runtime_for
+from nanobatch.models.catalog import Catalog, CatalogError, load_catalog
+from nanobatch.tasks.estimate import estimate, human_duration
+from nanobatch.tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
+from nanobatch.tasks.producer import BatchOptions, SubmitError, SubmitReport, submit
+from nanobatch.tasks.runtime import redis_for
+from nanobatch.tasks.schedule import next_occurrence, parse_window
+from nanobatch.tasks.settings import Settings
+from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
 MAX_ERRORS_SHOWN = 50
 
@@ -78,14 +78,14 @@ def submit_command(
     _print_report(report, settings)
 
 
-def _catalog(settings: Settings):  # type: ignore[no-untyped-def]
+def _catalog(settings: Settings) -> Catalog:
     try:
         return load_catalog(settings.catalog_file)
     except (OSError, CatalogError, ValueError) as exc:
         raise fail(f"cannot read the model catalog: {exc}", 2) from None
 
 
-def _canonical(catalog, name: str) -> str:  # type: ignore[no-untyped-def]
+def _canonical(catalog: Catalog, name: str) -> str:
     try:
         return catalog.canonical(name)
     except CatalogError as exc:

@@ -19,13 +19,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from cli.batch_cmd import database
-from cli.context import console, fail, load_settings
-from models.db import Database
-from models.queries import BatchSummary, batch_summaries, find_batch
-from models.status import TaskStatus
-from tasks.estimate import human_duration
-from tasks.export import reason_counts
+from nanobatch.cli.batch_cmd import database
+from nanobatch.cli.context import console, fail, load_settings
+from nanobatch.models.db import Database
+from nanobatch.models.queries import BatchSummary, batch_summaries, find_batch
+from nanobatch.models.status import TaskStatus
+from nanobatch.tasks.estimate import human_duration
+from nanobatch.tasks.export import reason_counts
 
 EXIT_INTERRUPTED = 130
 

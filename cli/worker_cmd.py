@@ -6,12 +6,12 @@ import threading
 
 import typer
 
-from cli.context import console, fail, load_settings, runtime_for, setup_logging
-from tasks import app as celery_app
-from tasks.celery_app import control_queue
-from tasks.embedded import EmbeddedWorker
-from tasks.settings import GOOGLE_BASE_URL, Settings
-from tasks.sweep import sweep
+from nanobatch.cli.context import console, fail, load_settings, runtime_for, setup_logging
+from nanobatch.tasks import app as celery_app
+from nanobatch.tasks.celery_app import control_queue
+from nanobatch.tasks.embedded import EmbeddedWorker
+from nanobatch.tasks.settings import GOOGLE_BASE_URL, Settings
+from nanobatch.tasks.sweep import sweep
 
 
 def worker_command(

@@ -3,11 +3,11 @@
 Nothing here imports Celery or HTTP code: every other package may depend on ``models``.
 """
 
-from models.base import Base, utcnow
-from models.catalog import ASPECT_RATIOS, Catalog, CatalogError, ModelSpec, load_catalog
-from models.db import Database
-from models.status import BatchStatus, TaskStatus
-from models.tables import Batch, GenerationTask
+from nanobatch.models.base import Base, utcnow
+from nanobatch.models.catalog import ASPECT_RATIOS, Catalog, CatalogError, ModelSpec, load_catalog
+from nanobatch.models.db import Database
+from nanobatch.models.status import BatchStatus, TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
 
 __all__ = [
     "ASPECT_RATIOS",

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.base import utcnow
-from models.status import TaskStatus
-from models.tables import Batch, GenerationTask
+from nanobatch.models.base import utcnow
+from nanobatch.models.status import TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
 #: ``error_code`` of a pending task that waits for its batch's budget to be raised.

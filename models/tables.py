@@ -23,8 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, UTCDateTime, utcnow
-from models.status import BatchStatus, TaskStatus
+from nanobatch.models.base import Base, UTCDateTime, utcnow
+from nanobatch.models.status import BatchStatus, TaskStatus
 
 
 def new_id() -> str:

@@ -31,9 +31,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from models.base import UTCDateTime, utcnow
-from models.status import BatchStatus, TaskStatus
-from models.tables import Batch, GenerationTask
+from nanobatch.models.base import UTCDateTime, utcnow
+from nanobatch.models.status import BatchStatus, TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
 
 PENDING = TaskStatus.PENDING.value
 PROCESSING = TaskStatus.PROCESSING.value

@@ -5,7 +5,7 @@ large backfill for free. ``start_simulator(SimulatorConfig(...))`` runs one in a
 ``serve(...)`` (the ``nanobatch simulator`` command) runs one in the foreground.
 """
 
-from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator, serve, start_simulator
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import RunningSimulator, serve, start_simulator
 
 __all__ = ["RunningSimulator", "SimulatorConfig", "serve", "start_simulator"]

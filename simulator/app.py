@@ -22,20 +22,20 @@ import threading
 import time
 from collections.abc import Callable
 
-from models.catalog import Catalog, load_catalog
-from simulator import google_errors
-from simulator.config import SimulatorConfig
-from simulator.faults import FaultPlan
-from simulator.files import FileStore
-from simulator.gemini_routes import PATH as GEMINI_PATH
-from simulator.gemini_routes import GeminiDialect
-from simulator.images import Renderer
-from simulator.openai_routes import PATHS as OPENAI_PATHS
-from simulator.openai_routes import OpenAIDialect
-from simulator.protocol import Dialect, Drop, Hold, HttpRequest, ImageJob, Outcome, Rejected, Reply
-from simulator.quotas import QuotaBook, QuotaLimits, QuotaViolation, Ticket
-from simulator.safety import find_block
-from simulator.stats import RequestRecord, Stats
+from nanobatch.models.catalog import Catalog, load_catalog
+from nanobatch.simulator import google_errors
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.faults import FaultPlan
+from nanobatch.simulator.files import FileStore
+from nanobatch.simulator.gemini_routes import PATH as GEMINI_PATH
+from nanobatch.simulator.gemini_routes import GeminiDialect
+from nanobatch.simulator.images import Renderer
+from nanobatch.simulator.openai_routes import PATHS as OPENAI_PATHS
+from nanobatch.simulator.openai_routes import OpenAIDialect
+from nanobatch.simulator.protocol import Dialect, Drop, Hold, HttpRequest, ImageJob, Outcome, Rejected, Reply
+from nanobatch.simulator.quotas import QuotaBook, QuotaLimits, QuotaViolation, Ticket
+from nanobatch.simulator.safety import find_block
+from nanobatch.simulator.stats import RequestRecord, Stats
 
 logger = logging.getLogger("nanobatch.simulator")
 
@@ -46,8 +46,13 @@ RECENT_DEFAULT = 50
 class SimulatorApp:
     """Routes requests and runs the pipeline; ``send`` writes an outcome to the client."""
 
-    def __init__(self, config: SimulatorConfig, *, catalog: Catalog | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        catalog: Catalog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.catalog = catalog or load_catalog()
         limits = QuotaLimits(rpm=config.rpm, rpd=config.rpd, tpm=config.tpm, concurrency=config.concurrency)
@@ -104,8 +109,9 @@ class SimulatorApp:
             self.quotas.release(ticket)
         self.stats.end()
 
-    def _run(self, request: HttpRequest, dialect: Dialect,
-             record: RequestRecord) -> tuple[Outcome, Ticket | None]:
+    def _run(
+        self, request: HttpRequest, dialect: Dialect, record: RequestRecord
+    ) -> tuple[Outcome, Ticket | None]:
         """The outcome, and the quota ticket to release once it is sent (a bug answers 500)."""
         ticket: Ticket | None = None
         try:
@@ -119,8 +125,9 @@ class SimulatorApp:
             record.outcome = "error"
             return google_errors.google_error(500, "Simulator internal error (a bug)."), ticket
 
-    def _admit(self, request: HttpRequest, dialect: Dialect,
-               record: RequestRecord) -> Reply | tuple[ImageJob, Ticket]:
+    def _admit(
+        self, request: HttpRequest, dialect: Dialect, record: RequestRecord
+    ) -> Reply | tuple[ImageJob, Ticket]:
         try:
             dialect.authenticate(request)
             job = dialect.parse(request)
@@ -161,8 +168,18 @@ class SimulatorApp:
         if dialect.allows_no_image and self.faults.draw_no_image():
             record.outcome, record.fault = "no_image", "no_image"
             return dialect.no_image(job)
-        images = [self.renderer.render(job.prompt, job.width, job.height, fmt=job.fmt, label=job.label,
-                                       thumbnail=self.config.thumbnails, variant=i) for i in range(job.n)]
+        images = [
+            self.renderer.render(
+                job.prompt,
+                job.width,
+                job.height,
+                fmt=job.fmt,
+                label=job.label,
+                thumbnail=self.config.thumbnails,
+                variant=i,
+            )
+            for i in range(job.n)
+        ]
         record.outcome, record.images = "image", len(images)
         reply = dialect.success(job, images)
         if not self.config.thumbnails:
@@ -208,8 +225,9 @@ class SimulatorApp:
         self.stats.finish(record)
         self.stats.end()
         message = f"{request.method} {request.path} is not served by the nanobatch simulator"
-        return google_errors.google_error(status, message, status="NOT_FOUND" if status == 404 else
-                                          "METHOD_NOT_ALLOWED")
+        return google_errors.google_error(
+            status, message, status="NOT_FOUND" if status == 404 else "METHOD_NOT_ALLOWED"
+        )
 
 
 def _settle(record: RequestRecord, outcome: Outcome) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 
-from simulator.protocol import HttpRequest
+from nanobatch.simulator.protocol import HttpRequest
 
 NO_KEY = "none"
 

@@ -131,8 +131,11 @@ def _check_limits(**limits: int | None) -> None:
 
 
 def _check_rates(config: SimulatorConfig) -> None:
-    singles = {"timeout_rate": config.timeout_rate, "drop_rate": config.drop_rate,
-               "no_image_rate": config.no_image_rate}
+    singles = {
+        "timeout_rate": config.timeout_rate,
+        "drop_rate": config.drop_rate,
+        "no_image_rate": config.no_image_rate,
+    }
     for name, value in {**singles, **{f"fail_rates[{k}]": v for k, v in config.fail_rates.items()}}.items():
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1 (got {value})")

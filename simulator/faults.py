@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
-from simulator.config import SimulatorConfig
+from nanobatch.simulator.config import SimulatorConfig
 
 FaultKind = Literal["status", "timeout", "drop"]
 

@@ -15,19 +15,40 @@ import binascii
 import json
 from typing import Any
 
-from models.catalog import ASPECT_RATIOS, CatalogError, ModelSpec
-from simulator.google_errors import invalid_argument
-from simulator.protocol import ImageJob, Rejected
+from nanobatch.models.catalog import ASPECT_RATIOS, CatalogError, ModelSpec
+from nanobatch.simulator.google_errors import invalid_argument
+from nanobatch.simulator.protocol import ImageJob, Rejected
 
-TOP_LEVEL_KEYS = frozenset({
-    "contents", "generationConfig", "generation_config", "safetySettings", "safety_settings",
-    "systemInstruction", "system_instruction", "tools", "toolConfig", "tool_config",
-    "cachedContent", "cached_content", "labels", "model",
-})
-IMAGE_CONFIG_KEYS = frozenset({
-    "aspectRatio", "aspect_ratio", "imageSize", "image_size", "outputMimeType", "output_mime_type",
-    "outputCompressionQuality", "output_compression_quality",
-})
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "contents",
+        "generationConfig",
+        "generation_config",
+        "safetySettings",
+        "safety_settings",
+        "systemInstruction",
+        "system_instruction",
+        "tools",
+        "toolConfig",
+        "tool_config",
+        "cachedContent",
+        "cached_content",
+        "labels",
+        "model",
+    }
+)
+IMAGE_CONFIG_KEYS = frozenset(
+    {
+        "aspectRatio",
+        "aspect_ratio",
+        "imageSize",
+        "image_size",
+        "outputMimeType",
+        "output_mime_type",
+        "outputCompressionQuality",
+        "output_compression_quality",
+    }
+)
 INPUT_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 OUTPUT_FORMATS = {"image/png": "png", "image/jpeg": "jpeg"}
 
@@ -81,8 +102,9 @@ def read_contents(body: dict[str, Any]) -> tuple[str, list[str]]:
     for index, content in enumerate(contents):
         parts = _object(content, f"contents[{index}]").get("parts")
         if not isinstance(parts, list) or not parts:
-            raise _reject(f"* GenerateContentRequest.contents[{index}].parts: contents.parts must not "
-                          "be empty.")
+            raise _reject(
+                f"* GenerateContentRequest.contents[{index}].parts: contents.parts must not be empty."
+            )
         for part in parts:
             _read_part(_object(part, f"contents[{index}].parts"), texts, mimes)
     return "\n".join(texts), mimes
@@ -109,8 +131,9 @@ def _check_inline(inline: dict[str, Any]) -> str:
     try:
         base64.b64decode(data, altchars=b"-_" if ("-" in data or "_" in data) else None, validate=True)
     except (binascii.Error, ValueError):
-        raise _reject("Invalid value at 'contents.parts.inline_data.data' (TYPE_BYTES), Base64 decoding "
-                      "failed") from None
+        raise _reject(
+            "Invalid value at 'contents.parts.inline_data.data' (TYPE_BYTES), Base64 decoding failed"
+        ) from None
     return str(mime)
 
 
@@ -133,15 +156,24 @@ def build_job(model: ModelSpec, body: dict[str, Any], default_format: str) -> Im
         wanted = ", ".join(m.lower() for m in modalities) or "none"
         raise _reject(f"Model does not support the requested response modalities: {wanted}")
     if len(mimes) > model.max_input_images:
-        raise _reject(f"Too many input images: {len(mimes)}; model {model.name} accepts at most "
-                      f"{model.max_input_images}.")
+        raise _reject(
+            f"Too many input images: {len(mimes)}; model {model.name} accepts at most "
+            f"{model.max_input_images}."
+        )
     ratio, size = _ratio(image), _size(model, image)
     width, height = _dimensions(model, size, ratio)
     return ImageJob(
-        model=model, prompt=prompt, width=width, height=height, fmt=_format(image, default_format),
-        aspect_ratio=ratio, image_size=size, input_mime_types=tuple(mimes),
+        model=model,
+        prompt=prompt,
+        width=width,
+        height=height,
+        fmt=_format(image, default_format),
+        aspect_ratio=ratio,
+        image_size=size,
+        input_mime_types=tuple(mimes),
         prompt_tokens=model.estimate_prompt_tokens(prompt, len(mimes)),
-        output_tokens=model.output_tokens(size), want_text=bool(modalities and "TEXT" in modalities),
+        output_tokens=model.output_tokens(size),
+        want_text=bool(modalities and "TEXT" in modalities),
     )
 
 

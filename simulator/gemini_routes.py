@@ -15,15 +15,15 @@ import secrets
 from typing import Any
 from urllib.parse import unquote
 
-from models.catalog import Catalog, CatalogError, ModelSpec
-from simulator import google_errors
-from simulator.auth import google_key, key_matches
-from simulator.config import SimulatorConfig
-from simulator.gemini_request import build_job, read_body
-from simulator.images import RenderedImage
-from simulator.protocol import HttpRequest, ImageJob, Rejected, Reply
-from simulator.quotas import QuotaViolation
-from simulator.safety import BlockDecision
+from nanobatch.models.catalog import Catalog, CatalogError, ModelSpec
+from nanobatch.simulator import google_errors
+from nanobatch.simulator.auth import google_key, key_matches
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.gemini_request import build_job, read_body
+from nanobatch.simulator.images import RenderedImage
+from nanobatch.simulator.protocol import HttpRequest, ImageJob, Rejected, Reply
+from nanobatch.simulator.quotas import QuotaViolation
+from nanobatch.simulator.safety import BlockDecision
 
 PATH = re.compile(r"^/(?P<version>v1beta|v1alpha|v1)/models/(?P<model>.+):generateContent$")
 ROUTE = "gemini.generateContent"
@@ -65,21 +65,29 @@ class GeminiDialect:
         if decision.shape == "prompt":
             body = {"promptFeedback": {"blockReason": decision.reason}, **_envelope(job, output=0)}
             return Reply.json(200, body)
-        candidate = {"finishReason": decision.reason, "index": 0,
-                     "finishMessage": "The generated image was blocked by safety filters."}
+        candidate = {
+            "finishReason": decision.reason,
+            "index": 0,
+            "finishMessage": "The generated image was blocked by safety filters.",
+        }
         return Reply.json(200, {"candidates": [candidate], **_envelope(job, output=0)})
 
     def no_image(self, job: ImageJob) -> Reply:
-        candidate = {"content": {"role": "model", "parts": [{"text": NO_IMAGE_TEXT}]},
-                     "finishReason": "NO_IMAGE", "index": 0}
+        candidate = {
+            "content": {"role": "model", "parts": [{"text": NO_IMAGE_TEXT}]},
+            "finishReason": "NO_IMAGE",
+            "index": 0,
+        }
         return Reply.json(200, {"candidates": [candidate], **_envelope(job, output=0)})
 
     def success(self, job: ImageJob, images: list[RenderedImage]) -> Reply:
         parts: list[dict[str, Any]] = []
         if job.want_text:
             parts.append({"text": f"Here is the image you asked for: {job.prompt[:60]}"})
-        parts += [{"inlineData": {"mimeType": image.mime_type, "data": base64.b64encode(image.data).decode()}}
-                  for image in images]
+        parts += [
+            {"inlineData": {"mimeType": image.mime_type, "data": base64.b64encode(image.data).decode()}}
+            for image in images
+        ]
         candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
         body = {"candidates": [candidate], **_envelope(job, output=job.output_tokens * len(images))}
         return Reply.json(200, body)
@@ -96,8 +104,11 @@ class GeminiDialect:
 
 def _envelope(job: ImageJob, output: int) -> dict[str, Any]:
     """``usageMetadata``, ``modelVersion`` and ``responseId``: the part every answer shares."""
-    return {"usageMetadata": usage_metadata(job, output), "modelVersion": job.model.name,
-            "responseId": secrets.token_urlsafe(16)}
+    return {
+        "usageMetadata": usage_metadata(job, output),
+        "modelVersion": job.model.name,
+        "responseId": secrets.token_urlsafe(16),
+    }
 
 
 def usage_metadata(job: ImageJob, output: int) -> dict[str, Any]:
@@ -105,9 +116,11 @@ def usage_metadata(job: ImageJob, output: int) -> dict[str, Any]:
     prompt_details = [{"modality": "TEXT", "tokenCount": job.prompt_tokens - image_tokens}]
     if image_tokens:
         prompt_details.append({"modality": "IMAGE", "tokenCount": image_tokens})
-    usage: dict[str, Any] = {"promptTokenCount": job.prompt_tokens,
-                             "totalTokenCount": job.prompt_tokens + output,
-                             "promptTokensDetails": prompt_details}
+    usage: dict[str, Any] = {
+        "promptTokenCount": job.prompt_tokens,
+        "totalTokenCount": job.prompt_tokens + output,
+        "promptTokensDetails": prompt_details,
+    }
     if output:
         usage["candidatesTokenCount"] = output
         usage["candidatesTokensDetails"] = [{"modality": "IMAGE", "tokenCount": output}]

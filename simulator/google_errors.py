@@ -12,13 +12,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from simulator.protocol import Reply
-from simulator.quotas import QuotaViolation
+from nanobatch.simulator.protocol import Reply
+from nanobatch.simulator.quotas import QuotaViolation
 
 STATUS_NAMES = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
-    501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 
 FAULT_MESSAGES = {
@@ -44,11 +52,15 @@ def format_duration(seconds: float) -> str:
     return f"{whole}s" if frac == 0 else f"{whole}.{frac:03d}".rstrip("0") + "s"
 
 
-def google_error(code: int, message: str, details: list[dict[str, Any]] | None = None,
-                 status: str | None = None) -> Reply:
+def google_error(
+    code: int, message: str, details: list[dict[str, Any]] | None = None, status: str | None = None
+) -> Reply:
     """``{"error": {"code", "message", "status", "details"?}}`` with the matching HTTP status."""
-    error: dict[str, Any] = {"code": code, "message": message,
-                             "status": status or STATUS_NAMES.get(code, "UNKNOWN")}
+    error: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "status": status or STATUS_NAMES.get(code, "UNKNOWN"),
+    }
     if details:
         error["details"] = details
     return Reply.json(code, {"error": error})
@@ -56,17 +68,32 @@ def google_error(code: int, message: str, details: list[dict[str, Any]] | None =
 
 def api_key_invalid() -> Reply:
     message = "API key not valid. Please pass a valid API key."
-    return google_error(400, message, [
-        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-         "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
-        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message},
-    ])
+    return google_error(
+        400,
+        message,
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                "locale": "en-US",
+                "message": message,
+            },
+        ],
+    )
 
 
 def api_key_missing() -> Reply:
-    return google_error(403, "Method doesn't allow unregistered callers (callers without established "
-                        "identity). Please use API Key or other form of API consumer identity to call "
-                        "this API.")
+    return google_error(
+        403,
+        "Method doesn't allow unregistered callers (callers without established "
+        "identity). Please use API Key or other form of API consumer identity to call "
+        "this API.",
+    )
 
 
 def invalid_argument(message: str) -> Reply:
@@ -74,27 +101,45 @@ def invalid_argument(message: str) -> Reply:
 
 
 def model_not_found(model: str, version: str) -> Reply:
-    return google_error(404, f"models/{model} is not found for API version {version}, or is not "
-                        "supported for generateContent. Call ListModels to see the list of available "
-                        "models and their supported methods.")
+    return google_error(
+        404,
+        f"models/{model} is not found for API version {version}, or is not "
+        "supported for generateContent. Call ListModels to see the list of available "
+        "models and their supported methods.",
+    )
 
 
 def quota_exceeded(violation: QuotaViolation) -> Reply:
     """The 429 a quota violation earns: Help, QuotaFailure and RetryInfo details."""
     kind, delay = violation.kind, format_duration(violation.retry_after)
-    message = (f"You exceeded your current quota, please check your plan and billing details. For more "
-               f"information on this error, head to: {RATE_LIMIT_DOCS}.\n* Quota exceeded for metric: "
-               f"{kind.quota_metric}, limit: {violation.limit}, model: {violation.model}\n"
-               f"Please retry in {delay}.")
-    return google_error(429, message, [
-        {"@type": "type.googleapis.com/google.rpc.Help",
-         "links": [{"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOCS}]},
-        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-            "quotaMetric": kind.quota_metric, "quotaId": kind.quota_id,
-            "quotaDimensions": {"model": violation.model, "location": "global"},
-            "quotaValue": str(violation.limit)}]},
-        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
-    ])
+    message = (
+        f"You exceeded your current quota, please check your plan and billing details. For more "
+        f"information on this error, head to: {RATE_LIMIT_DOCS}.\n* Quota exceeded for metric: "
+        f"{kind.quota_metric}, limit: {violation.limit}, model: {violation.model}\n"
+        f"Please retry in {delay}."
+    )
+    return google_error(
+        429,
+        message,
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [{"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOCS}],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": kind.quota_metric,
+                        "quotaId": kind.quota_id,
+                        "quotaDimensions": {"model": violation.model, "location": "global"},
+                        "quotaValue": str(violation.limit),
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+        ],
+    )
 
 
 def fault(status: int) -> Reply:

@@ -58,8 +58,17 @@ class Renderer:
         self._canvases: OrderedDict[tuple[int, int], Image.Image] = OrderedDict()
         self._lock = threading.Lock()
 
-    def render(self, prompt: str, width: int, height: int, *, fmt: str = "png",
-               label: str = "", thumbnail: bool = False, variant: int = 0) -> RenderedImage:
+    def render(
+        self,
+        prompt: str,
+        width: int,
+        height: int,
+        *,
+        fmt: str = "png",
+        label: str = "",
+        thumbnail: bool = False,
+        variant: int = 0,
+    ) -> RenderedImage:
         """An image of exactly ``width`` x ``height`` in ``fmt`` (png, jpeg or webp), or its thumbnail.
 
         ``variant`` tells apart several images of one prompt (OpenAI ``n``) by colour.

@@ -7,9 +7,9 @@ use, because OpenAI-style clients read the wait from headers rather than from th
 
 from __future__ import annotations
 
-from simulator.google_errors import BAD_GATEWAY_HTML, format_duration
-from simulator.protocol import Reply
-from simulator.quotas import QuotaViolation
+from nanobatch.simulator.google_errors import BAD_GATEWAY_HTML, format_duration
+from nanobatch.simulator.protocol import Reply
+from nanobatch.simulator.quotas import QuotaViolation
 
 FAULTS = {
     500: ("The server had an error while processing your request. Sorry about that!", "server_error"),
@@ -18,9 +18,15 @@ FAULTS = {
 }
 
 
-def openai_error(status: int, message: str, *, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> Reply:
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return Reply.json(status, payload, headers)
 
@@ -30,18 +36,29 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
 
 
 def api_key_invalid() -> Reply:
-    return openai_error(401, "Incorrect API key provided. You can find your API key at "
-                        "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+    return openai_error(
+        401,
+        "Incorrect API key provided. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        code="invalid_api_key",
+    )
 
 
 def api_key_missing() -> Reply:
-    return openai_error(401, "You didn't provide an API key. You need to provide your API key in an "
-                        "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+    return openai_error(
+        401,
+        "You didn't provide an API key. You need to provide your API key in an "
+        "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+    )
 
 
 def model_not_found(model: str) -> Reply:
-    return openai_error(404, f"The model `{model}` does not exist or you do not have access to it.",
-                        param="model", code="model_not_found")
+    return openai_error(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def rate_limited(violation: QuotaViolation) -> Reply:
@@ -49,8 +66,10 @@ def rate_limited(violation: QuotaViolation) -> Reply:
     wait = format_duration(violation.retry_after).removesuffix("s")
     unit = violation.kind.unit
     kind = "tokens" if unit == "tokens" else "requests"
-    message = (f"Rate limit reached for {violation.model} on {unit} ({violation.kind.name.upper()}): "
-               f"Limit {violation.limit}, Used {violation.used}. Please try again in {wait}s.")
+    message = (
+        f"Rate limit reached for {violation.model} on {unit} ({violation.kind.name.upper()}): "
+        f"Limit {violation.limit}, Used {violation.used}. Please try again in {wait}s."
+    )
     headers = {
         "retry-after": wait,
         "retry-after-ms": str(max(1, round(violation.retry_after * 1000))),
@@ -62,9 +81,13 @@ def rate_limited(violation: QuotaViolation) -> Reply:
 
 
 def content_blocked() -> Reply:
-    return openai_error(400, "Your request was rejected as a result of our safety system. Your request "
-                        "may contain content that is not allowed by our safety system.",
-                        kind="image_generation_user_error", code="moderation_blocked")
+    return openai_error(
+        400,
+        "Your request was rejected as a result of our safety system. Your request "
+        "may contain content that is not allowed by our safety system.",
+        kind="image_generation_user_error",
+        code="moderation_blocked",
+    )
 
 
 def fault(status: int) -> Reply:

@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from models.catalog import Catalog, CatalogError, ModelSpec
-from simulator import openai_errors
-from simulator.multipart import FormPart, parse_multipart
-from simulator.protocol import HttpRequest, ImageJob, Rejected
+from nanobatch.models.catalog import Catalog, CatalogError, ModelSpec
+from nanobatch.simulator import openai_errors
+from nanobatch.simulator.multipart import FormPart, parse_multipart
+from nanobatch.simulator.protocol import HttpRequest, ImageJob, Rejected
 
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MAX_SIDE = 8192
@@ -37,8 +37,10 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
     try:
         body = json.loads(request.body or b"{}")
     except (ValueError, UnicodeDecodeError):
-        raise _reject("We could not parse the JSON body of your request. (HINT: This likely means you "
-                      "aren't using your HTTP library correctly.)") from None
+        raise _reject(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly.)"
+        ) from None
     if not isinstance(body, dict):
         raise _reject("The JSON body of your request must be an object.")
     return body
@@ -64,8 +66,11 @@ def image_mime(part: FormPart) -> str:
     for magic, mime in FILE_TYPES.items():
         if part.data.startswith(magic) and (mime != "image/webp" or part.data[8:12] == b"WEBP"):
             return mime
-    raise _reject(f"Invalid file '{part.name}': unsupported mimetype ('{part.content_type}'). Supported "
-                  "file formats are 'image/jpeg', 'image/png', and 'image/webp'.", part.name)
+    raise _reject(
+        f"Invalid file '{part.name}': unsupported mimetype ('{part.content_type}'). Supported "
+        "file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
+        part.name,
+    )
 
 
 def resolve_model(catalog: Catalog, fields: Mapping[str, Any]) -> ModelSpec:
@@ -78,26 +83,36 @@ def resolve_model(catalog: Catalog, fields: Mapping[str, Any]) -> ModelSpec:
         raise Rejected(openai_errors.model_not_found(name), "not_found") from None
 
 
-def build_job(model: ModelSpec, fields: Mapping[str, Any], input_mimes: list[str],
-              default_format: str) -> ImageJob:
+def build_job(
+    model: ModelSpec, fields: Mapping[str, Any], input_mimes: list[str], default_format: str
+) -> ImageJob:
     """Validate the common fields of generations and edits against the model."""
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _reject("Missing required parameter: 'prompt'.", "prompt")
     if len(input_mimes) > model.max_input_images:
-        raise _reject(f"Too many images: {len(input_mimes)}; model {model.name} accepts at most "
-                      f"{model.max_input_images}.", "image")
+        raise _reject(
+            f"Too many images: {len(input_mimes)}; model {model.name} accepts at most "
+            f"{model.max_input_images}.",
+            "image",
+        )
     width, height = _size(model, fields.get("size"))
     n = _n(fields.get("n", 1))
     _choice(fields.get("quality"), QUALITIES, "quality")
     response_format = _choice(fields.get("response_format"), RESPONSE_FORMATS, "response_format")
     fmt = _choice(fields.get("output_format"), tuple(FORMATS), "output_format")
     return ImageJob(
-        model=model, prompt=prompt, width=width, height=height, n=n,
-        fmt=FORMATS[fmt] if fmt else default_format, aspect_ratio=_ratio(width, height),
+        model=model,
+        prompt=prompt,
+        width=width,
+        height=height,
+        n=n,
+        fmt=FORMATS[fmt] if fmt else default_format,
+        aspect_ratio=_ratio(width, height),
         input_mime_types=tuple(input_mimes),
         prompt_tokens=model.estimate_prompt_tokens(prompt, len(input_mimes)),
-        output_tokens=model.output_tokens(None), response_format=response_format or "b64_json",
+        output_tokens=model.output_tokens(None),
+        response_format=response_format or "b64_json",
     )
 
 
@@ -107,8 +122,11 @@ def _size(model: ModelSpec, size: Any) -> tuple[int, int]:
     match = SIZE.match(size) if isinstance(size, str) else None
     sides = (int(match[1]), int(match[2])) if match else (0, 0)
     if not all(16 <= side <= MAX_SIDE and side % 16 == 0 for side in sides):
-        raise _reject(f"Invalid size '{size}'. Supported sizes are 'auto' or WIDTHxHEIGHT with both sides "
-                      f"multiples of 16 between 16 and {MAX_SIDE}.", "size")
+        raise _reject(
+            f"Invalid size '{size}'. Supported sizes are 'auto' or WIDTHxHEIGHT with both sides "
+            f"multiples of 16 between 16 and {MAX_SIDE}.",
+            "size",
+        )
     return sides
 
 
@@ -126,8 +144,11 @@ def _choice(value: Any, allowed: tuple[str, ...], param: str) -> str | None:
     if value is None:
         return None
     if value not in allowed:
-        raise _reject(f"Invalid value for '{param}': {value!r}. Supported values are: "
-                      f"{', '.join(repr(a) for a in allowed)}.", param)
+        raise _reject(
+            f"Invalid value for '{param}': {value!r}. Supported values are: "
+            f"{', '.join(repr(a) for a in allowed)}.",
+            param,
+        )
     return str(value)
 
 

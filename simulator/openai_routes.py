@@ -12,16 +12,16 @@ import base64
 import time
 from typing import Any
 
-from models.catalog import Catalog
-from simulator import openai_errors
-from simulator.auth import key_matches, openai_key
-from simulator.config import SimulatorConfig
-from simulator.files import FileStore
-from simulator.images import RenderedImage
-from simulator.openai_request import build_job, image_mime, read_form, read_json, resolve_model
-from simulator.protocol import HttpRequest, ImageJob, Rejected, Reply
-from simulator.quotas import QuotaViolation
-from simulator.safety import BlockDecision
+from nanobatch.models.catalog import Catalog
+from nanobatch.simulator import openai_errors
+from nanobatch.simulator.auth import key_matches, openai_key
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.files import FileStore
+from nanobatch.simulator.images import RenderedImage
+from nanobatch.simulator.openai_request import build_job, image_mime, read_form, read_json, resolve_model
+from nanobatch.simulator.protocol import HttpRequest, ImageJob, Rejected, Reply
+from nanobatch.simulator.quotas import QuotaViolation
+from nanobatch.simulator.safety import BlockDecision
 
 PATHS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
 
@@ -29,8 +29,9 @@ PATHS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
 class OpenAIDialect:
     allows_no_image = False
 
-    def __init__(self, catalog: Catalog, config: SimulatorConfig, files: FileStore, endpoint: str,
-                 base_url: str) -> None:
+    def __init__(
+        self, catalog: Catalog, config: SimulatorConfig, files: FileStore, endpoint: str, base_url: str
+    ) -> None:
         self.catalog, self.config, self.files, self.endpoint = catalog, config, files, endpoint
         self.base_url = base_url
         self.route = f"openai.{endpoint}"
@@ -74,10 +75,13 @@ class OpenAIDialect:
         output = job.output_tokens * len(images)
         image_tokens = len(job.input_mime_types) * job.model.input_image_tokens
         usage = {
-            "input_tokens": job.prompt_tokens, "output_tokens": output,
+            "input_tokens": job.prompt_tokens,
+            "output_tokens": output,
             "total_tokens": job.prompt_tokens + output,
-            "input_tokens_details": {"text_tokens": job.prompt_tokens - image_tokens,
-                                     "image_tokens": image_tokens},
+            "input_tokens_details": {
+                "text_tokens": job.prompt_tokens - image_tokens,
+                "image_tokens": image_tokens,
+            },
         }
         body = {"created": int(time.time()), "data": data, "output_format": job.fmt, "usage": usage}
         return Reply.json(200, body)

@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from models.catalog import ModelSpec
-from simulator.images import RenderedImage
-from simulator.quotas import QuotaViolation
-from simulator.safety import BlockDecision
+from nanobatch.models.catalog import ModelSpec
+from nanobatch.simulator.images import RenderedImage
+from nanobatch.simulator.quotas import QuotaViolation
+from nanobatch.simulator.safety import BlockDecision
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,30 @@ class QuotaKind:
     unit: str
 
 
-RPM = QuotaKind("rpm", "GenerateRequestsPerMinutePerProjectPerModel",
-                "generativelanguage.googleapis.com/generate_requests_per_model", "requests")
-TPM = QuotaKind("tpm", "GenerateContentInputTokensPerModelPerMinute",
-                "generativelanguage.googleapis.com/generate_content_input_token_count", "tokens")
-RPD = QuotaKind("rpd", "GenerateRequestsPerDayPerProjectPerModel",
-                "generativelanguage.googleapis.com/generate_requests_per_model_per_day", "requests")
-CONCURRENCY = QuotaKind("concurrency", "ConcurrentRequestsPerProjectPerModel",
-                        "generativelanguage.googleapis.com/concurrent_requests_per_model", "requests")
+RPM = QuotaKind(
+    "rpm",
+    "GenerateRequestsPerMinutePerProjectPerModel",
+    "generativelanguage.googleapis.com/generate_requests_per_model",
+    "requests",
+)
+TPM = QuotaKind(
+    "tpm",
+    "GenerateContentInputTokensPerModelPerMinute",
+    "generativelanguage.googleapis.com/generate_content_input_token_count",
+    "tokens",
+)
+RPD = QuotaKind(
+    "rpd",
+    "GenerateRequestsPerDayPerProjectPerModel",
+    "generativelanguage.googleapis.com/generate_requests_per_model_per_day",
+    "requests",
+)
+CONCURRENCY = QuotaKind(
+    "concurrency",
+    "ConcurrentRequestsPerProjectPerModel",
+    "generativelanguage.googleapis.com/concurrent_requests_per_model",
+    "requests",
+)
 
 
 @dataclass(frozen=True)
@@ -160,8 +176,9 @@ class _ModelQuota:
 class QuotaBook:
     """Admission against every configured limit at once; all-or-nothing, thread-safe."""
 
-    def __init__(self, limits: QuotaLimits, *, clock: Clock = time.time,
-                 concurrency_retry: float = 1.0) -> None:
+    def __init__(
+        self, limits: QuotaLimits, *, clock: Clock = time.time, concurrency_retry: float = 1.0
+    ) -> None:
         self.limits = limits
         self._clock = clock
         self._concurrency_retry = concurrency_retry
@@ -202,15 +219,17 @@ class QuotaBook:
             used = quota.rpm.used(self._clock()) if quota and quota.rpm else 0
             return max(self.limits.rpm - used, 0)
 
-    def _first_violation(self, quota: _ModelQuota, model: str, now: float,
-                         tokens: int) -> QuotaViolation | None:
+    def _first_violation(
+        self, quota: _ModelQuota, model: str, now: float, tokens: int
+    ) -> QuotaViolation | None:
         for kind, limit, wait, used in self._probes(quota, now, tokens):
             if wait > 0:
                 return QuotaViolation(kind=kind, model=model, limit=limit, used=used, retry_after=wait)
         return None
 
-    def _probes(self, quota: _ModelQuota, now: float,
-                tokens: int) -> Iterator[tuple[QuotaKind, int, float, int]]:
+    def _probes(
+        self, quota: _ModelQuota, now: float, tokens: int
+    ) -> Iterator[tuple[QuotaKind, int, float, int]]:
         """(kind, limit, seconds to wait, used) per configured limit, daily first; evaluated lazily."""
         if quota.rpd:
             yield RPD, quota.rpd.limit, quota.rpd.wait_for(now), quota.rpd.used(now)

@@ -26,10 +26,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from simulator.app import SimulatorApp
-from simulator.config import SimulatorConfig
-from simulator.google_errors import google_error
-from simulator.protocol import Drop, Hold, HttpRequest, Outcome, Reply
+from nanobatch.simulator.app import SimulatorApp
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.google_errors import google_error
+from nanobatch.simulator.protocol import Drop, Hold, HttpRequest, Outcome, Reply
 
 logger = logging.getLogger("nanobatch.simulator")
 
@@ -107,9 +107,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(google_error(413 if "large" in str(exc) else 400, str(exc)))
             return
         url = urlsplit(self.path)
-        request = HttpRequest(method=self.command, path=url.path, query=parse_qs(url.query),
-                              headers={k.lower(): v for k, v in self.headers.items()}, body=body,
-                              base_url=f"http://{self.headers.get('Host') or self._own_host()}")
+        request = HttpRequest(
+            method=self.command,
+            path=url.path,
+            query=parse_qs(url.query),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            base_url=f"http://{self.headers.get('Host') or self._own_host()}",
+        )
         self.server.app.handle(request, self._send)
 
     def _own_host(self) -> str:
@@ -235,8 +240,9 @@ class RunningSimulator:
     def __enter__(self) -> RunningSimulator:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -249,21 +255,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def start_simulator(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0, *,
-                    allow_remote: bool = False) -> RunningSimulator:
+def start_simulator(
+    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False
+) -> RunningSimulator:
     """Bind ``host:port`` (0 picks a free port) and serve in a daemon thread; returns at once."""
     if not allow_remote and not is_loopback(host):
-        raise ValueError(f"the simulator listens on loopback only (got host {host!r}); "
-                         "pass allow_remote=True to expose it deliberately")
+        raise ValueError(
+            f"the simulator listens on loopback only (got host {host!r}); "
+            "pass allow_remote=True to expose it deliberately"
+        )
     server = _Server((host, port), SimulatorApp(config))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_SECONDS},
-                              name=f"nanobatch-simulator-{server.server_port}", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": POLL_SECONDS},
+        name=f"nanobatch-simulator-{server.server_port}",
+        daemon=True,
+    )
     thread.start()
     return RunningSimulator(server, thread)
 
 
-def serve(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8089, *,
-          on_ready: Callable[[RunningSimulator], None] | None = None, allow_remote: bool = False) -> None:
+def serve(
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8089,
+    *,
+    on_ready: Callable[[RunningSimulator], None] | None = None,
+    allow_remote: bool = False,
+) -> None:
     """Serve until Ctrl-C. ``on_ready`` runs once the port is bound (e.g. to print the URL)."""
     simulator = start_simulator(config, host, port, allow_remote=allow_remote)
     try:

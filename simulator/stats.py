@@ -18,7 +18,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from simulator.protocol import ImageJob
+from nanobatch.simulator.protocol import ImageJob
 
 PROMPT_PREVIEW = 80
 RECENT_KEPT = 1000

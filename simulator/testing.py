@@ -12,8 +12,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator, start_simulator
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import RunningSimulator, start_simulator
 
 T = TypeVar("T")
 
@@ -33,14 +33,20 @@ class SimulatorFactory:
     def __enter__(self) -> SimulatorFactory:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for simulator in self.started:
             simulator.stop()
 
 
-def wait_until(probe: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.01,
-               message: str = "condition") -> T:
+def wait_until(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str = "condition",
+) -> T:
     """Poll ``probe`` until it returns something truthy (returned); ``AssertionError`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:

@@ -1,7 +1,7 @@
 """The Celery side: the app (``celery -A tasks worker -P threads`` finds ``tasks.app``), the task
 definitions, the sweeper, and the producer API the CLI uses. Depends on ``workers`` and ``models``."""
 
-from tasks.celery_app import create_app
+from nanobatch.tasks.celery_app import create_app
 
 app = create_app()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tasks.settings import Settings
+from nanobatch.tasks.settings import Settings
 
 GENERATE_TASK = "nanobatch.generate"
 SWEEP_TASK = "nanobatch.sweep"
@@ -92,8 +92,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     ``tasks`` never fails on a bad ``NANOBATCH_*`` value: the CLI validates settings first and
     reports them as a clear error instead of an import-time traceback.
     """
-    app = Celery("nanobatch", include=["tasks.definitions"])
+    app = Celery("nanobatch", include=["nanobatch.tasks.definitions"])
     if settings is not None:
         return configure_app(app, settings)
-    app.config_from_object("tasks.celeryconfig")
+    app.config_from_object("nanobatch.tasks.celeryconfig")
     return app

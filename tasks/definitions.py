@@ -11,14 +11,14 @@ from typing import Any
 from celery import Task
 from celery.signals import task_received, worker_init, worker_process_init
 
-from tasks import app
-from tasks.celery_app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
-from tasks.inbox import process_inbox
-from tasks.runtime import get_runtime, install_runtime
-from tasks.serve import serve
-from tasks.settings import Settings
-from tasks.sweep import sweep
-from workers.malloc_tuning import pin_mmap_threshold
+from nanobatch.tasks import app
+from nanobatch.tasks.celery_app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
+from nanobatch.tasks.inbox import process_inbox
+from nanobatch.tasks.runtime import get_runtime, install_runtime
+from nanobatch.tasks.serve import serve
+from nanobatch.tasks.settings import Settings
+from nanobatch.tasks.sweep import sweep
+from nanobatch.workers.malloc_tuning import pin_mmap_threshold
 
 
 @worker_init.connect

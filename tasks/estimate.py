@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from models.catalog import Catalog, ModelSpec
-from tasks.intake import TaskSpec
-from workers.limiter import PoolLimits
+from nanobatch.models.catalog import Catalog, ModelSpec
+from nanobatch.tasks.intake import TaskSpec
+from nanobatch.workers.limiter import PoolLimits
 
 SECONDS_PER_DAY = 86_400.0
 

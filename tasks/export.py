@@ -23,8 +23,8 @@ from urllib.request import url2pathname
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.status import TaskStatus
-from models.tables import GenerationTask
+from nanobatch.models.status import TaskStatus
+from nanobatch.models.tables import GenerationTask
 
 ExportFormat = Literal["csv", "jsonl"]
 

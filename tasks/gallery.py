@@ -25,13 +25,13 @@ from PIL import Image
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from models.base import utcnow
-from models.queries import BatchSummary, batch_summaries
-from models.status import TaskStatus
-from models.tables import Batch, GenerationTask
-from tasks.estimate import human_duration
-from tasks.export import atomic_text_file, local_path, reason_counts
-from workers.storage import safe_name
+from nanobatch.models.base import utcnow
+from nanobatch.models.queries import BatchSummary, batch_summaries
+from nanobatch.models.status import TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.tasks.estimate import human_duration
+from nanobatch.tasks.export import atomic_text_file, local_path, reason_counts
+from nanobatch.workers.storage import safe_name
 
 MAX_IMAGES = 1000
 THUMB_PX = 256

@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from models.catalog import CatalogError
-from tasks.intake import IntakeError, IntakeOptions, RowError, read_file
-from tasks.producer import BatchOptions, SubmitError, submit
-from tasks.runtime import Runtime
+from nanobatch.models.catalog import CatalogError
+from nanobatch.tasks.intake import IntakeError, IntakeOptions, RowError, read_file
+from nanobatch.tasks.producer import BatchOptions, SubmitError, submit
+from nanobatch.tasks.runtime import Runtime
 
 log = logging.getLogger("nanobatch.inbox")
 

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.catalog import Catalog, CatalogError, ModelSpec
+from nanobatch.models.catalog import Catalog, CatalogError, ModelSpec
 
 MAX_KEY_LENGTH = 200
 MAX_PROMPT_CHARS = 32_000

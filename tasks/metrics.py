@@ -33,15 +33,15 @@ from redis.retry import Retry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.base import utcnow
-from models.db import Database
-from models.queries import THROUGHPUT_WINDOW
-from models.status import TaskStatus
-from models.tables import Batch, GenerationTask
-from tasks.celery_app import control_queue
-from tasks.settings import Settings
-from tasks.telemetry import Telemetry, TelemetrySnapshot
-from workers.limiter import PoolState, RateLimiter
+from nanobatch.models.base import utcnow
+from nanobatch.models.db import Database
+from nanobatch.models.queries import THROUGHPUT_WINDOW
+from nanobatch.models.status import TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.tasks.celery_app import control_queue
+from nanobatch.tasks.settings import Settings
+from nanobatch.tasks.telemetry import Telemetry, TelemetrySnapshot
+from nanobatch.workers.limiter import PoolState, RateLimiter
 
 log = logging.getLogger("nanobatch.metrics")
 

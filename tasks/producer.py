@@ -18,13 +18,13 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from models.base import utcnow
-from models.db import Database
-from models.status import BatchStatus
-from models.tables import Batch, GenerationTask, new_id
-from tasks.dispatch import Dispatcher
-from tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
-from tasks.schedule import outside_window
+from nanobatch.models.base import utcnow
+from nanobatch.models.db import Database
+from nanobatch.models.status import BatchStatus
+from nanobatch.models.tables import Batch, GenerationTask, new_id
+from nanobatch.tasks.dispatch import Dispatcher
+from nanobatch.tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
+from nanobatch.tasks.schedule import outside_window
 
 INSERT_CHUNK = 5000
 STAGING = "nanobatch_incoming_tasks"

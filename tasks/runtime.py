@@ -18,17 +18,17 @@ import httpx
 from celery import Celery
 from redis import Redis
 
-from models.catalog import Catalog, load_catalog
-from models.db import Database
-from tasks import app
-from tasks.dispatch import Dispatcher
-from tasks.settings import Settings
-from tasks.telemetry import Telemetry
-from workers.limiter import RateLimiter
-from workers.providers.base import Provider, ProviderConfig
-from workers.providers.body_gate import BodyGate
-from workers.providers.factory import make_http_client, make_provider
-from workers.retry import RetryPolicy
+from nanobatch.models.catalog import Catalog, load_catalog
+from nanobatch.models.db import Database
+from nanobatch.tasks import app
+from nanobatch.tasks.dispatch import Dispatcher
+from nanobatch.tasks.settings import Settings
+from nanobatch.tasks.telemetry import Telemetry
+from nanobatch.workers.limiter import RateLimiter
+from nanobatch.workers.providers.base import Provider, ProviderConfig
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.providers.factory import make_http_client, make_provider
+from nanobatch.workers.retry import RetryPolicy
 
 _EMBEDDED_REDIS: Redis | None = None
 _EMBEDDED_LOCK = threading.Lock()

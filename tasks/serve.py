@@ -21,18 +21,18 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from models import transitions
-from models.base import utcnow
-from models.catalog import CatalogError, ModelSpec
-from models.queries import BUDGET_REACHED
-from models.tables import GenerationTask
-from tasks.runtime import Runtime
-from tasks.schedule import outside_window
-from workers.errors import ProviderError, RateLimited
-from workers.providers.base import ImageRequest, ImageResult, InputImage
-from workers.redact import redact
-from workers.retry import Action, decide
-from workers.storage import StorageError, StoredImage, store_image
+from nanobatch.models import transitions
+from nanobatch.models.base import utcnow
+from nanobatch.models.catalog import CatalogError, ModelSpec
+from nanobatch.models.queries import BUDGET_REACHED
+from nanobatch.models.tables import GenerationTask
+from nanobatch.tasks.runtime import Runtime
+from nanobatch.tasks.schedule import outside_window
+from nanobatch.workers.errors import ProviderError, RateLimited
+from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage
+from nanobatch.workers.redact import redact
+from nanobatch.workers.retry import Action, decide
+from nanobatch.workers.storage import StorageError, StoredImage, store_image
 
 log = logging.getLogger("nanobatch.worker")
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from workers.limiter import PoolLimits
+from nanobatch.workers.limiter import PoolLimits
 
 DEFAULT_HOME = Path("nanobatch-data")
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import transitions
-from models.base import utcnow
-from models.tables import Batch
-from tasks.runtime import Runtime
-from tasks.schedule import outside_window
+from nanobatch.models import transitions
+from nanobatch.models.base import utcnow
+from nanobatch.models.tables import Batch
+from nanobatch.tasks.runtime import Runtime
+from nanobatch.tasks.schedule import outside_window
 
 log = logging.getLogger("nanobatch.sweeper")
 

@@ -68,7 +68,7 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 def _pg_template() -> Iterator[str]:
     """A migrated template database; each test clones it (fast) instead of migrating again."""
     require_service("PostgreSQL", PG_ADMIN_URL, 5432)
-    from models.db import Database
+    from nanobatch.models.db import Database
 
     name = f"nbtpl_{uuid.uuid4().hex[:10]}"
     _admin(f'CREATE DATABASE "{name}"')
@@ -90,7 +90,7 @@ def pg_url(_pg_template: str) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
-    from models.db import Database
+    from nanobatch.models.db import Database
 
     url = f"sqlite:///{tmp_path}/nanobatch.db"
     db = Database(url)

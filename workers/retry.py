@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from workers.errors import (
+from nanobatch.workers.errors import (
     DailyQuotaExhausted,
     PermanentError,
     ProviderError,

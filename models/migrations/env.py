@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from models import tables  # noqa: F401  (registers the tables on Base.metadata)
-from models.base import Base
+from nanobatch.models import tables  # noqa: F401  (registers the tables on Base.metadata)
+from nanobatch.models.base import Base
 
 engine = context.config.attributes["engine"]
 

@@ -60,11 +60,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from models.db import Database
-from models.tables import GenerationTask
-from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator, start_simulator
-from simulator.stats import Stats
+from nanobatch.models.db import Database
+from nanobatch.models.tables import GenerationTask
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import RunningSimulator, start_simulator
+from nanobatch.simulator.stats import Stats
 from tests.chaos.services import PrivatePostgres, PrivateRedis
 from tests.integration.conftest import Stack
 
@@ -198,8 +198,10 @@ class ChaosReport:
         for fault in self.faults:
             for what, value in (("resumed", fault.resumed), ("requeued", fault.requeued)):
                 if value is None or value > self.plan.recovery_bound:
-                    found.append(f"{fault.name} at {fault.at:.0f}s: not {what} within "
-                                 f"{self.plan.recovery_bound:.0f}s ({fault.note or 'no note'})")
+                    found.append(
+                        f"{fault.name} at {fault.at:.0f}s: not {what} within "
+                        f"{self.plan.recovery_bound:.0f}s ({fault.note or 'no note'})"
+                    )
         if self.by_status.get("429", 0) == 0 or not any(s.startswith("5") for s in self.by_status):
             found.append(f"the upstream faults were not exercised: {self.by_status}")
         return found
@@ -216,8 +218,10 @@ class ChaosReport:
             f"{'requeued (s)':>14}{'reclaimed (s)':>15}  note",
         ]
         for f in self.faults:
-            lines.append(f"{f.name:<22}{f.at:>8.1f}{f.completed_before:>13}{f.affected:>10}"
-                         f"{_fmt(f.resumed):>13}{_fmt(f.requeued):>14}{_fmt(f.reclaimed):>15}  {f.note}")
+            lines.append(
+                f"{f.name:<22}{f.at:>8.1f}{f.completed_before:>13}{f.affected:>10}"
+                f"{_fmt(f.resumed):>13}{_fmt(f.requeued):>14}{_fmt(f.reclaimed):>15}  {f.note}"
+            )
         status = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v)
         lines += [
             "",
@@ -236,8 +240,10 @@ class ChaosReport:
             *(f"{'':<22}{line}" for line in self.unexpected_exits),
         ]
         if self.stragglers:
-            lines += [f"{'not terminal':<22}{len(self.stragglers)} row(s), e.g.:",
-                      *(f"{'':<22}{row}" for row in self.stragglers[:10])]
+            lines += [
+                f"{'not terminal':<22}{len(self.stragglers)} row(s), e.g.:",
+                *(f"{'':<22}{row}" for row in self.stragglers[:10]),
+            ]
         problems = self.problems()
         lines += ["", "RESULT: " + ("OK" if not problems else "FAILED"), *(f"  - {x}" for x in problems)]
         return "\n".join(lines)
@@ -272,8 +278,14 @@ class _Worker:
 class ChaosRun:
     """One execution of the scenario on private services; :meth:`run` returns the report."""
 
-    def __init__(self, plan: ChaosPlan, redis: PrivateRedis, postgres: PrivatePostgres, workdir: Path,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        plan: ChaosPlan,
+        redis: PrivateRedis,
+        postgres: PrivatePostgres,
+        workdir: Path,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.plan, self.redis, self.postgres, self.workdir, self.log = plan, redis, postgres, workdir, log
         self.report = ChaosReport(plan)
         self.workers: list[_Worker] = []
@@ -370,7 +382,8 @@ class ChaosRun:
             at = time.time() - self._started
             replacement = self._spawn(beat=worker.beat)
             self.report.unexpected_exits.append(
-                f"{worker.label} exited by itself at {at:.0f}s ({why[:160]}); {replacement.label} started")
+                f"{worker.label} exited by itself at {at:.0f}s ({why[:160]}); {replacement.label} started"
+            )
             self.log(f"unexpected exit: {self.report.unexpected_exits[-1]}")
 
     def _sleep(self) -> None:
@@ -381,16 +394,21 @@ class ChaosRun:
             if watch.done or time.time() - watch.started > self.plan.recovery_bound:
                 self._watching.remove(watch)
                 r = watch.record
-                self.log(f"{r.name}: affected {r.affected}, resumed {_fmt(r.resumed)}s, "
-                         f"requeued {_fmt(r.requeued)}s, reclaimed {_fmt(r.reclaimed)}s")
+                self.log(
+                    f"{r.name}: affected {r.affected}, resumed {_fmt(r.resumed)}s, "
+                    f"requeued {_fmt(r.requeued)}s, reclaimed {_fmt(r.reclaimed)}s"
+                )
         time.sleep(POLL)
 
     # -- faults --------------------------------------------------------------------------------
 
     def _inject(self, name: str, fraction: float) -> None:
         target = max(1, int(self.plan.tasks * fraction))
-        done = self._wait_for(lambda: (n := self._count("completed")) >= target and n,
-                              f"{target} completed before '{name}'", self.plan.finish_deadline)
+        done = self._wait_for(
+            lambda: (n := self._count("completed")) >= target and n,
+            f"{target} completed before '{name}'",
+            self.plan.finish_deadline,
+        )
         note = ""
         if name.startswith("kill"):
             victim = self._victim(sweeper=name == "kill sweeper worker")
@@ -419,8 +437,13 @@ class ChaosRun:
         watch = _Watch(record, started, affected)
         self._watching.append(watch)
         # The next fault waits for this one's asserted figures; "reclaimed" goes on in the background.
-        self._poll(lambda: (watch.record.resumed is not None and watch.record.requeued is not None)
-                   or watch not in self._watching, self.plan.recovery_bound + 5)
+        self._poll(
+            lambda: (
+                (watch.record.resumed is not None and watch.record.requeued is not None)
+                or watch not in self._watching
+            ),
+            self.plan.recovery_bound + 5,
+        )
 
     def _victim(self, *, sweeper: bool) -> _Worker:
         candidates = [w for w in self.workers if w.alive and w.beat == sweeper]
@@ -447,9 +470,13 @@ class ChaosRun:
         record, since = watch.record, datetime.fromtimestamp(watch.started, UTC)
         elapsed = time.time() - watch.started
         if record.resumed is None:
-            first = self._db(lambda s: s.scalar(
-                select(func.min(GenerationTask.finished_at)).where(
-                    GenerationTask.status == "completed", GenerationTask.started_at > since)))
+            first = self._db(
+                lambda s: s.scalar(
+                    select(func.min(GenerationTask.finished_at)).where(
+                        GenerationTask.status == "completed", GenerationTask.started_at > since
+                    )
+                )
+            )
             if first is not None:
                 record.resumed = max(0.0, first.timestamp() - watch.started)
         if record.requeued is None and self._still_stuck(watch.affected, since, requeued_counts=True) == 0:
@@ -465,15 +492,25 @@ class ChaosRun:
         moved = t.started_at > since
         if requeued_counts:
             moved = moved | (t.dispatched_at > since)
-        return int(self._db(lambda s: s.scalar(
-            select(func.count()).select_from(t).where(
-                t.id.in_(ids), t.status.not_in(TERMINAL), ~func.coalesce(moved, False)))) or 0)
+        return int(
+            self._db(
+                lambda s: s.scalar(
+                    select(func.count())
+                    .select_from(t)
+                    .where(t.id.in_(ids), t.status.not_in(TERMINAL), ~func.coalesce(moved, False))
+                )
+            )
+            or 0
+        )
 
     # -- waiting -------------------------------------------------------------------------------
 
     def _wait_all_terminal(self) -> None:
-        self._wait_for(lambda: self._count(*TERMINAL) == self.plan.tasks, "every task terminal",
-                       self.plan.finish_deadline - (time.time() - self._started))
+        self._wait_for(
+            lambda: self._count(*TERMINAL) == self.plan.tasks,
+            "every task terminal",
+            self.plan.finish_deadline - (time.time() - self._started),
+        )
 
     def _settle(self, sim: RunningSimulator) -> None:
         """Let calls still in flight (a stale worker's, a held timeout) end before files are judged."""
@@ -511,30 +548,54 @@ class ChaosRun:
                 time.sleep(POLL)
 
     def _counts(self) -> dict[str, int]:
-        rows = self._db(lambda s: s.execute(
-            select(GenerationTask.status, func.count()).group_by(GenerationTask.status)).all())
+        rows = self._db(
+            lambda s: s.execute(
+                select(GenerationTask.status, func.count()).group_by(GenerationTask.status)
+            ).all()
+        )
         return {status: int(n) for status, n in rows}
 
     def _count(self, *statuses: str) -> int:
         return sum(n for status, n in self._counts().items() if status in statuses)
 
     def _held_by(self, worker: str) -> list[str]:
-        return list(self._db(lambda s: s.scalars(select(GenerationTask.id).where(
-            GenerationTask.status == "processing", GenerationTask.worker == worker)).all()))
+        return list(
+            self._db(
+                lambda s: s.scalars(
+                    select(GenerationTask.id).where(
+                        GenerationTask.status == "processing", GenerationTask.worker == worker
+                    )
+                ).all()
+            )
+        )
 
     def _ids_with_status(self, status: str) -> list[str]:
-        return list(self._db(lambda s: s.scalars(
-            select(GenerationTask.id).where(GenerationTask.status == status)).all()))
+        return list(
+            self._db(
+                lambda s: s.scalars(select(GenerationTask.id).where(GenerationTask.status == status)).all()
+            )
+        )
 
     # -- the verdict ---------------------------------------------------------------------------
 
     def _collect(self, sim: RunningSimulator) -> None:
         r = self.report
-        rows = self._db(lambda s: s.execute(select(
-            GenerationTask.key, GenerationTask.status, GenerationTask.result_sha256,
-            GenerationTask.finished_at, GenerationTask.attempts, GenerationTask.rate_waits,
-            GenerationTask.error_code, GenerationTask.worker, GenerationTask.dispatched_at,
-            GenerationTask.not_before)).all())
+        rows = self._db(
+            lambda s: s.execute(
+                select(
+                    GenerationTask.key,
+                    GenerationTask.status,
+                    GenerationTask.result_sha256,
+                    GenerationTask.finished_at,
+                    GenerationTask.attempts,
+                    GenerationTask.rate_waits,
+                    GenerationTask.error_code,
+                    GenerationTask.worker,
+                    GenerationTask.dispatched_at,
+                    GenerationTask.not_before,
+                )
+            ).all()
+        )
         r.rows = len(rows)
         r.counts = dict(Counter(row.status for row in rows))
         r.attempts_total = sum(row.attempts for row in rows)
@@ -546,9 +607,12 @@ class ChaosRun:
         r.stragglers = [
             f"{row.key} {row.status} error={row.error_code} worker={row.worker} "
             f"dispatched {_ago(row.dispatched_at, now)} ago, not_before in {_ago(now, row.not_before)}"
-            for row in rows if row.status not in TERMINAL]
-        r.worker_tracebacks = sum(p.read_text(errors="replace").count("Traceback")
-                                  for p in self.workdir.glob("worker*.log"))
+            for row in rows
+            if row.status not in TERMINAL
+        ]
+        r.worker_tracebacks = sum(
+            p.read_text(errors="replace").count("Traceback") for p in self.workdir.glob("worker*.log")
+        )
 
     def _judge_files(self, rows: Iterable[Any]) -> None:
         r = self.report

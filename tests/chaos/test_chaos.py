@@ -25,7 +25,9 @@ PLAN = ChaosPlan(tasks=int(os.environ.get("NANOBATCH_CHAOS_TASKS", "150")))
 
 @pytest.mark.timeout(PLAN.finish_deadline + 2 * PLAN.recovery_bound)
 def test_no_task_is_lost_or_stored_twice_through_kills_wipes_and_restarts(
-    private_redis: PrivateRedis, private_postgres: PrivatePostgres, tmp_path: Path,
+    private_redis: PrivateRedis,
+    private_postgres: PrivatePostgres,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given a hostile upstream (30 % 429, 5 % 5xx, 1 % timeouts) and three workers, one with the sweeper

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from cli.context import runtime_for
-from models.queries import BatchSummary, batch_summaries
-from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator, start_simulator
-from tasks.intake import IntakeOptions, read_file
-from tasks.producer import BatchOptions, SubmitReport, submit
-from tasks.runtime import Runtime
-from tasks.settings import Settings
+from nanobatch.cli.context import runtime_for
+from nanobatch.models.queries import BatchSummary, batch_summaries
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import RunningSimulator, start_simulator
+from nanobatch.tasks.intake import IntakeOptions, read_file
+from nanobatch.tasks.producer import BatchOptions, SubmitReport, submit
+from nanobatch.tasks.runtime import Runtime
+from nanobatch.tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ class Stack:
             "-m",
             "celery",
             "-A",
-            "tasks",
+            "nanobatch.tasks",
             "worker",
             "-P",
             "threads",
@@ -106,7 +106,7 @@ class Stack:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "cli", *args],
+            [sys.executable, "-m", "nanobatch.cli", *args],
             cwd=REPO,
             env={**os.environ, **self.env},
             capture_output=True,

@@ -29,12 +29,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, text
 
-from models.tables import Batch, GenerationTask
-from simulator.server import RunningSimulator
-from tasks.intake import IntakeError, IntakeOptions, read_file
-from tasks.producer import BatchOptions, SubmitError, submit
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.simulator.server import RunningSimulator
+from nanobatch.tasks.intake import IntakeError, IntakeOptions, read_file
+from nanobatch.tasks.producer import BatchOptions, SubmitError, submit
+from nanobatch.workers.limiter import PoolLimits
 from tests.integration.conftest import REPO, Stack, write_csv
-from workers.limiter import PoolLimits
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +59,15 @@ def snapshot(s: Stack) -> Snapshot:
     tables: dict[str, tuple[int, str]] = {}
     with s.runtime.db.session() as session:
         names = session.scalars(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).all()
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        ).all()
         for name in names:
-            count, digest = session.execute(text(
-                f'SELECT count(*), coalesce(md5(string_agg(t::text, \'|\' ORDER BY t::text)), \'\') '
-                f'FROM "{name}" t')).one()
+            count, digest = session.execute(
+                text(
+                    f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') "
+                    f'FROM "{name}" t'
+                )
+            ).one()
             tables[name] = (int(count), str(digest))
     files = tuple(sorted(str(p.relative_to(s.output_dir)) for p in s.output_dir.rglob("*")))
     prefix = s.env["NANOBATCH_LIMITER_PREFIX"]
@@ -145,74 +149,191 @@ OK_CSV = "key,prompt\nA,mug\n"
 NOTHING_WRITTEN = "nothing was written"
 
 REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
-    ("csv-unterminated-quote", _file("quote.csv", 'key,prompt\nA,"unterminated\nB,ok\n'), 1,
-     ("line 2", "not valid CSV", NOTHING_WRITTEN)),
-    ("csv-wrong-column-count", _file("cols.csv", "key,prompt\nA,mug,extra\n"), 1,
-     ("line 2", "expected 2 columns, found 3", NOTHING_WRITTEN)),
-    ("csv-cell-over-1mb", _file("huge.csv", "key,prompt\nA," + "x" * (1024 * 1024 + 10) + "\n"), 1,
-     ("line 2", "field larger than field limit", NOTHING_WRITTEN)),
-    ("jsonl-huge-prompt", _file("huge.jsonl", '{"key": "A", "prompt": "' + "y" * 2_000_000 + '"}\n'), 1,
-     ("line 1", "prompt", "at most 32000 characters")),
-    ("invalid-utf8-row", _file("latin1.csv", b"key,prompt\nA,caf\xe9 mug\n"), 1,
-     ("line 2", "not valid UTF-8", NOTHING_WRITTEN)),
-    ("invalid-utf8-header", _file("latin1h.csv", b"k\xe9y,prompt\nA,mug\n"), 2,
-     ("line 1", "not valid UTF-8",)),
-    ("duplicate-keys", _file("dup.csv", "key,prompt\nA,mug\nB,cup\nA,plate\n"), 1,
-     ("line 4", "duplicate key 'A' (first on line 2)", NOTHING_WRITTEN)),
+    (
+        "csv-unterminated-quote",
+        _file("quote.csv", 'key,prompt\nA,"unterminated\nB,ok\n'),
+        1,
+        ("line 2", "not valid CSV", NOTHING_WRITTEN),
+    ),
+    (
+        "csv-wrong-column-count",
+        _file("cols.csv", "key,prompt\nA,mug,extra\n"),
+        1,
+        ("line 2", "expected 2 columns, found 3", NOTHING_WRITTEN),
+    ),
+    (
+        "csv-cell-over-1mb",
+        _file("huge.csv", "key,prompt\nA," + "x" * (1024 * 1024 + 10) + "\n"),
+        1,
+        ("line 2", "field larger than field limit", NOTHING_WRITTEN),
+    ),
+    (
+        "jsonl-huge-prompt",
+        _file("huge.jsonl", '{"key": "A", "prompt": "' + "y" * 2_000_000 + '"}\n'),
+        1,
+        ("line 1", "prompt", "at most 32000 characters"),
+    ),
+    (
+        "invalid-utf8-row",
+        _file("latin1.csv", b"key,prompt\nA,caf\xe9 mug\n"),
+        1,
+        ("line 2", "not valid UTF-8", NOTHING_WRITTEN),
+    ),
+    (
+        "invalid-utf8-header",
+        _file("latin1h.csv", b"k\xe9y,prompt\nA,mug\n"),
+        2,
+        (
+            "line 1",
+            "not valid UTF-8",
+        ),
+    ),
+    (
+        "duplicate-keys",
+        _file("dup.csv", "key,prompt\nA,mug\nB,cup\nA,plate\n"),
+        1,
+        ("line 4", "duplicate key 'A' (first on line 2)", NOTHING_WRITTEN),
+    ),
     ("empty-file", _file("empty.csv", ""), 2, ("the file is empty",)),
     ("header-only", _file("header.csv", "key,prompt\n"), 2, ("the file has no rows",)),
     ("no-key-column", _file("nokey.csv", "sku,prompt\nA,mug\n"), 2, ("no 'key' column",)),
-    ("empty-key-and-prompt", _file("blank.csv", "key,prompt,title\n,mug,t\nB,,t\n"), 1,
-     ("line 2: key", "line 3: prompt", NOTHING_WRITTEN)),
-    ("control-character-key", _file("ctrl.csv", 'key,prompt\n"A\x1bB",mug\n'), 1,
-     ("key must not contain control characters",)),
-    ("prompt-too-long", _file("long.csv", "key,prompt\nA," + "p" * 32_001 + "\n"), 1,
-     ("at most 32000 characters",)),
-    ("jsonl-non-object-line", _file("arr.jsonl", '{"key": "A", "prompt": "mug"}\n[1, 2]\n"text"\n'), 1,
-     ("line 2", "each line must be a JSON object", "line 3")),
+    (
+        "empty-key-and-prompt",
+        _file("blank.csv", "key,prompt,title\n,mug,t\nB,,t\n"),
+        1,
+        ("line 2: key", "line 3: prompt", NOTHING_WRITTEN),
+    ),
+    (
+        "control-character-key",
+        _file("ctrl.csv", 'key,prompt\n"A\x1bB",mug\n'),
+        1,
+        ("key must not contain control characters",),
+    ),
+    (
+        "prompt-too-long",
+        _file("long.csv", "key,prompt\nA," + "p" * 32_001 + "\n"),
+        1,
+        ("at most 32000 characters",),
+    ),
+    (
+        "jsonl-non-object-line",
+        _file("arr.jsonl", '{"key": "A", "prompt": "mug"}\n[1, 2]\n"text"\n'),
+        1,
+        ("line 2", "each line must be a JSON object", "line 3"),
+    ),
     ("jsonl-broken-json", _file("broken.jsonl", '{"key": "A", "prompt": \n'), 1, ("not valid JSON",)),
     ("wrong-extension", _file("products.txt", OK_CSV), 2, ("expected a .csv or .jsonl file",)),
     ("missing-file", lambda tmp: ["submit", str(tmp / "nope.csv")], 2, ("no such file",)),
-    ("unknown-model-flag", _with(_file("ok.csv", OK_CSV), "--model", "gemini-9-ultra"), 2,
-     ("unknown model 'gemini-9-ultra'",)),
-    ("unknown-model-row", _file("model.csv", "key,prompt,model\nA,mug,gemini-9-ultra\n"), 1,
-     ("line 2: model", "unknown model 'gemini-9-ultra'")),
-    ("bad-aspect-and-size",
-     _file("ratio.csv", "key,prompt,aspect_ratio,image_size\nA,mug,7:3,\nB,mug,1:1,8K\n"), 1,
-     ("aspect ratio '7:3' is not one of", "takes no image size (got '8K')")),
-    ("bad-output-format", _with(_file("ok.csv", OK_CSV), "--format", "gif"), 1,
-     ("output_format must be png or jpeg",)),
-    ("input-image-not-an-image", _image_row("fake.png", lambda t: _touch(t / "fake.png", "hello")), 1,
-     ("fake.png: not a readable image",)),
+    (
+        "unknown-model-flag",
+        _with(_file("ok.csv", OK_CSV), "--model", "gemini-9-ultra"),
+        2,
+        ("unknown model 'gemini-9-ultra'",),
+    ),
+    (
+        "unknown-model-row",
+        _file("model.csv", "key,prompt,model\nA,mug,gemini-9-ultra\n"),
+        1,
+        ("line 2: model", "unknown model 'gemini-9-ultra'"),
+    ),
+    (
+        "bad-aspect-and-size",
+        _file("ratio.csv", "key,prompt,aspect_ratio,image_size\nA,mug,7:3,\nB,mug,1:1,8K\n"),
+        1,
+        ("aspect ratio '7:3' is not one of", "takes no image size (got '8K')"),
+    ),
+    (
+        "bad-output-format",
+        _with(_file("ok.csv", OK_CSV), "--format", "gif"),
+        1,
+        ("output_format must be png or jpeg",),
+    ),
+    (
+        "input-image-not-an-image",
+        _image_row("fake.png", lambda t: _touch(t / "fake.png", "hello")),
+        1,
+        ("fake.png: not a readable image",),
+    ),
     ("input-image-missing", _image_row("gone.png", lambda t: None), 1, ("gone.png: no such file",)),
-    ("input-image-symlink-outside", _image_row("link.png", _symlink_outside), 1,
-     ("link.png: outside the allowed directory",)),
-    ("input-image-dotdot-outside", _image_row("../outside/real.png", lambda t: None), 1,
-     ("outside the allowed directory",)),
-    ("too-many-input-images", _image_row("img0.png|img1.png|img2.png|img3.png", _real_images(4)), 1,
-     ("accepts at most 3 images",)),
-    ("template-missing-column", _with(_file("tpl.csv", "key,title\nA,mug\n"), "--template",
-                                      "Studio photo of {title} in {color}"), 2,
-     ("template uses column(s) color not in the header",)),
-    ("template-positional-field", _with(_file("tpl2.csv", "key,title\nA,mug\n"), "--template", "{0}"), 2,
-     ("must name a column",)),
-    ("negative-budget", _with(_file("ok.csv", OK_CSV), "--budget-usd", "-5"), 2,
-     ("--budget-usd must be greater than 0",)),
-    ("zero-budget", _with(_file("ok.csv", OK_CSV), "--budget-usd", "0"), 2,
-     ("--budget-usd must be greater than 0",)),
-    ("window-hour-25", _with(_file("ok.csv", OK_CSV), "--window", "25:00-01:00"), 2,
-     ("expected HH:MM (24-hour), got '25:00'",)),
-    ("window-empty", _with(_file("ok.csv", OK_CSV), "--window", "02:00-02:00"), 2,
-     ("must not start and end at the same time",)),
+    (
+        "input-image-symlink-outside",
+        _image_row("link.png", _symlink_outside),
+        1,
+        ("link.png: outside the allowed directory",),
+    ),
+    (
+        "input-image-dotdot-outside",
+        _image_row("../outside/real.png", lambda t: None),
+        1,
+        ("outside the allowed directory",),
+    ),
+    (
+        "too-many-input-images",
+        _image_row("img0.png|img1.png|img2.png|img3.png", _real_images(4)),
+        1,
+        ("accepts at most 3 images",),
+    ),
+    (
+        "template-missing-column",
+        _with(_file("tpl.csv", "key,title\nA,mug\n"), "--template", "Studio photo of {title} in {color}"),
+        2,
+        ("template uses column(s) color not in the header",),
+    ),
+    (
+        "template-positional-field",
+        _with(_file("tpl2.csv", "key,title\nA,mug\n"), "--template", "{0}"),
+        2,
+        ("must name a column",),
+    ),
+    (
+        "negative-budget",
+        _with(_file("ok.csv", OK_CSV), "--budget-usd", "-5"),
+        2,
+        ("--budget-usd must be greater than 0",),
+    ),
+    (
+        "zero-budget",
+        _with(_file("ok.csv", OK_CSV), "--budget-usd", "0"),
+        2,
+        ("--budget-usd must be greater than 0",),
+    ),
+    (
+        "window-hour-25",
+        _with(_file("ok.csv", OK_CSV), "--window", "25:00-01:00"),
+        2,
+        ("expected HH:MM (24-hour), got '25:00'",),
+    ),
+    (
+        "window-empty",
+        _with(_file("ok.csv", OK_CSV), "--window", "02:00-02:00"),
+        2,
+        ("must not start and end at the same time",),
+    ),
     ("at-7pm", _with(_file("ok.csv", OK_CSV), "--at", "7pm"), 2, ("expected HH:MM (24-hour), got '7pm'",)),
-    ("limits-rpm-zero", lambda tmp: ["limits", "set", "--pool", FLASH, "--rpm", "0"], 2,
-     ("Invalid value for '--rpm'", "greater than or equal to 1")),
-    ("limits-rpm-absurd", lambda tmp: ["limits", "set", "--pool", FLASH, "--rpm", str(10**12)], 2,
-     ("Invalid value for '--rpm'", "less than or equal to")),
-    ("limits-concurrency-negative", lambda tmp: ["limits", "set", "--pool", FLASH, "--concurrency", "-3"], 2,
-     ("Invalid value for '--concurrency'",)),
-    ("limits-pool-with-braces", lambda tmp: ["limits", "set", "--pool", "{x}", "--rpm", "5"], 2,
-     ("invalid pool name",)),
+    (
+        "limits-rpm-zero",
+        lambda tmp: ["limits", "set", "--pool", FLASH, "--rpm", "0"],
+        2,
+        ("Invalid value for '--rpm'", "greater than or equal to 1"),
+    ),
+    (
+        "limits-rpm-absurd",
+        lambda tmp: ["limits", "set", "--pool", FLASH, "--rpm", str(10**12)],
+        2,
+        ("Invalid value for '--rpm'", "less than or equal to"),
+    ),
+    (
+        "limits-concurrency-negative",
+        lambda tmp: ["limits", "set", "--pool", FLASH, "--concurrency", "-3"],
+        2,
+        ("Invalid value for '--concurrency'",),
+    ),
+    (
+        "limits-pool-with-braces",
+        lambda tmp: ["limits", "set", "--pool", "{x}", "--rpm", "5"],
+        2,
+        ("invalid pool name",),
+    ),
     ("limits-nothing-to-do", lambda tmp: ["limits", "set", "--pool", FLASH], 2, ("nothing to do",)),
     ("status-unknown-batch", lambda tmp: ["status", "no-such-batch"], 1, ("no batch named 'no-such-batch'",)),
 ]
@@ -231,13 +352,16 @@ def test_refused_input_says_why_and_changes_nothing(
     assert snapshot(seeded) == before
 
 
-@pytest.mark.parametrize(("variable", "value", "names"), [
-    ("NANOBATCH_CONCURRENCY", "-1", "concurrency"),
-    ("NANOBATCH_LIMITS", "not json", "limits"),
-    ("NANOBATCH_LIMITS", '{"gemini-2.5-flash-image": {"rpm": 0}}', "rpm"),
-    ("NANOBATCH_REQUEST_TIMEOUT", "soon", "request_timeout"),
-    ("NANOBATCH_PROVIDER", "midjourney", "provider"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "names"),
+    [
+        ("NANOBATCH_CONCURRENCY", "-1", "concurrency"),
+        ("NANOBATCH_LIMITS", "not json", "limits"),
+        ("NANOBATCH_LIMITS", '{"gemini-2.5-flash-image": {"rpm": 0}}', "rpm"),
+        ("NANOBATCH_REQUEST_TIMEOUT", "soon", "request_timeout"),
+        ("NANOBATCH_PROVIDER", "midjourney", "provider"),
+    ],
+)
 def test_invalid_configuration_is_a_clear_error(
     seeded: Stack, tmp_path: Path, variable: str, value: str, names: str
 ) -> None:
@@ -245,8 +369,12 @@ def test_invalid_configuration_is_a_clear_error(
     path = write_csv(tmp_path / "ok.csv", "key,prompt", "A,mug")
     before = snapshot(seeded)
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "submit", str(path)], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, **seeded.env, variable: value}, timeout=120,
+        [sys.executable, "-m", "nanobatch.cli", "submit", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **seeded.env, variable: value},
+        timeout=120,
     )
     assert_refused(result, 2, "configuration error")
     assert names in (result.stdout + result.stderr).lower(), result.stderr
@@ -286,16 +414,18 @@ def _run_measuring_peak_rss(
     args: list[str], env: dict[str, str]
 ) -> tuple[subprocess.CompletedProcess[str], int]:
     """Run the CLI and return its peak RSS in bytes (``/usr/bin/time -v``; psutil polling without it)."""
-    cmd = [sys.executable, "-m", "cli", *args]
+    cmd = [sys.executable, "-m", "nanobatch.cli", *args]
     full_env = {**os.environ, **env}
     if Path("/usr/bin/time").is_file():
-        result = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO, env=full_env, capture_output=True,
-                                text=True, timeout=900)
+        result = subprocess.run(
+            ["/usr/bin/time", "-v", *cmd], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900
+        )
         match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
         assert match, result.stderr[-2000:]
         return result, int(match.group(1)) * 1024
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     watched, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -321,29 +451,39 @@ def test_api_refuses_a_directory_and_a_non_positive_budget(seeded: Stack, tmp_pa
     before = snapshot(seeded)
     for budget in (0.0, -1.0):
         with pytest.raises(SubmitError, match="greater than 0"):
-            submit(rt.db, rt.dispatcher, intake, BatchOptions(name="api", budget_usd=budget),
-                   intake_options=options)
+            submit(
+                rt.db,
+                rt.dispatcher,
+                intake,
+                BatchOptions(name="api", budget_usd=budget),
+                intake_options=options,
+            )
     assert snapshot(seeded) == before
 
 
 def test_api_writes_nothing_for_a_file_with_bad_rows_unless_told_to(seeded: Stack, tmp_path: Path) -> None:
     rt = seeded.runtime
     options = IntakeOptions(model=FLASH)
-    intake = read_file(write_csv(tmp_path / "mixed.csv", "key,prompt", "A,mug", "A,again", "B,cup"),
-                       rt.catalog, options)
+    intake = read_file(
+        write_csv(tmp_path / "mixed.csv", "key,prompt", "A,mug", "A,again", "B,cup"), rt.catalog, options
+    )
     assert [str(e) for e in intake.errors] == ["line 3: key: duplicate key 'A' (first on line 2)"]
     before = snapshot(seeded)
     report = submit(rt.db, rt.dispatcher, intake, BatchOptions(name="mixed"), intake_options=options)
     assert not report.written and snapshot(seeded) == before
-    report = submit(rt.db, rt.dispatcher, intake, BatchOptions(name="mixed"), intake_options=options,
-                    skip_invalid=True)
+    report = submit(
+        rt.db, rt.dispatcher, intake, BatchOptions(name="mixed"), intake_options=options, skip_invalid=True
+    )
     assert (report.written, report.new) == (True, 2)
 
 
 def test_api_refuses_impossible_limits(seeded: Stack) -> None:
     before = snapshot(seeded)
-    impossible = (lambda: PoolLimits(rpm=0), lambda: PoolLimits(rpm=-5),
-                  lambda: PoolLimits(concurrency=10**12))
+    impossible = (
+        lambda: PoolLimits(rpm=0),
+        lambda: PoolLimits(rpm=-5),
+        lambda: PoolLimits(concurrency=10**12),
+    )
     for make in impossible:
         with pytest.raises(ValueError):
             make()
@@ -384,8 +524,10 @@ def test_bom_sql_shell_and_path_like_strings_are_stored_verbatim_and_harmless(
     # the first column name), and the tables the "SQL" names still exist
     assert summary.counts["completed"] == len(rows), summary.counts
     with s.runtime.db.session() as session:
-        stored = {t.key: t for t in session.scalars(select(GenerationTask).join(Batch).where(
-            Batch.name == "hostile"))}
+        stored = {
+            t.key: t
+            for t in session.scalars(select(GenerationTask).join(Batch).where(Batch.name == "hostile"))
+        }
         assert session.scalar(select(Batch.id).where(Batch.name == "hostile"))
     assert {k: t.prompt for k, t in stored.items()} == rows
     # and the upstream received the prompts verbatim

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from models.tables import GenerationTask
+from nanobatch.models.tables import GenerationTask
 from tests.integration.conftest import write_csv
 
 pytestmark = pytest.mark.integration

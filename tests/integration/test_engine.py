@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from models.tables import Batch, GenerationTask
-from simulator.testing import wait_until
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.simulator.testing import wait_until
+from nanobatch.workers.limiter import PoolLimits
 from tests.integration.conftest import Stack, write_csv
-from workers.limiter import PoolLimits
 
 pytestmark = pytest.mark.integration
 

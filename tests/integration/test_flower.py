@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from models.tables import Batch, GenerationTask
+from nanobatch.models.tables import Batch, GenerationTask
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, Stack, write_csv
 

@@ -20,8 +20,14 @@ from tests.integration.conftest import REPO, write_csv
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 )
 ARTIFACT = REPO / "test-artifacts" / "gallery.png"
 HOSTILE_PROMPT = "<script>document.title='pwned'</script> studio photo of a mug"
@@ -38,8 +44,14 @@ def chromium() -> str:
 
 
 def run_chromium(binary: str, profile: Path, page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,2000", *extra,
-           page.resolve().as_uri()]
+    cmd = [
+        binary,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--window-size=1280,2000",
+        *extra,
+        page.resolve().as_uri(),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

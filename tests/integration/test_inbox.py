@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from models.tables import Batch, GenerationTask
-from tasks.celery_app import INBOX_TASK
-from tasks.inbox import process_inbox
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.tasks.celery_app import INBOX_TASK
+from nanobatch.tasks.inbox import process_inbox
 from tests.integration.conftest import Stack, write_csv
 
 pytestmark = pytest.mark.integration

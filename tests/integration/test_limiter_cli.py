@@ -10,8 +10,8 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from cli.limits_cmd import limits_app
-from workers.limiter import PoolLimits, RateLimiter
+from nanobatch.cli.limits_cmd import limits_app
+from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
 pytestmark = pytest.mark.integration
 

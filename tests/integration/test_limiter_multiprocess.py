@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from workers.limiter import PoolLimits, RateLimiter
+from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
 pytestmark = pytest.mark.integration
 

@@ -18,13 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from models.base import utcnow
-from models.queries import THROUGHPUT_WINDOW
-from models.tables import Batch, GenerationTask
-from tasks.telemetry import Telemetry
+from nanobatch.models.base import utcnow
+from nanobatch.models.queries import THROUGHPUT_WINDOW
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.tasks.telemetry import Telemetry
+from nanobatch.workers.limiter import PoolLimits, RateLimiter
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, Stack, write_csv
-from workers.limiter import PoolLimits, RateLimiter
 
 pytestmark = pytest.mark.integration
 

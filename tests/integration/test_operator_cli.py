@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from models.tables import Batch, GenerationTask
+from nanobatch.models.tables import Batch, GenerationTask
 from tests.integration.conftest import Stack, write_csv
 
 pytestmark = pytest.mark.integration
@@ -68,8 +68,10 @@ def test_watch_groups_failures_by_reason_and_retry_runs_them_again(simulator, st
 
     # When retrying another reason, nothing moves; retrying "blocked" sends exactly those two again
     calls = sim.stats()["requests"]
-    assert "0 failed tasks with reason 'unavailable'" in s.cli("retry", "blocky", "--reason", "unavailable",
-                                                               check=True).stdout
+    assert (
+        "0 failed tasks with reason 'unavailable'"
+        in s.cli("retry", "blocky", "--reason", "unavailable", check=True).stdout
+    )
     before = tasks_of(s, "blocky")
     out = s.cli("retry", "blocky", "--reason", "blocked", check=True).stdout
     assert "2 failed tasks with reason 'blocked' moved back to pending" in out, out
@@ -191,8 +193,12 @@ def test_export_has_each_task_with_image_facts_and_product_columns(simulator, st
         row = exported[key]
         data = Path(row["path"]).read_bytes()
         assert row["sha256"] == hashlib.sha256(data).hexdigest() and int(row["bytes"]) == len(data)
-        assert (row["status"], row["width"], row["height"], row["mime_type"]) == ("completed", "1024", "1024",
-                                                                                  "image/png")
+        assert (row["status"], row["width"], row["height"], row["mime_type"]) == (
+            "completed",
+            "1024",
+            "1024",
+            "image/png",
+        )
         assert (row["model"], row["aspect_ratio"], row["title"]) == ("gemini-2.5-flash-image", "1:1", title)
         assert float(row["cost_usd"]) == stored[key].cost_usd and stored[key].cost_usd >= 0.039
     blocked = exported["SKU-2"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from models.tables import Batch, GenerationTask
+from nanobatch.models.tables import Batch, GenerationTask
 from tests.integration.conftest import Stack, write_csv
 
 pytestmark = pytest.mark.integration

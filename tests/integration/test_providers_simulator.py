@@ -18,10 +18,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from models.catalog import load_catalog
-from simulator.server import RunningSimulator
-from simulator.testing import wait_until
-from workers.errors import (
+from nanobatch.models.catalog import load_catalog
+from nanobatch.simulator.server import RunningSimulator
+from nanobatch.simulator.testing import wait_until
+from nanobatch.workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
@@ -31,8 +31,8 @@ from workers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from workers.providers.base import ImageRequest, InputImage, Provider, ProviderConfig
-from workers.providers.factory import make_http_client, make_provider
+from nanobatch.workers.providers.base import ImageRequest, InputImage, Provider, ProviderConfig
+from nanobatch.workers.providers.factory import make_http_client, make_provider
 
 pytestmark = pytest.mark.integration
 

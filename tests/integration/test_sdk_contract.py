@@ -19,8 +19,8 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image
 
-from simulator.server import RunningSimulator
-from simulator.testing import SimulatorFactory
+from nanobatch.simulator.server import RunningSimulator
+from nanobatch.simulator.testing import SimulatorFactory
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,9 @@ def png_bytes() -> bytes:
 
 
 def image_config(ratio: str = "16:9", size: str | None = "2K") -> types.GenerateContentConfig:
-    return types.GenerateContentConfig(response_modalities=["IMAGE"],
-                                       image_config=types.ImageConfig(aspect_ratio=ratio, image_size=size))
+    return types.GenerateContentConfig(
+        response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio=ratio, image_size=size)
+    )
 
 
 def first_image(response: types.GenerateContentResponse) -> Image.Image:
@@ -73,7 +74,8 @@ def test_genai_generate_content_returns_a_decodable_image(simulator: SimulatorFa
     sim = simulator()
     client = gemini_client(sim)  # keep a reference: a collected genai.Client closes its connection pool
     response = client.models.generate_content(
-        model="gemini-3-pro-image", contents="a red bicycle", config=image_config())
+        model="gemini-3-pro-image", contents="a red bicycle", config=image_config()
+    )
     assert first_image(response).size == (2752, 1536)
     assert response.usage_metadata and response.usage_metadata.candidates_token_count == 1120
     assert sim.requests(1)[0]["auth"] == "x-goog-api-key"
@@ -81,11 +83,14 @@ def test_genai_generate_content_returns_a_decodable_image(simulator: SimulatorFa
 
 def test_genai_edit_with_an_input_image(simulator: SimulatorFactory) -> None:
     sim = simulator()
-    contents: list[types.PartUnionDict] = [types.Part.from_bytes(data=png_bytes(), mime_type="image/png"),
-                                           "put a hat on it"]
+    contents: list[types.PartUnionDict] = [
+        types.Part.from_bytes(data=png_bytes(), mime_type="image/png"),
+        "put a hat on it",
+    ]
     client = gemini_client(sim)
     response = client.models.generate_content(
-        model="gemini-2.5-flash-image", contents=contents, config=image_config("4:5", None))
+        model="gemini-2.5-flash-image", contents=contents, config=image_config("4:5", None)
+    )
     assert first_image(response).size == (896, 1152)
     assert sim.stats()["input_images_received"] == 1
     assert sim.requests(1)[0]["input_mime_types"] == ["image/png"]
@@ -96,8 +101,12 @@ def test_every_answer_the_sdk_receives_validates_strictly(simulator: SimulatorFa
     recorder = RecordingClient()
     client = gemini_client(sim, recorder)
     text_and_image = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"])
-    for prompt, config in [("a lamp", image_config()), ("a lamp", text_and_image),
-                           ("gore", image_config()), ("a knife", image_config())]:
+    for prompt, config in [
+        ("a lamp", image_config()),
+        ("a lamp", text_and_image),
+        ("gore", image_config()),
+        ("a knife", image_config()),
+    ]:
         client.models.generate_content(model="gemini-3-pro-image", contents=prompt, config=config)
     assert len(recorder.bodies) == 4
     for status, body in recorder.bodies:
@@ -106,9 +115,14 @@ def test_every_answer_the_sdk_receives_validates_strictly(simulator: SimulatorFa
     recorder.close()
 
 
-@pytest.mark.parametrize("settings", [
-    {"no_image_rate": 1.0}, {"thumbnails": True}, {"image_format_default": "jpeg"},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"no_image_rate": 1.0},
+        {"thumbnails": True},
+        {"image_format_default": "jpeg"},
+    ],
+)
 def test_other_answer_shapes_validate_strictly(simulator: SimulatorFactory, settings: dict[str, Any]) -> None:
     sim = simulator(**settings)
     png = base64.b64encode(png_bytes()).decode()
@@ -147,8 +161,9 @@ def openai_client(sim: RunningSimulator) -> openai.OpenAI:
 
 def test_openai_generate_b64_json_decodes(simulator: SimulatorFactory) -> None:
     sim = simulator()
-    result = openai_client(sim).images.generate(model="gpt-image-1", prompt="a lamp", size="1024x1024",
-                                                response_format="b64_json")
+    result = openai_client(sim).images.generate(
+        model="gpt-image-1", prompt="a lamp", size="1024x1024", response_format="b64_json"
+    )
     assert result.data and result.data[0].b64_json
     assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (1024, 1024)
     assert result.usage and result.usage.output_tokens == 1056
@@ -158,8 +173,9 @@ def test_openai_generate_b64_json_decodes(simulator: SimulatorFactory) -> None:
 def test_openai_edit_with_two_images(simulator: SimulatorFactory) -> None:
     sim = simulator()
     images = [("a.png", png_bytes(), "image/png"), ("b.png", png_bytes(), "image/png")]
-    result = openai_client(sim).images.edit(model="gpt-image-1", image=images, prompt="merge",
-                                            size="1024x1536")
+    result = openai_client(sim).images.edit(
+        model="gpt-image-1", image=images, prompt="merge", size="1024x1536"
+    )
     assert result.data and result.data[0].b64_json
     assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (1024, 1536)
     assert sim.stats()["input_images_received"] == 2

@@ -31,8 +31,8 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from models.tables import Batch, GenerationTask
-from simulator.server import RunningSimulator
+from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.simulator.server import RunningSimulator
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, Stack, write_csv
 
@@ -61,8 +61,15 @@ class EchoingRelay:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 key = self.headers.get("x-goog-api-key") or ""
                 relay.received.append(key)
-                body = json.dumps({"error": {"code": 503, "status": "UNAVAILABLE",
-                                             "message": f"backend overloaded for key={key} (api key {key})"}})
+                body = json.dumps(
+                    {
+                        "error": {
+                            "code": 503,
+                            "status": "UNAVAILABLE",
+                            "message": f"backend overloaded for key={key} (api key {key})",
+                        }
+                    }
+                )
                 self.send_response(503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -96,8 +103,21 @@ class FlowerUI:
         self.base = f"http://127.0.0.1:{free_port()}"
         env = {**os.environ, **s.env, "NANOBATCH_FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "flower", "--port", self.base.rsplit(":", 1)[1], "--address",
-             "127.0.0.1"], cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "nanobatch.cli",
+                "flower",
+                "--port",
+                self.base.rsplit(":", 1)[1],
+                "--address",
+                "127.0.0.1",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         self.log = log
 
     def get(self, path: str) -> httpx.Response:
@@ -139,16 +159,25 @@ def leaks(where: str, content: str) -> list[str]:
 def run_batch(s: Stack, tmp_path: Path, batch: str, n: int, **worker_env: str) -> None:
     """Run ``batch`` on a worker of its own (env overrides), to the end, then stop that worker."""
     worker = s.start_worker(3, **{"GEMINI_API_KEY": KEY, **worker_env})  # type: ignore[arg-type]
-    s.submit_file(write_csv(tmp_path / f"{batch}.csv", "key,prompt",
-                            *(f"{batch}-{i},{batch} product photo {i}" for i in range(n))), batch)
+    s.submit_file(
+        write_csv(
+            tmp_path / f"{batch}.csv",
+            "key,prompt",
+            *(f"{batch}-{i},{batch} product photo {i}" for i in range(n)),
+        ),
+        batch,
+    )
     s.wait_terminal(batch, timeout=120)
     worker.terminate()
     worker.wait(timeout=30)
 
 
 def test_the_api_key_is_nowhere_but_in_the_workers_environment(
-    simulator: Callable[..., RunningSimulator], stack: Callable[..., Stack], relay: EchoingRelay,
-    flower_ui: list[FlowerUI], tmp_path: Path,
+    simulator: Callable[..., RunningSimulator],
+    stack: Callable[..., Stack],
+    relay: EchoingRelay,
+    flower_ui: list[FlowerUI],
+    tmp_path: Path,
 ) -> None:
     # Given an upstream that requires KEY and fails 30 % of calls, one for which KEY is wrong, and a
     # relay that echoes KEY back; Flower watching; the workers get KEY through GEMINI_API_KEY only
@@ -163,8 +192,15 @@ def test_the_api_key_is_nowhere_but_in_the_workers_environment(
     # When three batches run: one completes through retries, one fails on the key, one on the relay
     run_batch(s, tmp_path, "good", 8)
     run_batch(s, tmp_path, "wrongkey", 3, NANOBATCH_PROVIDER_BASE_URL=wrong.url)
-    run_batch(s, tmp_path, "echo", 2, NANOBATCH_PROVIDER_BASE_URL=relay.url, NANOBATCH_MAX_ATTEMPTS="2",
-              NANOBATCH_BACKOFF_BASE="0.01")
+    run_batch(
+        s,
+        tmp_path,
+        "echo",
+        2,
+        NANOBATCH_PROVIDER_BASE_URL=relay.url,
+        NANOBATCH_MAX_ATTEMPTS="2",
+        NANOBATCH_BACKOFF_BASE="0.01",
+    )
     # and one more batch is queued with no worker running, so its Celery messages stay in Redis
     s.submit_file(write_csv(tmp_path / "queued.csv", "key,prompt", "Q1,mug", "Q2,cup", "Q3,plate"), "queued")
 
@@ -208,8 +244,10 @@ def test_the_api_key_is_nowhere_but_in_the_workers_environment(
 
     # -- Flower: the task list, the worker list and the task pages
     all_ids = {t.id for b in ("good", "wrongkey", "echo") for t in tasks_of(s, b)}
-    tasks = ui.wait_json("/api/tasks", lambda body: all_ids <= {
-        a.strip("(),' ") for a in (t.get("args") or "" for t in body.values())})
+    tasks = ui.wait_json(
+        "/api/tasks",
+        lambda body: all_ids <= {a.strip("(),' ") for a in (t.get("args") or "" for t in body.values())},
+    )
     found += leaks("flower /api/tasks", json.dumps(tasks))
     found += leaks("flower /api/workers", ui.get("/api/workers?refresh=1").text)
     found += leaks("flower /tasks", ui.get("/tasks").text)
@@ -233,8 +271,9 @@ def database_dump(s: Stack) -> str:
     with s.runtime.db.session() as session:
         tables = session.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).all()
         assert {"batches", "generation_tasks"} <= set(tables)
-        return "\n".join(row for table in tables
-                         for row in session.scalars(text(f'SELECT t::text FROM "{table}" t')))
+        return "\n".join(
+            row for table in tables for row in session.scalars(text(f'SELECT t::text FROM "{table}" t'))
+        )
 
 
 def redis_dump(s: Stack) -> tuple[str, list[dict[str, Any]]]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from simulator.testing import SimulatorFactory, wait_until
+from nanobatch.simulator.testing import SimulatorFactory, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +23,18 @@ def simulator() -> Iterator[SimulatorFactory]:
         yield factory
 
 
-@pytest.mark.parametrize(("status", "google_status"), [
-    (500, "INTERNAL"), (503, "UNAVAILABLE"), (504, "DEADLINE_EXCEEDED"), (429, "RESOURCE_EXHAUSTED"),
-])
-def test_error_statuses_have_google_bodies(simulator: SimulatorFactory, status: int,
-                                           google_status: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "google_status"),
+    [
+        (500, "INTERNAL"),
+        (503, "UNAVAILABLE"),
+        (504, "DEADLINE_EXCEEDED"),
+        (429, "RESOURCE_EXHAUSTED"),
+    ],
+)
+def test_error_statuses_have_google_bodies(
+    simulator: SimulatorFactory, status: int, google_status: str
+) -> None:
     sim = simulator(fail_rates={status: 1.0})
     response = httpx.post(sim.url + PRO, json=BODY)
     assert response.status_code == status

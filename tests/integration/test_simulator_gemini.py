@@ -12,8 +12,8 @@ import pytest
 from google.genai import types
 from PIL import Image
 
-from simulator.server import RunningSimulator
-from simulator.testing import SimulatorFactory
+from nanobatch.simulator.server import RunningSimulator
+from nanobatch.simulator.testing import SimulatorFactory
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +32,21 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def body(prompt: str = "a red bicycle", *, ratio: str | None = None, size: str | None = None,
-         images: int = 0, **image_config: Any) -> dict[str, Any]:
+def body(
+    prompt: str = "a red bicycle",
+    *,
+    ratio: str | None = None,
+    size: str | None = None,
+    images: int = 0,
+    **image_config: Any,
+) -> dict[str, Any]:
     config = {k: v for k, v in {"aspectRatio": ratio, "imageSize": size, **image_config}.items() if v}
     png = base64.b64encode(_png()).decode()
     parts = [{"text": prompt}] + [{"inlineData": {"mimeType": "image/png", "data": png}}] * images
-    return {"contents": [{"role": "user", "parts": parts}],
-            "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": config}}
+    return {
+        "contents": [{"role": "user", "parts": parts}],
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": config},
+    }
 
 
 def _png() -> bytes:
@@ -69,11 +77,11 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 @pytest.mark.parametrize("version", ["v1beta", "v1"])
 def test_both_api_versions_answer_with_an_image_at_catalog_size(
-        http: httpx.Client, simulator: SimulatorFactory, version: str) -> None:
+    http: httpx.Client, simulator: SimulatorFactory, version: str
+) -> None:
     sim = simulator()
     post = Poster(http, sim)
-    response = post(f"/{version}/models/gemini-3-pro-image:generateContent",
-                    body(ratio="16:9", size="2K"))
+    response = post(f"/{version}/models/gemini-3-pro-image:generateContent", body(ratio="16:9", size="2K"))
     assert response.status_code == 200
     assert image_of(response).size == (2752, 1536)
     payload = response.json()
@@ -97,9 +105,13 @@ def test_alias_resolves_and_flash_has_no_size(http: httpx.Client, simulator: Sim
 def test_snake_case_request_and_models_prefix(http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator()
     post = Poster(http, sim)
-    payload = {"contents": [{"parts": [{"text": "snake"}]}],
-               "generation_config": {"response_modalities": ["IMAGE"],
-                                     "image_config": {"aspect_ratio": "21:9", "image_size": "1K"}}}
+    payload = {
+        "contents": [{"parts": [{"text": "snake"}]}],
+        "generation_config": {
+            "response_modalities": ["IMAGE"],
+            "image_config": {"aspect_ratio": "21:9", "image_size": "1K"},
+        },
+    }
     response = post("/v1beta/models/models%2Fgemini-3-pro-image:generateContent", payload)
     assert response.status_code == 200
     assert image_of(response).size == (1584, 672)
@@ -119,7 +131,8 @@ def test_edit_with_two_inline_images_is_counted(http: httpx.Client, simulator: S
 
 
 def test_text_and_image_modalities_give_a_text_part_first(
-        http: httpx.Client, simulator: SimulatorFactory) -> None:
+    http: httpx.Client, simulator: SimulatorFactory
+) -> None:
     sim = simulator()
     post = Poster(http, sim)
     payload = body()
@@ -138,7 +151,8 @@ def test_jpeg_when_asked(http: httpx.Client, simulator: SimulatorFactory) -> Non
 
 
 def test_thumbnails_are_small_with_real_size_in_headers(
-        http: httpx.Client, simulator: SimulatorFactory) -> None:
+    http: httpx.Client, simulator: SimulatorFactory
+) -> None:
     sim = simulator(thumbnails=True)
     post = Poster(http, sim)
     response = post(PRO, body(ratio="21:9", size="4K"))
@@ -146,18 +160,27 @@ def test_thumbnails_are_small_with_real_size_in_headers(
     assert image_of(response).size == (256, 109)
 
 
-@pytest.mark.parametrize(("path", "payload", "status", "google_status"), [
-    ("/v1beta/models/gemini-9-ultra:generateContent", body(), 404, "NOT_FOUND"),
-    ("/v1beta/models/gpt-image-1:generateContent", body(), 404, "NOT_FOUND"),
-    (PRO, body(ratio="5:3"), 400, "INVALID_ARGUMENT"),
-    (PRO, body(size="2k"), 400, "INVALID_ARGUMENT"),
-    ("/v1beta/models/gemini-2.5-flash-image:generateContent", body(size="1K"), 400, "INVALID_ARGUMENT"),
-    ("/v1beta/models/gemini-2.5-flash-image:generateContent", body(images=4), 400, "INVALID_ARGUMENT"),
-    (PRO, body(images=15), 400, "INVALID_ARGUMENT"),
-    (PRO, {"contents": []}, 400, "INVALID_ARGUMENT"),
-])
-def test_validation_errors(http: httpx.Client, simulator: SimulatorFactory, path: str,
-                           payload: dict[str, Any], status: int, google_status: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "google_status"),
+    [
+        ("/v1beta/models/gemini-9-ultra:generateContent", body(), 404, "NOT_FOUND"),
+        ("/v1beta/models/gpt-image-1:generateContent", body(), 404, "NOT_FOUND"),
+        (PRO, body(ratio="5:3"), 400, "INVALID_ARGUMENT"),
+        (PRO, body(size="2k"), 400, "INVALID_ARGUMENT"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", body(size="1K"), 400, "INVALID_ARGUMENT"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", body(images=4), 400, "INVALID_ARGUMENT"),
+        (PRO, body(images=15), 400, "INVALID_ARGUMENT"),
+        (PRO, {"contents": []}, 400, "INVALID_ARGUMENT"),
+    ],
+)
+def test_validation_errors(
+    http: httpx.Client,
+    simulator: SimulatorFactory,
+    path: str,
+    payload: dict[str, Any],
+    status: int,
+    google_status: str,
+) -> None:
     sim = simulator(rpm=1)
     post = Poster(http, sim)
     response = post(path, payload)

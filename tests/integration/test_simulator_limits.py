@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from simulator.quotas import next_pacific_midnight
-from simulator.testing import SimulatorFactory, wait_until
+from nanobatch.simulator.quotas import next_pacific_midnight
+from nanobatch.simulator.testing import SimulatorFactory, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,8 @@ def details(response: httpx.Response) -> dict[str, Any]:
 
 
 def test_rpm_third_request_is_429_per_minute_with_fractional_delay(
-        http: httpx.Client, simulator: SimulatorFactory) -> None:
+    http: httpx.Client, simulator: SimulatorFactory
+) -> None:
     sim = simulator(rpm=2)
     assert [http.post(sim.url + PRO, json=BODY).status_code for _ in range(2)] == [200, 200]
     limited = http.post(sim.url + PRO, json=BODY)
@@ -109,8 +110,9 @@ def test_concurrency_limit_counts_requests_in_flight(http: httpx.Client, simulat
     assert not first.is_alive() and outcome
 
 
-def test_concurrency_slots_are_released_after_each_answer(http: httpx.Client,
-                                                          simulator: SimulatorFactory) -> None:
+def test_concurrency_slots_are_released_after_each_answer(
+    http: httpx.Client, simulator: SimulatorFactory
+) -> None:
     sim = simulator(concurrency=1, fail_rates={503: 0.3}, drop_rate=0.2, seed=4)
     for _ in range(10):
         with contextlib.suppress(httpx.RemoteProtocolError):  # a drop must release its slot too

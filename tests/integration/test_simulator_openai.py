@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from simulator.testing import SimulatorFactory
+from nanobatch.simulator.testing import SimulatorFactory
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,8 @@ def test_generation_b64_json_at_the_requested_size(http: httpx.Client, simulator
 
 
 def test_auto_size_is_the_catalog_square_and_gemini_models_are_accepted(
-        http: httpx.Client, simulator: SimulatorFactory) -> None:
+    http: httpx.Client, simulator: SimulatorFactory
+) -> None:
     sim = simulator()
     response = generate(http, sim.url, model="gemini-3-pro-image", size="auto", output_format="jpeg")
     image = decode(response.json()["data"][0]["b64_json"])
@@ -79,8 +80,10 @@ def test_generation_url_is_served_by_the_simulator(http: httpx.Client, simulator
 
 def test_edit_with_several_files(http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator()
-    files = [("image[]", ("a.png", png(), "image/png")),
-             ("image[]", ("b.jpg", png(fmt="JPEG"), "application/octet-stream"))]
+    files = [
+        ("image[]", ("a.png", png(), "image/png")),
+        ("image[]", ("b.jpg", png(fmt="JPEG"), "application/octet-stream")),
+    ]
     data = {"model": "gpt-image-1", "prompt": "combine them", "size": "1024x1536"}
     response = http.post(sim.url + EDITS, data=data, files=files)
     assert response.status_code == 200, response.text
@@ -91,33 +94,49 @@ def test_edit_with_several_files(http: httpx.Client, simulator: SimulatorFactory
 
 def test_edit_with_a_single_image_field(http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator()
-    response = http.post(sim.url + EDITS, data={"model": "gemini-2.5-flash-image", "prompt": "x"},
-                         files={"image": ("a.png", png(), "image/png")})
+    response = http.post(
+        sim.url + EDITS,
+        data={"model": "gemini-2.5-flash-image", "prompt": "x"},
+        files={"image": ("a.png", png(), "image/png")},
+    )
     assert decode(response.json()["data"][0]["b64_json"]).size == (1024, 1024)
 
 
 def test_edit_errors(http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator()
-    no_image = http.post(sim.url + EDITS, data={"model": "gpt-image-1", "prompt": "x"},
-                         files={"mask": ("m.png", png(), "image/png")})
+    no_image = http.post(
+        sim.url + EDITS,
+        data={"model": "gpt-image-1", "prompt": "x"},
+        files={"mask": ("m.png", png(), "image/png")},
+    )
     assert (no_image.status_code, no_image.json()["error"]["param"]) == (400, "image")
-    not_an_image = http.post(sim.url + EDITS, data={"model": "gpt-image-1", "prompt": "x"},
-                             files={"image": ("a.txt", b"hello", "text/plain")})
+    not_an_image = http.post(
+        sim.url + EDITS,
+        data={"model": "gpt-image-1", "prompt": "x"},
+        files={"image": ("a.txt", b"hello", "text/plain")},
+    )
     assert not_an_image.status_code == 400
-    too_many = http.post(sim.url + EDITS, data={"model": "gemini-2.5-flash-image", "prompt": "x"},
-                         files=[("image[]", (f"{i}.png", png(), "image/png")) for i in range(4)])
+    too_many = http.post(
+        sim.url + EDITS,
+        data={"model": "gemini-2.5-flash-image", "prompt": "x"},
+        files=[("image[]", (f"{i}.png", png(), "image/png")) for i in range(4)],
+    )
     assert too_many.status_code == 400
     json_body = http.post(sim.url + EDITS, json={"model": "gpt-image-1", "prompt": "x"})
     assert json_body.status_code == 400
 
 
-@pytest.mark.parametrize(("fields", "status", "code"), [
-    ({"model": "dall-e-9"}, 404, "model_not_found"),
-    ({"size": "1000x1000"}, 400, None),
-    ({"n": 0}, 400, None),
-])
-def test_generation_errors_are_openai_shaped(http: httpx.Client, simulator: SimulatorFactory,
-                                             fields: dict[str, Any], status: int, code: str | None) -> None:
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ({"model": "dall-e-9"}, 404, "model_not_found"),
+        ({"size": "1000x1000"}, 400, None),
+        ({"n": 0}, 400, None),
+    ],
+)
+def test_generation_errors_are_openai_shaped(
+    http: httpx.Client, simulator: SimulatorFactory, fields: dict[str, Any], status: int, code: str | None
+) -> None:
     sim = simulator()
     response = generate(http, sim.url, **fields)
     assert response.status_code == status
@@ -129,10 +148,16 @@ def test_generation_errors_are_openai_shaped(http: httpx.Client, simulator: Simu
 def test_bearer_auth(http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator(api_key="sim-key")
     missing = generate(http, sim.url)
-    wrong = http.post(sim.url + GENERATIONS, json={"model": "gpt-image-1", "prompt": "x"},
-                      headers={"Authorization": "Bearer bad"})
-    right = http.post(sim.url + GENERATIONS, json={"model": "gpt-image-1", "prompt": "x"},
-                      headers={"Authorization": "Bearer sim-key"})
+    wrong = http.post(
+        sim.url + GENERATIONS,
+        json={"model": "gpt-image-1", "prompt": "x"},
+        headers={"Authorization": "Bearer bad"},
+    )
+    right = http.post(
+        sim.url + GENERATIONS,
+        json={"model": "gpt-image-1", "prompt": "x"},
+        headers={"Authorization": "Bearer sim-key"},
+    )
     assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
     assert wrong.json()["error"]["code"] == "invalid_api_key"
     assert "bad" not in wrong.text
@@ -144,8 +169,12 @@ def test_rate_limit_has_retry_after_header(http: httpx.Client, simulator: Simula
     limited = generate(http, sim.url)
     assert limited.status_code == 429
     assert 0 < float(limited.headers["retry-after"]) <= 60
-    assert limited.json()["error"] == {**limited.json()["error"], "type": "requests", "param": None,
-                                       "code": "rate_limit_exceeded"}
+    assert limited.json()["error"] == {
+        **limited.json()["error"],
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
 
 
 def test_block_words_are_moderation_errors(http: httpx.Client, simulator: SimulatorFactory) -> None:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from simulator.config import SimulatorConfig
-from simulator.server import start_simulator
-from simulator.testing import SimulatorFactory, wait_until
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.server import start_simulator
+from nanobatch.simulator.testing import SimulatorFactory, wait_until
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -63,8 +63,11 @@ def test_more_than_a_hundred_slow_requests_are_in_flight_at_once(simulator: Simu
     threads = [threading.Thread(target=call) for _ in range(count)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: sim.stats()["current_concurrency"] == count, timeout=30,
-               message=f"{count} requests in flight together")
+    wait_until(
+        lambda: sim.stats()["current_concurrency"] == count,
+        timeout=30,
+        message=f"{count} requests in flight together",
+    )
     assert sim.stats()["peak_concurrency"] == count
     sim.stop()  # wakes every simulated wait
     for thread in threads:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from models.tables import GenerationTask
-from tasks.sweep import sweep
+from nanobatch.models.tables import GenerationTask
+from nanobatch.tasks.sweep import sweep
 from tests.integration.conftest import write_csv
 
 pytestmark = pytest.mark.integration

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from models import transitions
-from models.base import utcnow
-from models.db import Database
-from models.tables import Batch, GenerationTask, new_id
+from nanobatch.models import transitions
+from nanobatch.models.base import utcnow
+from nanobatch.models.db import Database
+from nanobatch.models.tables import Batch, GenerationTask, new_id
 
 pytestmark = pytest.mark.integration
 
@@ -233,7 +233,7 @@ def test_a_transaction_that_raises_leaves_the_row_unclaimed(db: Database) -> Non
 def test_the_worker_builds_its_job_from_the_claim(db: Database) -> None:
     from types import SimpleNamespace
 
-    from tasks import serve
+    from nanobatch.tasks import serve
 
     batch_id, (tid,) = add_batch(db, budget_usd=3.0, window_start="22:00", window_end="04:00")
     _, (paused,) = add_batch(db, status="paused")

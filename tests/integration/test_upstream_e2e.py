@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from models.tables import GenerationTask
+from nanobatch.models.tables import GenerationTask
 from tests.integration.conftest import write_csv
 
 pytestmark = pytest.mark.integration

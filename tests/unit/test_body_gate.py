@@ -12,11 +12,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from simulator.testing import wait_until
-from workers.providers.base import ImageRequest, ProviderConfig
-from workers.providers.body_gate import BodyGate
-from workers.providers.factory import make_provider
-from workers.providers.http import exchange
+from nanobatch.simulator.testing import wait_until
+from nanobatch.workers.providers.base import ImageRequest, ProviderConfig
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.providers.factory import make_provider
+from nanobatch.workers.providers.http import exchange
 
 BIG = b"x" * 4096
 SMALL = b"{}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.catalog import ASPECT_RATIOS, BUNDLED_CATALOG, CatalogError, load_catalog, parse_catalog
+from nanobatch.models.catalog import ASPECT_RATIOS, BUNDLED_CATALOG, CatalogError, load_catalog, parse_catalog
 
 
 def test_design_pixel_table_samples() -> None:

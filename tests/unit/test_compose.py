@@ -19,8 +19,8 @@ import pytest
 import typer.main
 import yaml
 
-from cli.main import app as cli_app
-from tasks.settings import Settings
+from nanobatch.cli.main import app as cli_app
+from nanobatch.tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -221,7 +221,7 @@ def test_dockerfile_copies_what_exists_and_enters_through_nanobatch() -> None:
             assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
     assert ["ENTRYPOINT", '["nanobatch"]'] in lines
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["nanobatch"] == "cli.main:main"
+    assert scripts["nanobatch"] == "nanobatch.cli.main:main"
 
 
 def _compose_binary() -> list[str] | None:

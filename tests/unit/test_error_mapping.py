@@ -12,14 +12,14 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from workers.errors import (
+from nanobatch.workers.errors import (
     InvalidRequest,
     ProviderError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from workers.providers import http
-from workers.providers.factory import make_http_client
+from nanobatch.workers.providers import http
+from nanobatch.workers.providers.factory import make_http_client
 
 #: The classes a transport failure may become (leaves of the tree, never a base).
 TRANSPORT_OUTCOMES = (UpstreamTimeout, UpstreamUnavailable, InvalidRequest)

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from models.base import Base, utcnow
-from models.db import Database
-from models.status import TaskStatus
-from models.tables import Batch, GenerationTask, new_id
-from tasks.export import (
+from nanobatch.models.base import Base, utcnow
+from nanobatch.models.db import Database
+from nanobatch.models.status import TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask, new_id
+from nanobatch.tasks.export import (
     FIELDS,
     atomic_text_file,
     export_batch,
@@ -33,17 +33,40 @@ from tasks.export import (
 def task(**values: Any) -> GenerationTask:
     """An unsaved row with the columns a finished task has (override any of them)."""
     defaults: dict[str, Any] = {
-        "key": "SKU-1", "status": "completed", "prompt": "a red mug", "model": "gemini-2.5-flash-image",
-        "model_used": None, "image_size": None, "aspect_ratio": "1:1", "result_uri": None,
-        "result_sha256": None, "width": None, "height": None, "mime_type": None, "bytes": None,
-        "cost_usd": None, "error_code": None, "error_message": None, "attempts": 0, "extra": None,
+        "key": "SKU-1",
+        "status": "completed",
+        "prompt": "a red mug",
+        "model": "gemini-2.5-flash-image",
+        "model_used": None,
+        "image_size": None,
+        "aspect_ratio": "1:1",
+        "result_uri": None,
+        "result_sha256": None,
+        "width": None,
+        "height": None,
+        "mime_type": None,
+        "bytes": None,
+        "cost_usd": None,
+        "error_code": None,
+        "error_message": None,
+        "attempts": 0,
+        "extra": None,
     }
     return GenerationTask(**{**defaults, **values})
 
 
 def completed(key: str, path: Path, **values: Any) -> GenerationTask:
-    return task(key=key, result_uri=path.as_uri(), result_sha256="ab" * 32, width=1024, height=1024,
-                mime_type="image/png", bytes=1234, cost_usd=0.039, **values)
+    return task(
+        key=key,
+        result_uri=path.as_uri(),
+        result_sha256="ab" * 32,
+        width=1024,
+        height=1024,
+        mime_type="image/png",
+        bytes=1234,
+        cost_usd=0.039,
+        **values,
+    )
 
 
 def test_a_completed_row_has_every_column_and_a_local_path(tmp_path: Path) -> None:
@@ -65,12 +88,15 @@ def test_a_product_column_named_like_a_fixed_column_is_prefixed_not_lost() -> No
     assert (row["status"], row["extra_status"], row["extra_path"]) == ("failed", "discontinued", "/shop/x")
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    (None, None),
-    ("", None),
-    ("file:///data/images/b/A%20B.png", "/data/images/b/A B.png"),
-    ("s3://bucket/b/A.png", "s3://bucket/b/A.png"),  # not a local file: passed through unchanged
-])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("file:///data/images/b/A%20B.png", "/data/images/b/A B.png"),
+        ("s3://bucket/b/A.png", "s3://bucket/b/A.png"),  # not a local file: passed through unchanged
+    ],
+)
 def test_local_path(uri: str | None, expected: str | None) -> None:
     assert local_path(uri) == expected
 
@@ -78,8 +104,16 @@ def test_local_path(uri: str | None, expected: str | None) -> None:
 def test_csv_has_a_header_of_fixed_then_product_columns_and_empty_cells_for_none(tmp_path: Path) -> None:
     rows = [
         export_row(completed("A", tmp_path / "A.png", extra={"title": "Mug", "tags": ["red", "tall"]})),
-        export_row(task(key="B", status="failed", error_code="blocked", error_message='said "no", twice',
-                        attempts=1, extra={"title": "Cup"})),
+        export_row(
+            task(
+                key="B",
+                status="failed",
+                error_code="blocked",
+                error_message='said "no", twice',
+                attempts=1,
+                extra={"title": "Cup"},
+            )
+        ),
     ]
     out = io.StringIO()
     assert write_csv(rows, ["title", "tags"], out) == 2
@@ -88,12 +122,17 @@ def test_csv_has_a_header_of_fixed_then_product_columns_and_empty_cells_for_none
     assert parsed[0]["tags"] == '["red", "tall"]'  # nested JSONL values become JSON text
     assert parsed[1]["path"] == "" and parsed[1]["tags"] == ""
     assert (parsed[1]["error_code"], parsed[1]["error_message"], parsed[1]["attempts"]) == (
-        "blocked", 'said "no", twice', "1")
+        "blocked",
+        'said "no", twice',
+        "1",
+    )
 
 
 def test_jsonl_is_one_object_per_line_with_native_types(tmp_path: Path) -> None:
-    rows = [export_row(completed("A", tmp_path / "A.png", extra={"tags": ["red"]})),
-            export_row(task(key="B"))]
+    rows = [
+        export_row(completed("A", tmp_path / "A.png", extra={"tags": ["red"]})),
+        export_row(task(key="B")),
+    ]
     out = io.StringIO()
     assert write_jsonl(rows, out) == 2
     objects = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -114,8 +153,13 @@ def make_batch(db: Database, tmp_path: Path, n: int = 25) -> str:
         for i in range(n):
             key = f"SKU-{i:03d}"
             if i % 5 == 0:
-                row = task(key=key, status="failed", error_code="blocked" if i % 10 else "unavailable",
-                           error_message=f"no image for {key}", attempts=1)
+                row = task(
+                    key=key,
+                    status="failed",
+                    error_code="blocked" if i % 10 else "unavailable",
+                    error_message=f"no image for {key}",
+                    attempts=1,
+                )
             elif i % 7 == 0:
                 row = task(key=key, status="pending", error_code="transient" if i == 7 else None)
             else:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models.base import utcnow
-from models.db import Database
-from models.queries import BatchSummary
-from models.tables import Batch, GenerationTask, new_id
-from tasks.gallery import (
+from nanobatch.models.base import utcnow
+from nanobatch.models.db import Database
+from nanobatch.models.queries import BatchSummary
+from nanobatch.models.tables import Batch, GenerationTask, new_id
+from nanobatch.tasks.gallery import (
     FailureGroup,
     ReportData,
     Tile,
@@ -35,16 +35,30 @@ ATTR_BREAKER = '"><img src=x onerror=alert(1)>'
 
 def summary(name: str = "shop", **counts: int) -> BatchSummary:
     full = {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0} | counts
-    return BatchSummary(name=name, status="open", counts=full, cost_usd=0.078, budget_usd=None,
-                        per_minute=0.0, created_at=utcnow())
+    return BatchSummary(
+        name=name,
+        status="open",
+        counts=full,
+        cost_usd=0.078,
+        budget_usd=None,
+        per_minute=0.0,
+        created_at=utcnow(),
+    )
 
 
-def report(tiles: list[Tile], failures: list[FailureGroup] | None = None, name: str = "shop",
-           **counts: int) -> ReportData:
+def report(
+    tiles: list[Tile], failures: list[FailureGroup] | None = None, name: str = "shop", **counts: int
+) -> ReportData:
     now = utcnow()
     counts.setdefault("completed", len(tiles))
-    return ReportData(summary=summary(name, **counts), started_at=now - timedelta(minutes=3), finished_at=now,
-                      tiles=tiles, failures=failures or [], generated_at=now)
+    return ReportData(
+        summary=summary(name, **counts),
+        started_at=now - timedelta(minutes=3),
+        finished_at=now,
+        tiles=tiles,
+        failures=failures or [],
+        generated_at=now,
+    )
 
 
 def tile(key: str = "SKU-1", prompt: str = "a red mug", thumbnail: str | None = None) -> Tile:
@@ -68,7 +82,8 @@ def test_keys_prompts_and_messages_are_escaped_everywhere() -> None:
     data = report(
         [tile(key=HOSTILE, prompt=ATTR_BREAKER + " " + "long " * 60)],
         [FailureGroup(code=HOSTILE, count=1, items=[(HOSTILE, ATTR_BREAKER)])],
-        name=HOSTILE, failed=1,
+        name=HOSTILE,
+        failed=1,
     )
     page = render_html(dataclasses.replace(data, source=HOSTILE, model=ATTR_BREAKER))
     assert "<script" not in page.lower()
@@ -79,8 +94,9 @@ def test_keys_prompts_and_messages_are_escaped_everywhere() -> None:
 
 def test_the_page_loads_nothing_from_anywhere() -> None:
     thumb = thumbnail_data_uri(None) or "data:image/jpeg;base64,AAAA"
-    page = render_html(report([tile(thumbnail=thumb)], [FailureGroup("blocked", 1, [("A", "IMAGE_SAFETY")])],
-                              failed=1))
+    page = render_html(
+        report([tile(thumbnail=thumb)], [FailureGroup("blocked", 1, [("A", "IMAGE_SAFETY")])], failed=1)
+    )
     references = re.findall(r'\b(?:src|href|action|poster|srcset)\s*=\s*"([^"]*)"', page)
     assert references and all(ref.startswith("data:") for ref in references)
     assert "http://" not in page and "https://" not in page and "<link" not in page and "url(" not in page
@@ -103,7 +119,7 @@ def test_a_capped_gallery_says_how_many_it_shows() -> None:
 def test_failure_groups_list_a_bounded_number_of_keys() -> None:
     group = FailureGroup("blocked", 250, [(f"K{i}", "SAFETY") for i in range(200)])
     page = render_html(report([], [group], failed=250))
-    assert page.count("<tr><td class=\"key\">") == 200 and "… and 50 more." in page
+    assert page.count('<tr><td class="key">') == 200 and "… and 50 more." in page
     assert "No completed images yet." in page
 
 
@@ -115,13 +131,17 @@ def test_a_tile_whose_file_is_gone_says_so_instead_of_a_broken_image() -> None:
 # --- Thumbnails ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "expected"), [
-    ((2048, 1024), (256, 128)),  # wide: the long side becomes 256
-    ((768, 1344), (146, 256)),  # tall 9:16
-    ((100, 50), (100, 50)),  # never upscaled
-])
-def test_thumbnails_fit_256_px_keeping_the_aspect_ratio(tmp_path: Path, size: tuple[int, int],
-                                                        expected: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((2048, 1024), (256, 128)),  # wide: the long side becomes 256
+        ((768, 1344), (146, 256)),  # tall 9:16
+        ((100, 50), (100, 50)),  # never upscaled
+    ],
+)
+def test_thumbnails_fit_256_px_keeping_the_aspect_ratio(
+    tmp_path: Path, size: tuple[int, int], expected: tuple[int, int]
+) -> None:
     uri = thumbnail_data_uri(png(tmp_path / "i.png", size))
     assert uri is not None
     with decode(uri) as image:
@@ -162,12 +182,23 @@ def seed(db: Database, tmp_path: Path) -> Batch:
     rows = []
     for i, key in enumerate(["C", "A", "B"]):
         path = png(tmp_path / f"{key}.png", (1344, 768))
-        rows.append(GenerationTask(key=key, status="completed", result_uri=path.as_uri(), width=1344,
-                                   height=768, cost_usd=0.039, started_at=now - timedelta(seconds=90 - i),
-                                   finished_at=now))
+        rows.append(
+            GenerationTask(
+                key=key,
+                status="completed",
+                result_uri=path.as_uri(),
+                width=1344,
+                height=768,
+                cost_usd=0.039,
+                started_at=now - timedelta(seconds=90 - i),
+                finished_at=now,
+            )
+        )
     (tmp_path / "C.png").unlink()
-    rows += [GenerationTask(key=k, status="failed", error_code="blocked", error_message="IMAGE_SAFETY")
-             for k in ("F2", "F1")]
+    rows += [
+        GenerationTask(key=k, status="failed", error_code="blocked", error_message="IMAGE_SAFETY")
+        for k in ("F2", "F1")
+    ]
     rows.append(GenerationTask(key="P", status="pending"))
     with db.session() as session:
         session.add(batch)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models.catalog import load_catalog
-from tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
+from nanobatch.models.catalog import load_catalog
+from nanobatch.tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
 
 CATALOG = load_catalog()
 OPTIONS = IntakeOptions(model="gemini-2.5-flash-image")

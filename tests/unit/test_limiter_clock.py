@@ -7,8 +7,8 @@ from itertools import pairwise
 
 import pytest
 
-from workers.limiter import PACIFIC, next_pacific_midnight, pacific_midnights
-from workers.limiter.clock import from_micros, micros_arg, to_micros, wait_from_micros
+from nanobatch.workers.limiter import PACIFIC, next_pacific_midnight, pacific_midnights
+from nanobatch.workers.limiter.clock import from_micros, micros_arg, to_micros, wait_from_micros
 
 
 def utc(text: str) -> float:

@@ -18,8 +18,8 @@ import fakeredis
 import pytest
 import redis
 
-from workers.limiter import PACIFIC, Admission, PoolLimits, RateLimiter, pacific_midnights
-from workers.limiter import limiter as limiter_module
+from nanobatch.workers.limiter import PACIFIC, Admission, PoolLimits, RateLimiter, pacific_midnights
+from nanobatch.workers.limiter import limiter as limiter_module
 
 POOL = "gemini-test-image"
 #: Noon Pacific on a winter day: the Pacific day runs 2026-01-15 08:00 UTC .. 2026-01-16 08:00 UTC.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from workers.malloc_tuning import pin_mmap_threshold
+from nanobatch.workers.malloc_tuning import pin_mmap_threshold
 
 
 def test_zero_leaves_the_default() -> None:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from models.catalog import load_catalog
-from workers.errors import (
+from nanobatch.models.catalog import load_catalog
+from nanobatch.workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
@@ -24,9 +24,9 @@ from workers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from workers.providers.base import ImageRequest, InputImage, ProviderConfig
-from workers.providers.factory import make_provider
-from workers.providers.gemini import BLOCK_REASONS, GeminiProvider
+from nanobatch.workers.providers.base import ImageRequest, InputImage, ProviderConfig
+from nanobatch.workers.providers.factory import make_provider
+from nanobatch.workers.providers.gemini import BLOCK_REASONS, GeminiProvider
 
 BASE = "https://gemini.test"
 KEY = "AIzaSyTEST-0123456789abcdefghijklmno"

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from models.catalog import load_catalog
-from workers.errors import (
+from nanobatch.models.catalog import load_catalog
+from nanobatch.workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
@@ -25,9 +25,9 @@ from workers.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
-from workers.providers.base import ImageRequest, InputImage, ProviderConfig
-from workers.providers.factory import make_provider
-from workers.providers.openai_compat import OpenAICompatProvider, api_root
+from nanobatch.workers.providers.base import ImageRequest, InputImage, ProviderConfig
+from nanobatch.workers.providers.factory import make_provider
+from nanobatch.workers.providers.openai_compat import OpenAICompatProvider, api_root
 
 BASE = "https://relay.test"
 KEY = "sk-TESTKEY0123456789abcdefghijkl"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.errors import (
+from nanobatch.workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
@@ -16,7 +16,7 @@ from workers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from workers.retry import DEFAULT_RATE_LIMIT_WAIT, Action, RetryPolicy, decide
+from nanobatch.workers.retry import DEFAULT_RATE_LIMIT_WAIT, Action, RetryPolicy, decide
 
 POLICY = RetryPolicy(base=2.0, cap=300.0, max_attempts=5)
 

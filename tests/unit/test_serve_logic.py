@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
-from models.catalog import load_catalog
-from tasks import serve
-from tasks.serve import Job, build_request, choose_model
+from nanobatch.models.catalog import load_catalog
+from nanobatch.tasks import serve
+from nanobatch.tasks.serve import Job, build_request, choose_model
 
 CATALOG = load_catalog()
 

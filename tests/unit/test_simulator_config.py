@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.simulator_cmd import build_config, ready_line
-from simulator.config import SimulatorConfig
+from nanobatch.cli.simulator_cmd import build_config, ready_line
+from nanobatch.simulator.config import SimulatorConfig
 
 
 def test_fail_rates_parse_into_status_to_rate() -> None:
@@ -53,8 +53,16 @@ def test_hold_is_scaled_and_capped_at_a_minute() -> None:
 
 
 def test_cli_flags_build_the_config() -> None:
-    config = build_config(latency="1-2", time_scale=0.01, rpm=10, fail_rate="503=0.5",
-                          block_words="gore, knife,", api_key="k", thumbnails=True, seed=7)
+    config = build_config(
+        latency="1-2",
+        time_scale=0.01,
+        rpm=10,
+        fail_rate="503=0.5",
+        block_words="gore, knife,",
+        api_key="k",
+        thumbnails=True,
+        seed=7,
+    )
     assert config.latency == (1.0, 2.0)
     assert config.fail_rates == {503: 0.5}
     assert config.block_words == ("gore", "knife")

@@ -6,14 +6,23 @@ import json
 
 import pytest
 
-from simulator import google_errors, openai_errors
-from simulator.quotas import RPD, RPM, TPM, QuotaViolation
+from nanobatch.simulator import google_errors, openai_errors
+from nanobatch.simulator.quotas import RPD, RPM, TPM, QuotaViolation
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (26.5, "26.5s"), (0.412, "0.412s"), (3.0, "3s"), (59.9999, "60s"), (0.0001, "0.001s"),
-    (0.0, "0.001s"), (12.05, "12.05s"), (86399.5, "86399.5s"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (26.5, "26.5s"),
+        (0.412, "0.412s"),
+        (3.0, "3s"),
+        (59.9999, "60s"),
+        (0.0001, "0.001s"),
+        (0.0, "0.001s"),
+        (12.05, "12.05s"),
+        (86399.5, "86399.5s"),
+    ],
+)
 def test_retry_delay_is_a_duration_with_fractional_seconds(seconds: float, text: str) -> None:
     assert google_errors.format_duration(seconds) == text
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from simulator.config import SimulatorConfig
-from simulator.faults import Fault, FaultPlan
-from simulator.safety import find_block
+from nanobatch.simulator.config import SimulatorConfig
+from nanobatch.simulator.faults import Fault, FaultPlan
+from nanobatch.simulator.safety import find_block
 
 
 def _sequence(plan: FaultPlan, count: int = 200) -> list[str | None]:

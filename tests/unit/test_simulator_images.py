@@ -7,27 +7,33 @@ import io
 import pytest
 from PIL import Image
 
-from models.catalog import load_catalog
-from simulator.gemini_request import build_job
-from simulator.images import Renderer, palette_for, thumbnail_size
+from nanobatch.models.catalog import load_catalog
+from nanobatch.simulator.gemini_request import build_job
+from nanobatch.simulator.images import Renderer, palette_for, thumbnail_size
 
 
 def _body(ratio: str, size: str | None) -> dict:
     image_config = {"aspectRatio": ratio} | ({"imageSize": size} if size else {})
-    return {"contents": [{"parts": [{"text": "a red bicycle"}]}],
-            "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image_config}}
+    return {
+        "contents": [{"parts": [{"text": "a red bicycle"}]}],
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image_config},
+    }
 
 
-@pytest.mark.parametrize(("model", "size", "ratio", "expected"), [
-    ("gemini-3-pro-image", "4K", "21:9", (6336, 2688)),
-    ("gemini-2.5-flash-image", None, "16:9", (1344, 768)),
-    ("gemini-3-pro-image", "2K", "16:9", (2752, 1536)),
-    ("gemini-3-pro-image", "1K", "2:3", (848, 1264)),
-    ("gemini-3-pro-image", None, "1:1", (1024, 1024)),
-    ("nano-banana", None, "21:9", (1536, 672)),
-])
-def test_job_dimensions_come_from_the_catalog(model: str, size: str | None, ratio: str,
-                                              expected: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("model", "size", "ratio", "expected"),
+    [
+        ("gemini-3-pro-image", "4K", "21:9", (6336, 2688)),
+        ("gemini-2.5-flash-image", None, "16:9", (1344, 768)),
+        ("gemini-3-pro-image", "2K", "16:9", (2752, 1536)),
+        ("gemini-3-pro-image", "1K", "2:3", (848, 1264)),
+        ("gemini-3-pro-image", None, "1:1", (1024, 1024)),
+        ("nano-banana", None, "21:9", (1536, 672)),
+    ],
+)
+def test_job_dimensions_come_from_the_catalog(
+    model: str, size: str | None, ratio: str, expected: tuple[int, int]
+) -> None:
     job = build_job(load_catalog().resolve(model), _body(ratio, size), "png")
     assert (job.width, job.height) == expected
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from models.catalog import ModelSpec, load_catalog
-from simulator.gemini_request import build_job, read_body
-from simulator.multipart import parse_multipart
-from simulator.openai_request import build_job as openai_job
-from simulator.protocol import Rejected
+from nanobatch.models.catalog import ModelSpec, load_catalog
+from nanobatch.simulator.gemini_request import build_job, read_body
+from nanobatch.simulator.multipart import parse_multipart
+from nanobatch.simulator.openai_request import build_job as openai_job
+from nanobatch.simulator.protocol import Rejected
 
 PRO = load_catalog().resolve("gemini-3-pro-image")
 FLASH = load_catalog().resolve("gemini-2.5-flash-image")
@@ -23,13 +23,22 @@ def _error(exc: pytest.ExceptionInfo[Rejected]) -> dict:
 
 
 def test_snake_case_request_is_read_like_camel_case() -> None:
-    body = {"contents": [{"role": "user", "parts": [
-        {"text": "put the logo on the mug"},
-        {"inline_data": {"mime_type": "image/png", "data": PNG}},
-        {"inline_data": {"mime_type": "image/jpeg", "data": PNG}}]}],
-        "generation_config": {"response_modalities": ["IMAGE"],
-                              "image_config": {"aspect_ratio": "4:3", "image_size": "2K",
-                                               "output_mime_type": "image/jpeg"}}}
+    body = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "put the logo on the mug"},
+                    {"inline_data": {"mime_type": "image/png", "data": PNG}},
+                    {"inline_data": {"mime_type": "image/jpeg", "data": PNG}},
+                ],
+            }
+        ],
+        "generation_config": {
+            "response_modalities": ["IMAGE"],
+            "image_config": {"aspect_ratio": "4:3", "image_size": "2K", "output_mime_type": "image/jpeg"},
+        },
+    }
     job = build_job(PRO, read_body(json.dumps(body).encode()), "png")
     assert (job.width, job.height, job.fmt) == (2400, 1792, "jpeg")
     assert job.input_mime_types == ("image/png", "image/jpeg")
@@ -37,14 +46,17 @@ def test_snake_case_request_is_read_like_camel_case() -> None:
     assert job.prompt_tokens == PRO.estimate_prompt_tokens(job.prompt, 2)
 
 
-@pytest.mark.parametrize(("model", "image_config", "fragment"), [
-    (PRO, {"aspectRatio": "7:3"}, "aspect ratio"),
-    (PRO, {"imageSize": "2k"}, "image size"),
-    (PRO, {"imageSize": "8K"}, "image size"),
-    (FLASH, {"imageSize": "1K"}, "imageSize is not supported"),
-    (PRO, {"outputMimeType": "image/gif"}, "MIME"),
-    (PRO, {"aspectRatoi": "1:1"}, "Unknown name"),
-])
+@pytest.mark.parametrize(
+    ("model", "image_config", "fragment"),
+    [
+        (PRO, {"aspectRatio": "7:3"}, "aspect ratio"),
+        (PRO, {"imageSize": "2k"}, "image size"),
+        (PRO, {"imageSize": "8K"}, "image size"),
+        (FLASH, {"imageSize": "1K"}, "imageSize is not supported"),
+        (PRO, {"outputMimeType": "image/gif"}, "MIME"),
+        (PRO, {"aspectRatoi": "1:1"}, "Unknown name"),
+    ],
+)
 def test_bad_image_config_is_invalid_argument(model: ModelSpec, image_config: dict, fragment: str) -> None:
     body = {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"imageConfig": image_config}}
     with pytest.raises(Rejected) as exc:
@@ -62,12 +74,17 @@ def test_too_many_input_images_for_the_model() -> None:
     assert len(build_job(PRO, {"contents": [{"parts": parts}]}, "png").input_mime_types) == 4
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"contents": []}, {"contents": [{"parts": []}]},
-    {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "%%%"}}]}]},
-    {"contents": [{"parts": [{"inlineData": {"mimeType": "text/plain", "data": PNG}}]}]},
-    {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"responseModalities": ["TEXT"]}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"contents": []},
+        {"contents": [{"parts": []}]},
+        {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "%%%"}}]}]},
+        {"contents": [{"parts": [{"inlineData": {"mimeType": "text/plain", "data": PNG}}]}]},
+        {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"responseModalities": ["TEXT"]}},
+    ],
+)
 def test_malformed_contents_are_invalid_argument(body: dict) -> None:
     with pytest.raises(Rejected) as exc:
         build_job(PRO, read_body(json.dumps(body).encode()), "png")
@@ -87,13 +104,20 @@ def test_openai_size_is_rendered_as_asked_or_catalog_square_for_auto() -> None:
     assert (job.width, job.height, job.aspect_ratio) == (*PRO.dimensions(None, "1:1"), "1:1")
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"prompt": "p", "size": "1000x1000"}, "size"), ({"prompt": "p", "size": "16384x16"}, "size"),
-    ({"prompt": "p", "size": "big"}, "size"), ({"prompt": ""}, "prompt"), ({"prompt": "p", "n": 0}, "n"),
-    ({"prompt": "p", "n": 11}, "n"), ({"prompt": "p", "response_format": "file"}, "response_format"),
-    ({"prompt": "p", "output_format": "gif"}, "output_format"),
-    ({"prompt": "p", "quality": "ultra"}, "quality"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"prompt": "p", "size": "1000x1000"}, "size"),
+        ({"prompt": "p", "size": "16384x16"}, "size"),
+        ({"prompt": "p", "size": "big"}, "size"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "p", "n": 0}, "n"),
+        ({"prompt": "p", "n": 11}, "n"),
+        ({"prompt": "p", "response_format": "file"}, "response_format"),
+        ({"prompt": "p", "output_format": "gif"}, "output_format"),
+        ({"prompt": "p", "quality": "ultra"}, "quality"),
+    ],
+)
 def test_openai_bad_fields_name_the_param(fields: dict, param: str) -> None:
     with pytest.raises(Rejected) as exc:
         openai_job(PRO, fields, [], "png")
@@ -103,9 +127,11 @@ def test_openai_bad_fields_name_the_param(fields: dict, param: str) -> None:
 
 def test_multipart_keeps_binary_files_byte_for_byte() -> None:
     payload = b"\x89PNG\r\n\x1a\n\r\n--not-the-boundary\r\n\x00\xff"
-    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhello\r\n"
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"image[]\"; filename=\"a.png\"\r\n"
-            b"Content-Type: image/png\r\n\r\n" + payload + b"\r\n--XyZ--\r\n")
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhello\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + payload + b"\r\n--XyZ--\r\n"
+    )
     parts = parse_multipart("multipart/form-data; boundary=XyZ", body)
     assert [(p.name, p.filename) for p in parts] == [("prompt", None), ("image[]", "a.png")]
     assert parts[0].text == "hello"

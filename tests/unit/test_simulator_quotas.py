@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from simulator.quotas import (
+from nanobatch.simulator.quotas import (
     CONCURRENCY,
     PACIFIC,
     RPD,

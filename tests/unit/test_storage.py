@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workers.storage import StorageError, safe_name, store_image
+from nanobatch.workers.storage import StorageError, safe_name, store_image
 
 
 def png(width: int = 8, height: int = 6) -> bytes:

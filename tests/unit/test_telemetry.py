@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks.metrics import telemetry_metrics
-from tasks.telemetry import LATENCY_BUCKETS, Telemetry, bucket_for, bucket_label
+from nanobatch.tasks.metrics import telemetry_metrics
+from nanobatch.tasks.telemetry import LATENCY_BUCKETS, Telemetry, bucket_for, bucket_label
 from tests.conftest import free_port
 
 POOL = "gemini-2.5-flash-image"

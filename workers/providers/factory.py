@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import httpx
 
-from workers.providers.base import Provider, ProviderConfig
-from workers.providers.body_gate import BodyGate
-from workers.providers.gemini import GeminiProvider
-from workers.providers.http import make_http_client
-from workers.providers.openai_compat import OpenAICompatProvider
+from nanobatch.workers.providers.base import Provider, ProviderConfig
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.providers.gemini import GeminiProvider
+from nanobatch.workers.providers.http import make_http_client
+from nanobatch.workers.providers.openai_compat import OpenAICompatProvider
 
 __all__ = ["make_http_client", "make_provider"]
 

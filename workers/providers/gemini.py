@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from workers.errors import (
+from nanobatch.workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
@@ -39,9 +39,9 @@ from workers.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
-from workers.providers.base import ImageRequest, ImageResult, ProviderConfig
-from workers.providers.body_gate import BodyGate
-from workers.providers.http import (
+from nanobatch.workers.providers.base import ImageRequest, ImageResult, ProviderConfig
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.providers.http import (
     as_dict,
     as_int,
     as_list,
@@ -57,7 +57,7 @@ from workers.providers.http import (
     success_payload,
     truncate,
 )
-from workers.redact import redact
+from nanobatch.workers.redact import redact
 
 #: finishReason / blockReason values that mean "refused for safety or policy": fail now, not retried.
 BLOCK_REASONS = frozenset(

@@ -36,14 +36,14 @@ from typing import Any
 
 import httpx
 
-from workers.errors import (
+from nanobatch.workers.errors import (
     InvalidRequest,
     ProviderError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from workers.providers.body_gate import BodyGate
-from workers.redact import redact
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.redact import redact
 
 USER_AGENT = "nanobatch/0.1"
 

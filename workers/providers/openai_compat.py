@@ -33,7 +33,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from workers.errors import (
+from nanobatch.workers.errors import (
     ContentBlocked,
     DailyQuotaExhausted,
     NoImageReturned,
@@ -42,9 +42,9 @@ from workers.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
-from workers.providers.base import ImageRequest, ImageResult, InputImage, ProviderConfig
-from workers.providers.body_gate import BodyGate
-from workers.providers.http import (
+from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage, ProviderConfig
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.providers.http import (
     as_dict,
     as_int,
     as_str,
@@ -58,7 +58,7 @@ from workers.providers.http import (
     success_payload,
     truncate,
 )
-from workers.redact import redact
+from nanobatch.workers.redact import redact
 
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
 BILLING_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
