@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from nanobatch.tasks.celery_app import configure_app
+from nanobatch.tasks.celeryapp.app import configure_app
 from nanobatch.tasks.settings import Settings
 
 NOOP_TASK = "bench.noop"

@@ -167,7 +167,7 @@ def throughput(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     }
     from celery import Celery
 
-    from nanobatch.tasks.celery_app import configure_app
+    from nanobatch.tasks.celeryapp.app import configure_app
     from nanobatch.tasks.settings import Settings
 
     producer_app = configure_app(

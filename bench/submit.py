@@ -82,7 +82,7 @@ def what_if(runtime: Any, redis: Any, ns: Any, intake: Any, *, rows: int) -> dic
 
     from nanobatch.models.base import utcnow
     from nanobatch.models.tables import Batch, new_id
-    from nanobatch.tasks.celery_app import GENERATE_TASK
+    from nanobatch.tasks.celeryapp.app import GENERATE_TASK
 
     cols = [
         "id",
@@ -209,7 +209,7 @@ def drop_queue(redis: Any, queue: str) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from nanobatch.tasks import producer
-    from nanobatch.tasks.celery_app import GENERATE_TASK
+    from nanobatch.tasks.celeryapp.app import GENERATE_TASK
     from nanobatch.tasks.intake import IntakeOptions, read_file
     from nanobatch.tasks.producer import BatchOptions, submit
 
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "in_queue": drop_queue(redis, raw_queue),
             }
         with phase(f"raw Celery task.apply_async, {args.raw:,} messages one by one"):
-            from nanobatch.tasks.definitions import generate as task
+            from nanobatch.tasks.celeryapp.definitions import generate as task
 
             started = time.perf_counter()
             for task_id in ids:

@@ -21,7 +21,7 @@ from sqlalchemy import update
 import nanobatch.tasks.serve as serve
 from nanobatch.models import transitions
 from nanobatch.models.tables import GenerationTask
-from nanobatch.tasks import app
+from nanobatch.tasks.celeryapp import app
 
 __all__ = ["app"]
 

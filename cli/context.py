@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.orm import Session
 
-from nanobatch.tasks import app as celery_app
-from nanobatch.tasks.celery_app import configure_app
-from nanobatch.tasks.runtime import Runtime, build_runtime
+from nanobatch.models.db import Database
+from nanobatch.models.tables import Batch
+from nanobatch.tasks import operations
+from nanobatch.tasks.celeryapp.runtime import connect
+from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.settings import Settings
 
 # Piped output (CI logs, `| tee`) gets a wide console so tables are not squeezed to 80 columns.
@@ -49,8 +54,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def runtime_for(settings: Settings) -> Runtime:
     """A runtime on ``settings``, with the Celery app pointed at the same broker."""
-    configure_app(celery_app, settings)
-    return build_runtime(settings, celery_app)
+    return connect(settings, migrate=False)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -61,3 +65,33 @@ def setup_logging(level: str = "INFO") -> None:
     )
     # One line per upstream call is noise at info level (and URLs are not ours to print).
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[Database]:
+    """The settings' database, migrated (like ``status``: a fresh SQLite file answers "no batch")."""
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        yield db
+    finally:
+        db.dispose()
+
+
+@contextmanager
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """A full runtime (database + Redis + Celery producer) for the actions that publish messages."""
+    rt = runtime_for(settings)
+    try:
+        rt.db.upgrade()
+        yield rt
+    finally:
+        rt.close()
+
+
+def require_batch(session: Session, name: str) -> Batch:
+    """The batch called ``name``, or exit 1 with a clear message."""
+    try:
+        return operations.require_batch(session, name)
+    except operations.OperationError as exc:
+        raise fail(str(exc), 1) from None

@@ -20,7 +20,7 @@ from nanobatch.cli.status_cmd import status_table
 from nanobatch.models.queries import BatchSummary, batch_summaries
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.server import start_simulator
-from nanobatch.tasks.embedded import EmbeddedWorker
+from nanobatch.tasks.celeryapp.embedded import EmbeddedWorker
 from nanobatch.tasks.intake import IntakeError, IntakeOptions, read_file
 from nanobatch.tasks.producer import BatchOptions, submit
 from nanobatch.tasks.runtime import Runtime

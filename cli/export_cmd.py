@@ -17,8 +17,7 @@ from typing import TextIO
 
 import typer
 
-from nanobatch.cli.batch_cmd import database, require_batch
-from nanobatch.cli.context import err_console, load_settings
+from nanobatch.cli.context import database, err_console, load_settings, require_batch
 from nanobatch.tasks.export import atomic_text_file, export_batch
 
 

@@ -13,8 +13,8 @@ import os
 import typer
 
 from nanobatch.cli.context import err_console, fail, load_settings
-from nanobatch.tasks import app as celery_app
-from nanobatch.tasks.celery_app import configure_app
+from nanobatch.tasks.celeryapp import app as celery_app
+from nanobatch.tasks.celeryapp.app import configure_app
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import typer
 
-from nanobatch.cli.batch_cmd import database, require_batch
-from nanobatch.cli.context import console, load_settings
+from nanobatch.cli.context import console, database, load_settings, require_batch
 from nanobatch.tasks.gallery import MAX_IMAGES, collect, default_report_path, with_thumbnails, write_report
 
 

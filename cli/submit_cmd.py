@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -12,11 +11,11 @@ from rich.table import Table
 from nanobatch.cli.context import console, err_console, fail, load_settings, runtime_for
 from nanobatch.models.catalog import Catalog, CatalogError, load_catalog
 from nanobatch.tasks.estimate import estimate, human_duration
-from nanobatch.tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
+from nanobatch.tasks.intake import IntakeError, IntakeOptions, IntakeResult
 from nanobatch.tasks.producer import BatchOptions, SubmitError, SubmitReport, submit
 from nanobatch.tasks.runtime import redis_for
-from nanobatch.tasks.schedule import next_occurrence, parse_window
 from nanobatch.tasks.settings import Settings
+from nanobatch.tasks.submission import SubmitChoices, batch_options, intake_options, read_source
 from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
 MAX_ERRORS_SHOWN = 50
@@ -53,16 +52,21 @@ def submit_command(
     """Validate a product file and enqueue one image task per row."""
     settings = load_settings()
     catalog = _catalog(settings)
-    options = IntakeOptions(
-        model=_canonical(catalog, model or settings.default_model),
-        aspect_ratio=aspect or settings.default_aspect_ratio,
-        image_size=size,
-        output_format=output_format.lower(),
+    choices = SubmitChoices(
+        model=model,
+        size=size,
+        aspect_ratio=aspect,
         template=template,
+        output_format=output_format,
         images_dir=images_dir,
+        budget_usd=budget_usd,
+        reuse=reuse,
+        at=at,
+        window=window,
     )
     try:
-        intake = read_file(file, catalog, options)
+        options = intake_options(choices, catalog, settings)
+        intake = read_source(file, catalog, options)
     except IntakeError as exc:
         raise fail(str(exc), 2) from None
     _print_errors(intake)
@@ -73,8 +77,11 @@ def submit_command(
         raise fail(
             f"{len(intake.errors)} invalid row(s); nothing was written (use --skip-invalid to write the rest)"
         )
-    batch_options = _batch_options(batch or file.stem, settings, budget_usd, reuse, at, window)
-    report = _write(settings, intake, batch_options, options, str(file), skip_invalid)
+    try:
+        options_for_batch = batch_options(batch or file.stem, choices, settings)
+    except SubmitError as exc:
+        raise fail(str(exc), 2) from None
+    report = _write(settings, intake, options_for_batch, options, str(file), skip_invalid)
     _print_report(report, settings)
 
 
@@ -83,33 +90,6 @@ def _catalog(settings: Settings) -> Catalog:
         return load_catalog(settings.catalog_file)
     except (OSError, CatalogError, ValueError) as exc:
         raise fail(f"cannot read the model catalog: {exc}", 2) from None
-
-
-def _canonical(catalog: Catalog, name: str) -> str:
-    try:
-        return catalog.canonical(name)
-    except CatalogError as exc:
-        raise fail(str(exc), 2) from None
-
-
-def _batch_options(
-    name: str, settings: Settings, budget: float | None, reuse: bool, at: str | None, window: str | None
-) -> BatchOptions:
-    if budget is not None and budget <= 0:
-        raise fail("--budget-usd must be greater than 0", 2)
-    try:
-        scheduled: datetime | None = next_occurrence(at, settings.timezone) if at else None
-        parsed_window = parse_window(window) if window else None
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    return BatchOptions(
-        name=name,
-        budget_usd=budget,
-        reuse=reuse,
-        scheduled_for=scheduled,
-        window=parsed_window,
-        window_tz=settings.timezone,
-    )
 
 
 def _write(

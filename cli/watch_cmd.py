@@ -19,8 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from nanobatch.cli.batch_cmd import database
-from nanobatch.cli.context import console, fail, load_settings
+from nanobatch.cli.context import console, database, fail, load_settings
 from nanobatch.models.db import Database
 from nanobatch.models.queries import BatchSummary, batch_summaries, find_batch
 from nanobatch.models.status import TaskStatus

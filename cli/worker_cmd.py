@@ -7,9 +7,9 @@ import threading
 import typer
 
 from nanobatch.cli.context import console, fail, load_settings, runtime_for, setup_logging
-from nanobatch.tasks import app as celery_app
-from nanobatch.tasks.celery_app import control_queue
-from nanobatch.tasks.embedded import EmbeddedWorker
+from nanobatch.tasks.celeryapp import app as celery_app
+from nanobatch.tasks.celeryapp.app import control_queue
+from nanobatch.tasks.celeryapp.embedded import EmbeddedWorker
 from nanobatch.tasks.settings import GOOGLE_BASE_URL, Settings
 from nanobatch.tasks.sweep import sweep
 

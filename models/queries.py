@@ -9,12 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from nanobatch.models.base import utcnow
-from nanobatch.models.status import TaskStatus
+from nanobatch.models.status import ErrorCode, TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
 #: ``error_code`` of a pending task that waits for its batch's budget to be raised.
-BUDGET_REACHED = "budget_reached"
+BUDGET_REACHED = ErrorCode.BUDGET_REACHED
 
 
 @dataclass(frozen=True)

@@ -40,3 +40,56 @@ class BatchStatus(StrEnum):
     PAUSED = "paused"
     CANCELLED = "cancelled"
     DONE = "done"
+
+
+class ErrorCode(StrEnum):
+    """Why a task failed, or why it is waiting: the ``error_code`` column and ``retry --reason CODE``.
+
+    A public interface (users type these): extend, never rename. ``RETRYABLE`` below says whether an
+    operator ``retry`` can help without changing the input (README, "Error codes").
+    """
+
+    # Upstream, transient: retried automatically with backoff (each counts an attempt).
+    TRANSIENT = "transient"  # a transient upstream error of no more specific kind
+    TIMEOUT = "timeout"  # the call took longer than NANOBATCH_REQUEST_TIMEOUT / connect timeout
+    UNAVAILABLE = "unavailable"  # 5xx, connection refused/reset/dropped
+    NO_IMAGE = "no_image"  # a 200 without an image (finishReason NO_IMAGE / OTHER)
+    # Upstream, rate limits: waits, never attempts.
+    RATE_LIMITED = "rate_limited"  # 429 with a per-minute quota: the pool cools down
+    DAILY_QUOTA = "daily_quota"  # 429 on a per-day quota: parked until Pacific midnight
+    # Upstream, permanent: failed at once.
+    PROVIDER_ERROR = "provider_error"  # an upstream error of no known kind
+    PERMANENT = "permanent"  # a permanent upstream error of no more specific kind
+    BLOCKED = "blocked"  # a safety block of the prompt or the output
+    QUOTA_ZERO = "quota_zero"  # the quota is 0 or billing is off: a misconfigured account
+    INVALID_REQUEST = "invalid_request"  # 400/401/403/404: bad request, bad key, unknown model
+    # Ours.
+    INVALID_TASK = "invalid_task"  # the row cannot be served (unknown model, unreadable input image)
+    LIMIT_TOO_SMALL = "limit_too_small"  # one request needs more tokens than the pool's tokens/minute
+    STORAGE = "storage"  # the image could not be stored
+    INTERNAL = "internal"  # a bug or an infrastructure fault while serving the task
+    LEASE_EXPIRED = "lease_expired"  # the worker holding the task stopped responding
+    # Reasons a pending task waits (not failures).
+    RATE_WAIT = "rate_wait"  # waiting for the global limiter to admit the call
+    OUTSIDE_WINDOW = "outside_window"  # the batch's time window is closed
+    BUDGET_REACHED = "budget_reached"  # the batch's budget is spent; waiting for it to be raised
+
+    @property
+    def retryable(self) -> bool:
+        """Whether ``nanobatch retry --reason CODE`` can succeed without changing the task's input."""
+        return self not in NOT_RETRYABLE
+
+
+#: Failures that a plain retry repeats: the prompt, the row or the request itself must change.
+NOT_RETRYABLE = frozenset(
+    {ErrorCode.BLOCKED, ErrorCode.INVALID_REQUEST, ErrorCode.INVALID_TASK, ErrorCode.PERMANENT}
+)
+
+
+def parse_error_code(text: str) -> ErrorCode:
+    """``text`` as an :class:`ErrorCode`, or a ``ValueError`` that lists the valid codes."""
+    try:
+        return ErrorCode(text.strip().lower())
+    except ValueError:
+        valid = ", ".join(code.value for code in ErrorCode)
+        raise ValueError(f"unknown error code {text!r}; valid codes: {valid}") from None

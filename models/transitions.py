@@ -32,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from nanobatch.models.base import UTCDateTime, utcnow
-from nanobatch.models.status import BatchStatus, TaskStatus
+from nanobatch.models.lifecycle import out_of_attempts, runnable_batch_ids
+from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 
 PENDING = TaskStatus.PENDING.value
@@ -61,14 +62,6 @@ def _rowcount(result: Any) -> int:
 
 def _is_due(now: datetime | BindParameter[datetime]) -> Any:
     return or_(_TASKS.c.not_before.is_(None), _TASKS.c.not_before <= now)
-
-
-def _runnable_batches(now: datetime | BindParameter[datetime]) -> Any:
-    """Batches whose tasks may start now: open (not paused/cancelled) and past their start time."""
-    return select(_BATCHES.c.id).where(
-        _BATCHES.c.status == BatchStatus.OPEN.value,
-        or_(_BATCHES.c.scheduled_for.is_(None), _BATCHES.c.scheduled_for <= now),
-    )
 
 
 def _batch_fact(column: Any, label: str) -> Label[Any]:
@@ -107,7 +100,7 @@ _CLAIM = (
         _TASKS.c.id == bindparam("p_task_id"),
         _TASKS.c.status == PENDING,
         _is_due(_NOW),
-        _TASKS.c.batch_id.in_(_runnable_batches(_NOW)),
+        _TASKS.c.batch_id.in_(runnable_batch_ids(_NOW)),
     )
     .values(
         status=PROCESSING,
@@ -326,14 +319,14 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
     failed = _rowcount(
         session.execute(
             update(GenerationTask)
-            .where(expired, GenerationTask.attempts + 1 >= max_attempts)
+            .where(expired, out_of_attempts(GenerationTask.attempts + 1, max_attempts))
             .values(
                 status=FAILED,
                 finished_at=now,
                 attempts=GenerationTask.attempts + 1,
                 lease_expires_at=None,
                 claim_token=None,
-                error_code="lease_expired",
+                error_code=ErrorCode.LEASE_EXPIRED.value,
                 error_message="worker stopped responding while holding the task (lease expired) too often",
             )
         )
@@ -349,7 +342,7 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
                 claim_token=None,
                 dispatched_at=None,
                 not_before=None,
-                error_code="lease_expired",
+                error_code=ErrorCode.LEASE_EXPIRED.value,
                 error_message="worker stopped responding while holding the task; retrying",
             )
         )
@@ -364,34 +357,35 @@ def due_for_dispatch(
     now: datetime | None = None,
     limit: int = 2000,
     exclude_batches: Sequence[str] = (),
+    batch_id: str | None = None,
+    after_id: str | None = None,
 ) -> list[str]:
     """Due pending rows of runnable batches whose last dispatch is missing or older than ``older_than``.
 
-    Oldest dispatch first, so rows that never had a message (or lost it longest ago) go first.
+    Oldest dispatch first, so rows that never had a message (or lost it longest ago) go first; or,
+    with ``after_id``, pages in id order (the rows with an id above it), to walk a whole batch.
     """
     now = now or utcnow()
     conditions = [
         GenerationTask.status == PENDING,
         _is_due(now),
-        GenerationTask.batch_id.in_(_runnable_batches(now)),
+        GenerationTask.batch_id.in_(runnable_batch_ids(now)),
         or_(GenerationTask.dispatched_at.is_(None), GenerationTask.dispatched_at < older_than),
     ]
     if exclude_batches:
         conditions.append(GenerationTask.batch_id.not_in(list(exclude_batches)))
-    stmt = (
-        select(GenerationTask.id)
-        .where(*conditions)
-        .order_by(GenerationTask.dispatched_at.is_not(None), GenerationTask.dispatched_at, GenerationTask.id)
-        .limit(limit)
+    if batch_id is not None:
+        conditions.append(GenerationTask.batch_id == batch_id)
+    order: tuple[Any, ...] = (
+        GenerationTask.dispatched_at.is_not(None),
+        GenerationTask.dispatched_at,
+        GenerationTask.id,
     )
+    if after_id is not None:
+        conditions.append(GenerationTask.id > after_id)
+        order = (GenerationTask.id,)
+    stmt = select(GenerationTask.id).where(*conditions).order_by(*order).limit(limit)
     return list(session.scalars(stmt))
-
-
-def mark_dispatched(session: Session, task_ids: Sequence[str], *, now: datetime | None = None) -> None:
-    now = now or utcnow()
-    for start in range(0, len(task_ids), 1000):
-        chunk = list(task_ids[start : start + 1000])
-        session.execute(update(GenerationTask).where(GenerationTask.id.in_(chunk)).values(dispatched_at=now))
 
 
 def cancel_batch(session: Session, batch_id: str) -> int:
@@ -406,7 +400,7 @@ def cancel_batch(session: Session, batch_id: str) -> int:
     )
 
 
-def retry_failed(session: Session, batch_id: str, *, error_code: str | None = None) -> list[str]:
+def retry_failed(session: Session, batch_id: str, *, error_code: ErrorCode | None = None) -> list[str]:
     """failed → pending with a fresh attempt budget (operator action); returns the ids moved."""
     conditions = [GenerationTask.batch_id == batch_id, GenerationTask.status == FAILED]
     if error_code:

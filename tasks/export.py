@@ -17,14 +17,13 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from nanobatch.models.status import TaskStatus
 from nanobatch.models.tables import GenerationTask
+from nanobatch.workers.storage import local_path
 
 ExportFormat = Literal["csv", "jsonl"]
 
@@ -69,16 +68,6 @@ _COLUMNS = (
     GenerationTask.attempts,
     GenerationTask.extra,
 )
-
-
-def local_path(uri: str | None) -> str | None:
-    """The file-system path of a ``file://`` result URI; other URIs (object stores) pass unchanged."""
-    if not uri:
-        return None
-    parsed = urlparse(uri)
-    if parsed.scheme != "file":
-        return uri
-    return url2pathname(parsed.path)
 
 
 def extra_name(name: str) -> str:

@@ -30,8 +30,8 @@ from nanobatch.models.queries import BatchSummary, batch_summaries
 from nanobatch.models.status import TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks.estimate import human_duration
-from nanobatch.tasks.export import atomic_text_file, local_path, reason_counts
-from nanobatch.workers.storage import safe_name
+from nanobatch.tasks.export import atomic_text_file, reason_counts
+from nanobatch.workers.storage import local_path, safe_name
 
 MAX_IMAGES = 1000
 THUMB_PX = 256

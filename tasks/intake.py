@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -138,6 +138,27 @@ def read_file(path: Path, catalog: Catalog, options: IntakeOptions) -> IntakeRes
             validator.check(line, raw, result)
     if result.rows_read == 0:
         raise IntakeError(f"{path}: the file has no rows")
+    return result
+
+
+def read_rows(
+    rows: Iterable[Mapping[str, Any]], catalog: Catalog, options: IntakeOptions, *, base_dir: Path
+) -> IntakeResult:
+    """Validate rows given as mappings (the Python API) by the same rules as a file's rows.
+
+    ``line`` in each :class:`RowError` is the row's 1-based position; relative input image paths
+    resolve against ``base_dir``.
+    """
+    validator = _RowValidator(catalog, options, base_dir, _template_fields(options.template))
+    result = IntakeResult()
+    for line, row in enumerate(rows, start=1):
+        result.rows_read += 1
+        if not isinstance(row, Mapping):
+            result.errors.append(RowError(line, "-", "each row must be a mapping of column to value"))
+            continue
+        validator.check(line, {str(k): v for k, v in row.items() if v not in ("", None)}, result)
+    if result.rows_read == 0:
+        raise IntakeError("no rows to submit")
     return result
 
 

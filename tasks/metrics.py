@@ -38,7 +38,7 @@ from nanobatch.models.db import Database
 from nanobatch.models.queries import THROUGHPUT_WINDOW
 from nanobatch.models.status import TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
-from nanobatch.tasks.celery_app import control_queue
+from nanobatch.tasks.celeryapp.app import control_queue
 from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.telemetry import Telemetry, TelemetrySnapshot
 from nanobatch.workers.limiter import PoolState, RateLimiter

@@ -20,11 +20,10 @@ from sqlalchemy.orm import Session
 
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database
+from nanobatch.models.lifecycle import BatchGate, Publisher, dispatch, why_batch_waits
 from nanobatch.models.status import BatchStatus
 from nanobatch.models.tables import Batch, GenerationTask, new_id
-from nanobatch.tasks.dispatch import Dispatcher
 from nanobatch.tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
-from nanobatch.tasks.schedule import outside_window
 
 INSERT_CHUNK = 5000
 STAGING = "nanobatch_incoming_tasks"
@@ -58,7 +57,7 @@ class SubmitReport:
 
 def submit(
     db: Database,
-    dispatcher: Dispatcher | None,
+    dispatcher: Publisher | None,
     intake: IntakeResult,
     batch: BatchOptions,
     *,
@@ -71,17 +70,17 @@ def submit(
     report = SubmitReport(batch.name, intake.rows_read, len(intake.tasks), errors=intake.errors)
     if intake.errors and not skip_invalid:
         return report
-    if batch.budget_usd is not None and batch.budget_usd <= 0:
+    if batch.budget_usd is not None and not batch.budget_usd > 0:  # also refuses NaN
         raise SubmitError("--budget-usd must be greater than 0")
     with db.session() as session:
         batch_row = _get_or_create_batch(session, batch, intake_options, source)
-        publish = dispatcher is not None and _runnable_now(batch_row)
+        publish = dispatcher is not None and why_batch_waits(BatchGate.of(batch_row)) is None
         # Rows about to be published carry their dispatch time from the start (no second UPDATE of
         # 100k rows). If publishing then fails, they have no live message and the sweeper sends them.
         new_ids = _insert_tasks(session, batch_row.id, intake.tasks, progress, dispatched=publish)
     report.new, report.existing, report.written = len(new_ids), len(intake.tasks) - len(new_ids), True
     if publish and dispatcher is not None and new_ids:
-        report.dispatched = dispatcher.publish(new_ids)
+        report.dispatched = dispatch(None, dispatcher, new_ids)  # stamped by the insert
     return report
 
 
@@ -205,12 +204,3 @@ def _row(
         "created_at": now,
         "dispatched_at": dispatched_at,
     }
-
-
-def _runnable_now(batch: Batch) -> bool:
-    now = utcnow()
-    if batch.status != BatchStatus.OPEN.value:
-        return False
-    if batch.scheduled_for is not None and batch.scheduled_for > now:
-        return False
-    return not outside_window(now, batch.window_start, batch.window_end, batch.window_tz or "UTC")

@@ -24,15 +24,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.catalog import CatalogError, ModelSpec
-from nanobatch.models.queries import BUDGET_REACHED
+from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
+from nanobatch.models.status import BatchStatus, ErrorCode
 from nanobatch.models.tables import GenerationTask
 from nanobatch.tasks.runtime import Runtime
-from nanobatch.tasks.schedule import outside_window
 from nanobatch.workers.errors import ProviderError, RateLimited
 from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage
 from nanobatch.workers.redact import redact
-from nanobatch.workers.retry import Action, decide
-from nanobatch.workers.storage import StorageError, StoredImage, store_image
+from nanobatch.workers.retry import Action, Decision, decide, retry_or_give_up
+from nanobatch.workers.storage import StorageError, StoredImage, local_path, store_image
 
 log = logging.getLogger("nanobatch.worker")
 T = TypeVar("T")
@@ -52,6 +52,9 @@ class Result(StrEnum):
     FAILED = "failed"
     DEFERRED = "deferred"
     SKIPPED = "skipped"  # not claimable: done already, claimed by another copy, paused, not due
+
+
+OPEN_BATCH = BatchGate(status=BatchStatus.OPEN.value)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class Job:
     content_hash: str | None
     reuse: bool
     has_budget: bool = False
-    window: tuple[str | None, str | None, str] = (None, None, "UTC")  # start, end, time zone
+    #: The claim only succeeds for an open batch past its start time; the window is checked after it.
+    gate: BatchGate = OPEN_BATCH
 
     @property
     def holder(self) -> str:
@@ -93,8 +97,8 @@ def _serve(rt: Runtime, task_id: str, celery_task_id: str | None) -> Result:
     job = claim(rt, task_id, celery_task_id)
     if job is None:
         return Result.SKIPPED
-    if outside_window(utcnow(), *job.window):
-        return hand_back(rt, job, code="outside_window", message="the batch's window is closed")
+    if (why := why_batch_waits(job.gate)) is not None:
+        return hand_back(rt, job, code=ErrorCode.OUTSIDE_WINDOW, message=why)
     try:
         return run_claimed(rt, job)
     except Exception as exc:  # a bug or an infrastructure fault: never leave the row processing
@@ -131,7 +135,12 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
         content_hash=row.content_hash,
         reuse=bool(row.batch_reuse),
         has_budget=row.batch_budget_usd is not None,
-        window=(row.batch_window_start, row.batch_window_end, row.batch_window_tz or "UTC"),
+        gate=BatchGate(
+            status=BatchStatus.OPEN.value,
+            window_start=row.batch_window_start,
+            window_end=row.batch_window_end,
+            window_tz=row.batch_window_tz,
+        ),
     )
 
 
@@ -140,7 +149,7 @@ def run_claimed(rt: Runtime, job: Job) -> Result:
         spec = rt.catalog.resolve(choose_model(job, rt.settings.fallback_models))
         request = build_request(job, spec)
     except (CatalogError, OSError, ValueError) as exc:
-        return finish_failed(rt, job, "invalid_task", str(exc))
+        return finish_failed(rt, job, ErrorCode.INVALID_TASK, str(exc))
     if job.reuse and (result := reuse_previous(rt, job)) is not None:
         return result
     prompt_tokens = spec.estimate_prompt_tokens(job.prompt, len(request.input_images))
@@ -151,7 +160,7 @@ def run_claimed(rt: Runtime, job: Job) -> Result:
             job,
             BUDGET_RECHECK_SECONDS,
             count_attempt=False,
-            code=BUDGET_REACHED,
+            code=ErrorCode.BUDGET_REACHED,
             message="batch budget reached; waiting for the budget to be raised",
         )
     try:
@@ -170,10 +179,12 @@ def admit_call_store(
             return finish_failed(
                 rt,
                 job,
-                "limit_too_small",
+                ErrorCode.LIMIT_TOO_SMALL,
                 f"one request needs more tokens than pool {pool}'s tokens/minute limit",
             )
-        return defer(rt, job, wait, count_attempt=False, code="rate_wait", message=f"waiting for pool {pool}")
+        return defer(
+            rt, job, wait, count_attempt=False, code=ErrorCode.RATE_WAIT, message=f"waiting for pool {pool}"
+        )
     started = time.monotonic()
     try:
         result = rt.provider.generate(request)
@@ -213,8 +224,6 @@ def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Resu
     if isinstance(error, RateLimited):
         rt.telemetry.count_429(pool, next(iter(error.quota_ids), ""))
     decision = decide(error, attempts_so_far=job.attempts, policy=rt.policy)
-    if decision.action is Action.FAIL:
-        return finish_failed(rt, job, decision.code, decision.message, count_attempt=decision.count_attempt)
     if decision.action is Action.PARK_DAY:
         until = rt.limiter.park_until_reset(pool, reason="daily quota exhausted (429 PerDay)")
         log.info("pool %s out of daily quota; parking %s until %.0f", pool, job.id, until)
@@ -235,11 +244,14 @@ def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Resu
         return defer(
             rt, job, decision.delay, count_attempt=False, code=decision.code, message=decision.message
         )
-    log.warning("task %s transient error (%s); retry in %.1fs", job.id, decision.code, decision.delay)
-    return defer(rt, job, decision.delay, count_attempt=True, code=decision.code, message=decision.message)
+    if decision.action is Action.RETRY:
+        log.warning("task %s transient error (%s); retry in %.1fs", job.id, decision.code, decision.delay)
+    return apply_decision(rt, job, decision)
 
 
-def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str, message: str) -> Result:
+def defer(
+    rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: ErrorCode, message: str
+) -> Result:
     """Back to pending: a delayed message for short waits, a parked row (``not_before``) for long ones.
 
     Long ETAs are never handed to Celery: an ETA message sits in worker memory and, past the
@@ -262,12 +274,12 @@ def defer(rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: str
         ),
         single_statement=True,
     )
-    if moved and short:
-        rt.dispatcher.publish([job.id], countdown=delay if delay > 0 else None)
+    if moved and short:  # the requeue stamped the row: publish only
+        dispatch(None, rt.dispatcher, [job.id], countdown=delay if delay > 0 else None)
     return Result.DEFERRED
 
 
-def hand_back(rt: Runtime, job: Job, *, code: str, message: str) -> Result:
+def hand_back(rt: Runtime, job: Job, *, code: ErrorCode, message: str) -> Result:
     """Back to pending with no message: the sweeper dispatches it when its batch may run again."""
     write_with_retry(
         rt,
@@ -279,7 +291,9 @@ def hand_back(rt: Runtime, job: Job, *, code: str, message: str) -> Result:
     return Result.DEFERRED
 
 
-def finish_failed(rt: Runtime, job: Job, code: str, message: str, *, count_attempt: bool = True) -> Result:
+def finish_failed(
+    rt: Runtime, job: Job, code: ErrorCode, message: str, *, count_attempt: bool = True
+) -> Result:
     write_with_retry(
         rt,
         lambda connection: transitions.fail(
@@ -365,10 +379,26 @@ def write_with_retry(rt: Runtime, write: Callable[[Connection], T], *, single_st
 
 def handle_error_storage(rt: Runtime, job: Job, exc: StorageError) -> Result:
     """Garbage bytes are the upstream's fault (retry); a disk problem is ours (retry too, bounded)."""
-    if job.attempts + 1 >= rt.policy.max_attempts:
-        return finish_failed(rt, job, "storage", str(exc))
+    return retry_later(rt, job, ErrorCode.STORAGE, str(exc))
+
+
+def retry_later(rt: Runtime, job: Job, code: ErrorCode, message: str) -> Result:
+    """An error worth another try: back off, or fail when the attempt cap is reached."""
+    decision = retry_or_give_up(code, message, attempts_so_far=job.attempts, policy=rt.policy)
+    return apply_decision(rt, job, decision)
+
+
+def apply_decision(rt: Runtime, job: Job, decision: Decision) -> Result:
+    """Carry out a retry-or-fail decision (the rate-limit actions need the pool: see handle_error)."""
+    if decision.action is Action.FAIL:
+        return finish_failed(rt, job, decision.code, decision.message, count_attempt=decision.count_attempt)
     return defer(
-        rt, job, rt.policy.backoff(job.attempts + 1), count_attempt=True, code="storage", message=str(exc)
+        rt,
+        job,
+        decision.delay,
+        count_attempt=decision.count_attempt,
+        code=decision.code,
+        message=decision.message,
     )
 
 
@@ -387,7 +417,7 @@ def reuse_previous(rt: Runtime, job: Job) -> Result | None:
         ).first()
     if prior is None or prior.result_uri is None:
         return None
-    source = Path(prior.result_uri.removeprefix("file://"))
+    source = Path(local_path(prior.result_uri) or "")
     if not source.is_file():
         return None
     stored = store_image(rt.output_dir, job.batch_name, job.key, source.read_bytes())
@@ -406,7 +436,7 @@ def reuse_previous(rt: Runtime, job: Job) -> Result | None:
 
 def choose_model(job: Job, fallback_chain: list[str]) -> str:
     """The task's own model, or — after repeated upstream outages — the next one in the fallback chain."""
-    outages = job.attempts if job.error_code in {"unavailable", "timeout"} else 0
+    outages = job.attempts if job.error_code in {ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT} else 0
     if not fallback_chain or outages < 2:
         return job.model
     return fallback_chain[min(outages - 2, len(fallback_chain) - 1)]
@@ -448,17 +478,7 @@ def _release_budget(rt: Runtime, job: Job, amount: float) -> None:
 def _requeue_after_crash(rt: Runtime, job: Job, exc: Exception) -> None:
     message = f"internal error: {type(exc).__name__}: {exc}"
     try:
-        if job.attempts + 1 >= rt.policy.max_attempts:
-            finish_failed(rt, job, "internal", message)
-        else:
-            defer(
-                rt,
-                job,
-                rt.policy.backoff(job.attempts + 1),
-                count_attempt=True,
-                code="internal",
-                message=message,
-            )
+        retry_later(rt, job, ErrorCode.INTERNAL, message)
     except Exception:  # the database itself is down: the lease expires and the sweeper recovers it
         log.exception("could not record the crash of task %s; its lease will expire", job.id)
 

@@ -1,4 +1,4 @@
-"""The sweeper: the reason the database, not Redis, is the source of truth (DESIGN §2).
+"""The sweeper: the reason the database, not Redis, is the source of truth (docs/architecture.md, "Recovery").
 
 Every ``sweep_interval`` (beat) it
 1. returns ``processing`` rows whose lease expired (their worker died) to ``pending``;
@@ -15,20 +15,18 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
-from nanobatch.models.tables import Batch
+from nanobatch.models.lifecycle import batches_outside_window, dispatch
 from nanobatch.tasks.runtime import Runtime
-from nanobatch.tasks.schedule import outside_window
 
 log = logging.getLogger("nanobatch.sweeper")
 
 #: A just-published message is given this long to be consumed before it may be published again.
 DISPATCH_GRACE_SECONDS = 30.0
 SWEEP_LIMIT = 5000
+#: Rows read at a time when dispatching a whole batch without a cap (``resume``).
+DISPATCH_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -58,28 +56,45 @@ def sweep(rt: Runtime, *, now: datetime | None = None) -> SweepReport:
 def _sweep_locked(rt: Runtime, now: datetime) -> SweepReport:
     with rt.db.session() as session:
         reclaimed = transitions.reclaim_expired(session, max_attempts=rt.settings.max_attempts, now=now)
-        held = _batches_outside_window(session, now)
-        candidates = transitions.due_for_dispatch(
-            session,
-            older_than=now - timedelta(seconds=DISPATCH_GRACE_SECONDS),
-            now=now,
-            limit=SWEEP_LIMIT,
-            exclude_batches=held,
-        )
-    to_publish = rt.dispatcher.without_live_message(candidates, stale_after=rt.settings.redispatch_after)
-    if to_publish:
+    dispatched, skipped, held = dispatch_due(rt, now=now)
+    if reclaimed or dispatched:
+        log.info("sweep: reclaimed %d expired leases, dispatched %d rows", reclaimed, dispatched)
+    return SweepReport(reclaimed, dispatched, skipped, held)
+
+
+def dispatch_due(
+    rt: Runtime,
+    *,
+    now: datetime | None = None,
+    batch_id: str | None = None,
+    grace: float = DISPATCH_GRACE_SECONDS,
+    limit: int | None = SWEEP_LIMIT,
+) -> tuple[int, int, int]:
+    """Publish due pending rows of runnable batches that have no live message.
+
+    The sweeper calls it for every batch (``limit`` rows a pass, a ``grace`` for just-published
+    messages); ``resume`` for one batch, at once and without a cap. Returns (dispatched, skipped
+    because a live message exists, batches held by their window).
+    """
+    now = now or utcnow()
+    dispatched = skipped = 0
+    with rt.db.session() as session:
+        held = batches_outside_window(session, now)
+    after_id = None if limit is not None else ""  # uncapped: page through the rows by id
+    while True:
         with rt.db.session() as session:
-            transitions.mark_dispatched(session, to_publish, now=now)
-        rt.dispatcher.publish(to_publish)
-    if reclaimed or to_publish:
-        log.info("sweep: reclaimed %d expired leases, dispatched %d rows", reclaimed, len(to_publish))
-    return SweepReport(reclaimed, len(to_publish), len(candidates) - len(to_publish), len(held))
-
-
-def _batches_outside_window(session: Session, now: datetime) -> list[str]:
-    rows = session.execute(
-        select(Batch.id, Batch.window_start, Batch.window_end, Batch.window_tz).where(
-            Batch.window_start.is_not(None), Batch.status == "open"
-        )
-    )
-    return [bid for bid, start, end, tz in rows if outside_window(now, start, end, tz or "UTC")]
+            candidates = transitions.due_for_dispatch(
+                session,
+                older_than=now - timedelta(seconds=grace),
+                now=now,
+                limit=limit or DISPATCH_CHUNK,
+                exclude_batches=held,
+                batch_id=batch_id,
+                after_id=after_id,
+            )
+        to_publish = rt.dispatcher.without_live_message(candidates, stale_after=rt.settings.redispatch_after)
+        dispatched += dispatch(rt.db, rt.dispatcher, to_publish, now=now)
+        skipped += len(candidates) - len(to_publish)
+        if after_id is None or len(candidates) < DISPATCH_CHUNK:
+            return dispatched, skipped, len(held)
+        after_id = candidates[-1]

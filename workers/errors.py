@@ -22,11 +22,13 @@ before they are stored on the error.
 
 from __future__ import annotations
 
+from nanobatch.models.status import ErrorCode
+
 
 class ProviderError(Exception):
-    """Base of every upstream failure. ``code`` is a short machine-readable reason for the DB."""
+    """Base of every upstream failure. ``code`` is the :class:`ErrorCode` recorded on the task."""
 
-    code: str = "provider_error"
+    code: ErrorCode = ErrorCode.PROVIDER_ERROR
 
     def __init__(
         self,
@@ -34,7 +36,7 @@ class ProviderError(Exception):
         *,
         status_code: int | None = None,
         provider_status: str | None = None,
-        code: str | None = None,
+        code: ErrorCode | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -49,25 +51,25 @@ class ProviderError(Exception):
 
 
 class TransientError(ProviderError):
-    code = "transient"
+    code = ErrorCode.TRANSIENT
 
 
 class UpstreamTimeout(TransientError):
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 class UpstreamUnavailable(TransientError):
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
 
 
 class NoImageReturned(TransientError):
-    code = "no_image"
+    code = ErrorCode.NO_IMAGE
 
 
 class RateLimited(ProviderError):
     """A 429. ``retry_after`` is seconds (``None`` when the server gave no hint)."""
 
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
     def __init__(
         self,
@@ -77,7 +79,7 @@ class RateLimited(ProviderError):
         quota_ids: tuple[str, ...] = (),
         status_code: int | None = 429,
         provider_status: str | None = "RESOURCE_EXHAUSTED",
-        code: str | None = None,
+        code: ErrorCode | None = None,
     ) -> None:
         super().__init__(message, status_code=status_code, provider_status=provider_status, code=code)
         self.retry_after = retry_after
@@ -85,17 +87,17 @@ class RateLimited(ProviderError):
 
 
 class DailyQuotaExhausted(RateLimited):
-    code = "daily_quota"
+    code = ErrorCode.DAILY_QUOTA
 
 
 class PermanentError(ProviderError):
-    code = "permanent"
+    code = ErrorCode.PERMANENT
 
 
 class ContentBlocked(PermanentError):
     """The model refused the prompt or the output for safety; ``reason`` is Google's enum value."""
 
-    code = "blocked"
+    code = ErrorCode.BLOCKED
 
     def __init__(self, message: str, *, reason: str, status_code: int | None = 200) -> None:
         super().__init__(message, status_code=status_code, provider_status=reason, code=None)
@@ -103,8 +105,8 @@ class ContentBlocked(PermanentError):
 
 
 class QuotaMisconfigured(PermanentError):
-    code = "quota_zero"
+    code = ErrorCode.QUOTA_ZERO
 
 
 class InvalidRequest(PermanentError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST

@@ -1,4 +1,4 @@
-"""What to do after a failed call, decided from the error's type alone (DESIGN §7).
+"""What to do after a failed call, decided from the error's type alone (docs/architecture.md, "Outcomes").
 
 The decision is a value, so the task body stays a straight line and the policy is unit-testable
 without Celery, Redis or HTTP. Rate-limit waits are decisions too, never errors: they do not
@@ -11,9 +11,10 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
+from nanobatch.models.lifecycle import out_of_attempts
+from nanobatch.models.status import ErrorCode
 from nanobatch.workers.errors import (
     DailyQuotaExhausted,
-    PermanentError,
     ProviderError,
     RateLimited,
     TransientError,
@@ -47,8 +48,23 @@ class Decision:
     action: Action
     delay: float
     count_attempt: bool
-    code: str
+    code: ErrorCode
     message: str
+
+
+def retry_or_give_up(
+    code: ErrorCode,
+    message: str,
+    *,
+    attempts_so_far: int,
+    policy: RetryPolicy,
+    rng: random.Random | None = None,
+) -> Decision:
+    """An error worth another try: back off, unless this attempt was the last one (then fail)."""
+    attempt = attempts_so_far + 1
+    if out_of_attempts(attempt, policy.max_attempts):
+        return Decision(Action.FAIL, 0.0, True, code, f"gave up after {attempt} attempts: {message}")
+    return Decision(Action.RETRY, policy.backoff(attempt, rng), True, code, message)
 
 
 def decide(
@@ -62,12 +78,5 @@ def decide(
         delay = error.retry_after if error.retry_after is not None else DEFAULT_RATE_LIMIT_WAIT
         return Decision(Action.WAIT, max(0.0, delay), False, error.code, message)
     if isinstance(error, TransientError):
-        attempt = attempts_so_far + 1
-        if attempt >= policy.max_attempts:
-            return Decision(
-                Action.FAIL, 0.0, True, error.code, f"gave up after {attempt} attempts: {message}"
-            )
-        return Decision(Action.RETRY, policy.backoff(attempt, rng), True, error.code, message)
-    if isinstance(error, PermanentError):
-        return Decision(Action.FAIL, 0.0, True, error.code, message)
-    return Decision(Action.FAIL, 0.0, True, error.code, message)
+        return retry_or_give_up(error.code, message, attempts_so_far=attempts_so_far, policy=policy, rng=rng)
+    return Decision(Action.FAIL, 0.0, True, error.code, message)  # PermanentError, or of no known kind

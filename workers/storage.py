@@ -17,6 +17,8 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from PIL import Image
 
@@ -91,6 +93,25 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def uri_for(path: Path) -> str:
+    """The URI recorded for a stored file (percent-escaped: ``file:///data/my%20images/a.png``)."""
+    return path.as_uri()
+
+
+def local_path(uri: str | None) -> str | None:
+    """The file-system path of a ``file://`` result URI; other URIs (object stores) pass unchanged.
+
+    The one inverse of :func:`uri_for`: every reader of ``result_uri`` (reuse, export, report) goes
+    through here, so an escaped character (a space in the output directory) reads back as itself.
+    """
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return uri
+    return url2pathname(parsed.path)
+
+
 def store_image(output_dir: Path, batch: str, key: str, data: bytes) -> StoredImage:
     """Validate, name and atomically write one image; returns its facts for the task row."""
     mime, width, height = inspect_image(data)
@@ -98,7 +119,7 @@ def store_image(output_dir: Path, batch: str, key: str, data: bytes) -> StoredIm
     write_atomic(path, data)
     return StoredImage(
         path=path,
-        uri=path.as_uri(),
+        uri=uri_for(path),
         sha256=hashlib.sha256(data).hexdigest(),
         mime_type=mime,
         width=width,

@@ -147,6 +147,23 @@ def test_reuse_completes_identical_requests_without_a_paid_call(simulator, stack
     assert copies == {t.key: t.result_sha256 for t in tasks_of(s, "original")}
 
 
+def test_reuse_finds_the_earlier_image_in_an_output_dir_with_space(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Regression: the URI was stored percent-escaped (file:///…/my%20images/…) but read back with
+    # removeprefix("file://"), so --reuse never found the file and silently paid for a new call.
+    sim = simulator()
+    s = stack(sim, nanobatch_output_dir=str(tmp_path / "my images"))
+    s.start_worker()
+    path = products(tmp_path, 2)
+    s.submit_file(path, "first")
+    s.wait_terminal("first")
+    assert all("%20" in (t.result_uri or "") for t in tasks_of(s, "first"))
+    calls = sim.stats()["requests"]
+    s.cli("submit", str(path), "--batch", "again", "--reuse", check=True)
+    summary = s.wait_terminal("again")
+    assert summary.counts["completed"] == 2 and summary.cost_usd == 0
+    assert sim.stats()["requests"] == calls
+
+
 def test_a_budget_stops_paid_calls(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = simulator()
     s = stack(sim)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from nanobatch.models.tables import Batch, GenerationTask
-from nanobatch.tasks.celery_app import INBOX_TASK
+from nanobatch.tasks.celeryapp.app import INBOX_TASK
 from nanobatch.tasks.inbox import process_inbox
 from tests.integration.conftest import Stack, write_csv
 
@@ -128,7 +128,7 @@ def test_a_missing_inbox_is_not_an_error(simulator, stack, tmp_path) -> None:  #
     assert set(process_inbox(s.runtime).values()) == {0}
 
 
-# -- needs the nanobatch.inbox task in tasks/definitions.py ----------------------------------------
+# -- needs the nanobatch.inbox task in tasks/celeryapp/definitions.py ----------------------------------------
 
 
 def test_the_beat_task_runs_the_inbox_on_a_worker(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -22,12 +22,12 @@ from nanobatch.tasks.export import (
     export_batch,
     export_row,
     extra_columns,
-    local_path,
     reason_counts,
     stream_rows,
     write_csv,
     write_jsonl,
 )
+from nanobatch.workers.storage import local_path
 
 
 def task(**values: Any) -> GenerationTask:

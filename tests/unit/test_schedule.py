@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from nanobatch.tasks.schedule import inside_window, next_occurrence, outside_window, parse_window
+from nanobatch.models.schedule import inside_window, next_occurrence, outside_window, parse_window
 
 
 def at(hour: int, minute: int = 0) -> datetime:

@@ -11,10 +11,10 @@ from typing import Any
 from celery import Task
 from celery.signals import task_received, worker_init, worker_process_init
 
-from nanobatch.tasks import app
-from nanobatch.tasks.celery_app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
+from nanobatch.tasks.celeryapp import app
+from nanobatch.tasks.celeryapp.app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
+from nanobatch.tasks.celeryapp.runtime import get_runtime, install_runtime
 from nanobatch.tasks.inbox import process_inbox
-from nanobatch.tasks.runtime import get_runtime, install_runtime
 from nanobatch.tasks.serve import serve
 from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.sweep import sweep

@@ -28,7 +28,7 @@ from kombu.common import maybe_declare
 from kombu.utils.uuid import uuid
 from redis import Redis
 
-from nanobatch.tasks.celery_app import GENERATE_TASK
+from nanobatch.tasks.celeryapp.app import GENERATE_TASK
 
 PUBLISH_BATCH = 1000
 #: A received delayed message is live until this long after its ETA (threads may all be busy).

@@ -92,8 +92,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     ``tasks`` never fails on a bad ``NANOBATCH_*`` value: the CLI validates settings first and
     reports them as a clear error instead of an import-time traceback.
     """
-    app = Celery("nanobatch", include=["nanobatch.tasks.definitions"])
+    app = Celery("nanobatch", include=["nanobatch.tasks.celeryapp.definitions"])
     if settings is not None:
         return configure_app(app, settings)
-    app.config_from_object("nanobatch.tasks.celeryconfig")
+    app.config_from_object("nanobatch.tasks.celeryapp.config")
     return app

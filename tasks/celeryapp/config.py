@@ -3,7 +3,7 @@
 It holds the settings derived from the environment (``NANOBATCH_*``); see :func:`celery_config`.
 """
 
-from nanobatch.tasks.celery_app import celery_config
+from nanobatch.tasks.celeryapp.app import celery_config
 from nanobatch.tasks.settings import Settings
 
 globals().update(celery_config(Settings()))

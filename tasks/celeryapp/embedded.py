@@ -18,9 +18,10 @@ from celery.contrib.testing.worker import TestWorkController
 from celery.utils.nodenames import anon_nodename
 from celery.worker import state as worker_state
 
-from nanobatch.tasks import definitions
-from nanobatch.tasks.celery_app import control_queue
-from nanobatch.tasks.runtime import Runtime, install_runtime
+from nanobatch.tasks.celeryapp import definitions
+from nanobatch.tasks.celeryapp.app import control_queue
+from nanobatch.tasks.celeryapp.runtime import install_runtime
+from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.sweep import sweep
 
 log = logging.getLogger("nanobatch.embedded")

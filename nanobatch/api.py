@@ -1,0 +1,250 @@
+"""The Python API: what the ``nanobatch`` command does, for applications (Django, Flask, a cron job).
+
+::
+
+    from nanobatch import Client
+
+    with Client() as client:                       # settings from the environment, like the CLI
+        result = client.submit("products.csv", batch="spring", template="Studio photo of {title}")
+        client.wait("spring", timeout=3600)        # until nothing is pending or processing
+        client.export("spring", "spring.csv")
+
+Every method takes the same path as its CLI command (:mod:`nanobatch.tasks.submission`,
+:mod:`nanobatch.tasks.producer`, :mod:`nanobatch.tasks.operations`), so a row is validated by one
+set of rules. Invalid input raises :class:`SubmitRejected` with every row problem in it; an action on
+a batch that does not exist (or is in the wrong state) raises :class:`BatchError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from nanobatch.models.catalog import Catalog, CatalogError, load_catalog
+from nanobatch.models.queries import batch_summaries
+from nanobatch.models.status import ErrorCode, parse_error_code
+from nanobatch.tasks import operations
+from nanobatch.tasks.export import atomic_text_file, export_batch
+from nanobatch.tasks.intake import IntakeError, RowError
+from nanobatch.tasks.operations import ActionResult, OperationError
+from nanobatch.tasks.producer import SubmitError, submit
+from nanobatch.tasks.runtime import Runtime
+from nanobatch.tasks.settings import Settings
+from nanobatch.tasks.submission import SubmitChoices, batch_options, intake_options, read_source
+
+__all__ = ["ActionResult", "BatchError", "Client", "RowProblem", "SubmitRejected", "SubmitResult"]
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One rejected row: its line in the file (or 1-based position in a list), the field, why."""
+
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What :meth:`Client.submit` wrote: ``new`` rows, ``already_present`` ones (a re-submit of the
+    same keys creates nothing twice), and the rows ``rejected`` (only with ``skip_invalid=True``)."""
+
+    batch: str
+    new: int
+    already_present: int
+    dispatched: int
+    rejected: tuple[RowProblem, ...] = ()
+
+
+class SubmitRejected(ValueError):
+    """The input was refused and nothing was written. ``problems`` lists every bad row; for a problem
+    with the input as a whole (no such file, an unknown model, a bad window) it is empty."""
+
+    def __init__(self, message: str, problems: Iterable[RowProblem] = ()) -> None:
+        self.problems = tuple(problems)
+        details = "".join(f"\n  {problem}" for problem in self.problems[:20])
+        more = f"\n  … and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        super().__init__(message + details + more)
+
+
+class BatchError(LookupError):
+    """No batch of that name, or it is in a state the action does not apply to."""
+
+
+class Client:
+    """A connection to one nanobatch installation (its database, Redis and broker).
+
+    ``Client()`` reads the same ``NANOBATCH_*`` environment (and ``nanobatch.toml``) as the CLI;
+    ``Client(settings)`` or ``Client(database_url=…, redis_url=…)`` overrides it. Use it as a context
+    manager, or call :meth:`close`, to release its connections.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or Settings(**overrides)
+        self._runtime: Runtime | None = None
+        self._catalog: Catalog | None = None
+
+    # -- resources -----------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        """Database, Redis and the Celery publisher, built on first use (schema upgraded once)."""
+        if self._runtime is None:
+            from nanobatch.tasks.celeryapp.runtime import connect  # builds the Celery app: on demand
+
+            self._runtime = connect(self.settings)
+        return self._runtime
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            try:
+                self._catalog = load_catalog(self.settings.catalog_file)
+            except (OSError, CatalogError, ValueError) as exc:
+                raise SubmitRejected(f"cannot read the model catalog: {exc}") from None
+        return self._catalog
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        source: str | Path | Iterable[Mapping[str, Any]],
+        *,
+        batch: str | None = None,
+        template: str | None = None,
+        model: str | None = None,
+        size: str | None = None,
+        aspect_ratio: str | None = None,
+        output_format: str = "png",
+        images_dir: str | Path | None = None,
+        budget_usd: float | None = None,
+        reuse: bool = False,
+        at: str | None = None,
+        window: str | None = None,
+        skip_invalid: bool = False,
+    ) -> SubmitResult:
+        """Validate ``source`` (a .csv/.jsonl path, or rows as mappings) and enqueue one task per row.
+
+        ``batch`` defaults to the file's stem (required for rows). Raises :class:`SubmitRejected`
+        when any row is invalid (unless ``skip_invalid``: the good rows are written and the bad ones
+        come back in :attr:`SubmitResult.rejected`) or the input as a whole is unusable.
+        """
+        choices = SubmitChoices(
+            model=model,
+            size=size,
+            aspect_ratio=aspect_ratio,
+            template=template,
+            output_format=output_format,
+            images_dir=Path(images_dir) if images_dir is not None else None,
+            budget_usd=budget_usd,
+            reuse=reuse,
+            at=at,
+            window=window,
+        )
+        name = batch or (Path(source).stem if isinstance(source, str | Path) else "")
+        try:
+            options = intake_options(choices, self.catalog, self.settings)
+            intake = read_source(source, self.catalog, options)
+            problems = tuple(_problem(error) for error in intake.errors)
+            if problems and not skip_invalid:
+                raise SubmitRejected(f"{len(problems)} invalid row(s); nothing was written", problems)
+            rt = self.runtime
+            report = submit(
+                rt.db,
+                None if self.settings.embedded else rt.dispatcher,
+                intake,
+                batch_options(name, choices, self.settings),
+                intake_options=options,
+                source=str(source) if isinstance(source, str | Path) else "python",
+                skip_invalid=skip_invalid,
+            )
+        except (IntakeError, SubmitError) as exc:
+            raise SubmitRejected(str(exc)) from None
+        return SubmitResult(report.batch, report.new, report.existing, report.dispatched, problems)
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def status(self, batch: str) -> dict[str, Any]:
+        """The batch's progress: the same dict as ``nanobatch status BATCH --json``."""
+        with self.runtime.db.session() as session:
+            summaries = batch_summaries(session, batch)
+        if not summaries:
+            raise BatchError(f"no batch named {batch!r}")
+        return summaries[0].as_json()
+
+    def wait(self, batch: str, *, timeout: float | None = None, poll: float = 2.0) -> dict[str, Any]:
+        """Block until the batch has nothing pending or processing; returns its final status.
+
+        Raises ``TimeoutError`` (with the last status in its message) after ``timeout`` seconds.
+        A paused batch is waited for like any other: resume it, or pass a timeout.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(batch)
+            counts = status["counts"]
+            if not counts.get("pending", 0) and not counts.get("processing", 0):
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {batch!r} still running after {timeout} s: {counts}")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    # -- operating -----------------------------------------------------------------------------
+
+    def retry(self, batch: str, *, reason: str | ErrorCode | None = None) -> ActionResult:
+        """failed → pending with a fresh attempt budget (only failures with error code ``reason``)."""
+        code = parse_error_code(reason) if isinstance(reason, str) else reason
+        return self._act(lambda rt: operations.retry_batch(rt, batch, reason=code))
+
+    def cancel(self, batch: str) -> ActionResult:
+        """Cancel every pending or processing task of the batch."""
+        return self._act(lambda rt: operations.cancel_batch(rt, batch))
+
+    def pause(self, batch: str) -> ActionResult:
+        return self._act(lambda rt: operations.pause_batch(rt, batch))
+
+    def resume(self, batch: str) -> ActionResult:
+        return self._act(lambda rt: operations.resume_batch(rt, batch))
+
+    def export(self, batch: str, path: str | Path, *, format: Literal["csv", "jsonl"] = "csv") -> int:
+        """Write every task of the batch to ``path`` (atomically); returns the number of rows."""
+        with self.runtime.db.session() as session:
+            found = self._batch(session, batch)
+            with atomic_text_file(Path(path)) as out:
+                return export_batch(session, found.id, format, out)
+
+    def _batch(self, session: Any, name: str) -> Any:
+        try:
+            return operations.require_batch(session, name)
+        except OperationError as exc:
+            raise BatchError(str(exc)) from None
+
+    def _act(self, action: Any) -> ActionResult:
+        try:
+            result: ActionResult = action(self.runtime)
+        except OperationError as exc:
+            raise BatchError(str(exc)) from None
+        return result
+
+
+def _problem(error: RowError) -> RowProblem:
+    return RowProblem(error.line, error.field, error.reason)

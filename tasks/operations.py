@@ -1,0 +1,109 @@
+"""Operator actions on a batch — retry, cancel, pause, resume — for the CLI and the Python API alike.
+
+Each action is a conditional UPDATE in :mod:`nanobatch.models.transitions`, so it is safe while
+workers run. What a worker may do is decided at claim time (a claim needs a pending row of an *open*
+batch), so pausing drops messages as they arrive instead of chasing them in Redis; resuming and
+retrying publish through :func:`nanobatch.models.lifecycle.dispatch` when the batch may run now
+(:func:`~nanobatch.models.lifecycle.why_batch_waits`); otherwise the sweeper does it later. In
+embedded mode (no Redis) nothing is published here: the in-memory broker dies with this process,
+and the embedded worker's sweeper dispatches pending rows from the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from nanobatch.models import transitions
+from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
+from nanobatch.models.queries import find_batch
+from nanobatch.models.status import BatchStatus, ErrorCode
+from nanobatch.models.tables import Batch
+from nanobatch.tasks.runtime import Runtime
+from nanobatch.tasks.sweep import dispatch_due
+
+
+class OperationError(ValueError):
+    """The action cannot be done (no such batch, wrong state); the message says why."""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an action changed: ``moved`` tasks, ``dispatched`` messages, and why none were, if so."""
+
+    moved: int
+    dispatched: int = 0
+    not_dispatched_because: str | None = None
+    already: bool = False  # pause of a paused batch, resume of an open one: nothing to do
+
+
+def require_batch(session: Session, name: str) -> Batch:
+    """The batch called ``name``, or :class:`OperationError`."""
+    batch = find_batch(session, name)
+    if batch is None:
+        raise OperationError(f"no batch named {name!r} (see `nanobatch status` for the list)")
+    return batch
+
+
+def why_not_dispatch_now(rt: Runtime, gate: BatchGate) -> str | None:
+    """Why this process must not publish the batch's rows now (``None``: it should)."""
+    if rt.settings.embedded:
+        return "Embedded mode: the worker's sweeper dispatches pending tasks."
+    why = why_batch_waits(gate)
+    return f"{why[0].upper()}{why[1:]}: its tasks are dispatched when it may run." if why else None
+
+
+def retry_batch(rt: Runtime, name: str, *, reason: ErrorCode | None = None) -> ActionResult:
+    """failed → pending with a fresh attempt budget (only failures with ``reason``, if given)."""
+    with rt.db.session() as session:
+        found = require_batch(session, name)
+        if found.status == BatchStatus.CANCELLED.value:
+            raise OperationError(f"batch {name!r} was cancelled; its failed tasks cannot be retried")
+        ids = transitions.retry_failed(session, found.id, error_code=reason)
+        gate = BatchGate.of(found)
+    why_not = why_not_dispatch_now(rt, gate) if ids else None
+    sent = dispatch(rt.db, rt.dispatcher, ids) if ids and why_not is None else 0
+    return ActionResult(len(ids), sent, why_not)
+
+
+def cancel_batch(rt: Runtime, name: str) -> ActionResult:
+    """pending|processing → cancelled for the whole batch; completed and failed tasks stay."""
+    with rt.db.session() as session:
+        found = require_batch(session, name)
+        return ActionResult(transitions.cancel_batch(session, found.id))
+
+
+def pause_batch(rt: Runtime, name: str) -> ActionResult:
+    """Stop starting new tasks (calls already running finish); :func:`resume_batch` continues."""
+    with rt.db.session() as session:
+        found = require_batch(session, name)
+        return ActionResult(0, already=not _switch(session, found, BatchStatus.PAUSED, BatchStatus.OPEN))
+
+
+def resume_batch(rt: Runtime, name: str) -> ActionResult:
+    """Let a paused batch run again and dispatch its due pending tasks right away."""
+    with rt.db.session() as session:
+        found = require_batch(session, name)
+        if not _switch(session, found, BatchStatus.OPEN, BatchStatus.PAUSED):
+            return ActionResult(0, already=True)
+        gate = BatchGate.of(found)
+    why_not = why_not_dispatch_now(rt, BatchGate(**{**gate.__dict__, "status": BatchStatus.OPEN.value}))
+    if why_not is not None:
+        return ActionResult(0, 0, why_not)
+    # Messages consumed while paused were dropped at claim, so those rows have no live message; rows
+    # whose message is still queued keep it (dispatch_due skips them: no second copy of the backlog).
+    sent, _, _ = dispatch_due(rt, batch_id=found.id, grace=0.0, limit=None)
+    return ActionResult(0, sent)
+
+
+def _switch(session: Session, batch: Batch, to: BatchStatus, expect: BatchStatus) -> bool:
+    """Move the batch ``expect`` → ``to``. ``False`` when it already is ``to`` (scripts may repeat a
+    pause); :class:`OperationError` for any other state (e.g. pausing a cancelled batch)."""
+    if transitions.set_batch_status(session, batch.id, to, expect=expect):
+        return True
+    if batch.status == to.value:
+        return False
+    raise OperationError(
+        f"batch {batch.name!r} is {batch.status}; only an open batch can be paused and a paused one resumed"
+    )
