@@ -39,16 +39,9 @@ from nanobatch.tasks.submission import SubmitChoices, batch_options, intake_opti
 __all__ = ["ActionResult", "BatchError", "Client", "RowProblem", "SubmitRejected", "SubmitResult"]
 
 
-@dataclass(frozen=True)
-class RowProblem:
-    """One rejected row: its line in the file (or 1-based position in a list), the field, why."""
-
-    line: int
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.reason}"
+#: One rejected row: ``line`` (in the file, or the 1-based position in a list of rows), ``field``,
+#: ``reason``. The intake's own type, so the CLI and the API report rows identically.
+RowProblem = RowError
 
 
 @dataclass(frozen=True)
@@ -165,7 +158,7 @@ class Client:
         try:
             options = intake_options(choices, self.catalog, self.settings)
             intake = read_source(source, self.catalog, options)
-            problems = tuple(_problem(error) for error in intake.errors)
+            problems = tuple(intake.errors)
             if problems and not skip_invalid:
                 raise SubmitRejected(f"{len(problems)} invalid row(s); nothing was written", problems)
             rt = self.runtime
@@ -244,7 +237,3 @@ class Client:
         except OperationError as exc:
             raise BatchError(str(exc)) from None
         return result
-
-
-def _problem(error: RowError) -> RowProblem:
-    return RowProblem(error.line, error.field, error.reason)
