@@ -1,7 +1,7 @@
 """The two tables: ``batches`` (one submitted file) and ``generation_tasks`` (one image to make).
 
-Columns follow DESIGN §4. A task row carries everything a worker needs, so a Celery message only
-ever holds its id, and everything a worker learns, so the database alone answers "what happened".
+See docs/architecture.md, "State machine". A task row carries everything a worker needs, so a Celery
+message only ever holds its id, and everything a worker learns, so the database alone answers "what happened".
 """
 
 from __future__ import annotations

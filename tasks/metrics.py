@@ -1,4 +1,4 @@
-"""Prometheus metrics computed at scrape time from the database and Redis (DESIGN §1, "Ops").
+"""Prometheus metrics computed at scrape time from the database and Redis (README, "Monitoring").
 
 The exporter keeps no state of its own: every scrape asks the sources of truth — task counts, spend
 and throughput from the database; queue lengths, limiter state and the workers' telemetry

@@ -1,4 +1,6 @@
-"""The Celery application, configured in one place (DESIGN §5), and why each setting is what it is.
+"""The Celery application, configured in one place, and why each setting is what it is.
+
+See docs/architecture.md, "Celery configuration".
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1: a killed worker's message is
   redelivered instead of lost; the database claim makes a redelivery harmless.

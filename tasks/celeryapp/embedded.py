@@ -1,4 +1,6 @@
-"""A Celery worker and the sweeper inside the current process: the embedded default (DESIGN §10).
+"""A Celery worker and the sweeper inside the current process: the embedded default.
+
+See docs/architecture.md, "Embedded default".
 
 ``nanobatch demo`` (and ``nanobatch worker`` without ``NANOBATCH_REDIS_URL``) must run on a machine
 with nothing but Python. So the broker is kombu's in-memory transport and the limiter runs on an
