@@ -1,10 +1,14 @@
 """Error answers exactly as the Gemini API shapes them (``google.rpc.Status`` as JSON).
 
 Clients classify errors by these bodies -- ``status``, ``QuotaFailure.violations[].quotaId`` and
-``RetryInfo.retryDelay`` -- and never by messages, so the shapes here follow Google's: a Duration
-string with fractional seconds for ``retryDelay``, no ``Retry-After`` header, ``ErrorInfo`` with
-``API_KEY_INVALID`` for a wrong key. A 502 is not a Google body at all but an HTML page from the
-front end, which is what clients actually meet in production.
+``RetryInfo.retryDelay`` -- and never by messages, so the shapes here follow Google's, including
+the unkind parts: ``retryDelay`` is whole seconds, *truncated* (``"58s"``), while the message
+carries the precise figure (``"Please retry in 58.934310785s."``), so a sub-second wait reads
+``"0s"``; a per-day 429 advertises a short delay (about 40 s) that does not mean the quota is back,
+so only the ``quotaId`` (``...PerDay...``) says "wait for Pacific midnight". No ``Retry-After``
+header; ``ErrorInfo`` with ``API_KEY_INVALID`` for a wrong key; unknown request fields answer
+``Invalid JSON payload received. Unknown name ...`` with a ``BadRequest`` detail. A 502 is not a
+Google body at all but an HTML page from the front end, which is what clients actually meet.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ FAULT_MESSAGES = {
 
 RATE_LIMIT_DOCS = "https://ai.google.dev/gemini-api/docs/rate-limits"
 
+#: What a per-day 429 advertises in RetryInfo (DESIGN section 8: "~40 s", not the time to midnight).
+DAILY_RETRY_HINT_SECONDS = 40.0
+
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+
 BAD_GATEWAY_HTML = (
     b"<!DOCTYPE html>\n<html lang=en><meta charset=utf-8><title>Error 502 (Server Error)!!1</title>"
     b"<p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary error and "
@@ -50,6 +59,33 @@ def format_duration(seconds: float) -> str:
     millis = max(1, math.ceil(round(seconds * 1000, 6)))
     whole, frac = divmod(millis, 1000)
     return f"{whole}s" if frac == 0 else f"{whole}.{frac:03d}".rstrip("0") + "s"
+
+
+def precise_duration(seconds: float) -> str:
+    """A Duration as protobuf's JSON mapping prints it (0, 3, 6 or 9 decimals): ``58.934310785s``."""
+    nanos = max(0, round(seconds * 1_000_000_000))
+    whole, fraction = divmod(nanos, 1_000_000_000)
+    if fraction == 0:
+        return f"{whole}s"
+    digits = f"{fraction:09d}"
+    while digits.endswith("000"):
+        digits = digits[:-3]
+    return f"{whole}.{digits}s"
+
+
+def whole_seconds(seconds: float) -> str:
+    """``RetryInfo.retryDelay`` as the real API sends it: whole seconds, truncated (``0.9`` -> ``0s``)."""
+    return f"{max(0, math.floor(seconds))}s"
+
+
+def advertised_delay(violation: QuotaViolation) -> float:
+    """The wait a 429 claims: the real one, except per-day quotas, which claim about 40 s.
+
+    The fraction of the real wait is kept so the message still shows a precise-looking figure.
+    """
+    if "PerDay" in violation.kind.quota_id:
+        return DAILY_RETRY_HINT_SECONDS + violation.retry_after % 1
+    return violation.retry_after
 
 
 def google_error(
@@ -110,13 +146,16 @@ def model_not_found(model: str, version: str) -> Reply:
 
 
 def quota_exceeded(violation: QuotaViolation) -> Reply:
-    """The 429 a quota violation earns: Help, QuotaFailure and RetryInfo details."""
-    kind, delay = violation.kind, format_duration(violation.retry_after)
+    """The 429 a quota violation earns: Help, QuotaFailure and RetryInfo details.
+
+    The message carries the precise wait and ``RetryInfo`` the truncated one, as upstream does.
+    """
+    kind, wait = violation.kind, advertised_delay(violation)
     message = (
         f"You exceeded your current quota, please check your plan and billing details. For more "
         f"information on this error, head to: {RATE_LIMIT_DOCS}.\n* Quota exceeded for metric: "
         f"{kind.quota_metric}, limit: {violation.limit}, model: {violation.model}\n"
-        f"Please retry in {delay}."
+        f"Please retry in {precise_duration(wait)}."
     )
     return google_error(
         429,
@@ -137,7 +176,7 @@ def quota_exceeded(violation: QuotaViolation) -> Reply:
                     }
                 ],
             },
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": whole_seconds(wait)},
         ],
     )
 
