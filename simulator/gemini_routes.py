@@ -52,8 +52,8 @@ class GeminiDialect:
             raise Rejected(google_errors.api_key_invalid(), "auth")
 
     def parse(self, request: HttpRequest) -> ImageJob:
-        model = self._model()
-        return build_job(model, read_body(request.body), self.config.image_format_default)
+        body = read_body(request.body, self.version)  # unknown names fail before the model lookup
+        return build_job(self._model(), body, self.config.image_format_default)
 
     def rate_limited(self, violation: QuotaViolation) -> Reply:
         return google_errors.quota_exceeded(violation)

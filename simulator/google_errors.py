@@ -136,6 +136,30 @@ def invalid_argument(message: str) -> Reply:
     return google_error(400, message)
 
 
+def unknown_fields(fields: list[tuple[str, str]]) -> Reply:
+    """400 for request fields the API does not know, as ``(name as sent, where)`` pairs.
+
+    Wording and the ``BadRequest.fieldViolations`` detail follow real answers quoted in public issue
+    threads (e.g. ``Unknown name "outputMimeType" at 'generation_config.image_config': Cannot find
+    field.``); every unknown name is listed, one line each, as upstream does.
+    """
+    violations: list[dict[str, str]] = []
+    for name, where in fields:
+        at = f" at '{where}'" if where else ""
+        description = f'Invalid JSON payload received. Unknown name "{name}"{at}: Cannot find field.'
+        violations.append(
+            {"field": where, "description": description} if where else {"description": description}
+        )
+    message = "\n".join(v["description"] for v in violations)
+    return google_error(400, message, [{"@type": BAD_REQUEST, "fieldViolations": violations}])
+
+
+def developer_instruction_disabled(model: str) -> Reply:
+    """400 for ``systemInstruction`` on a model without one. The wording is the real API's, as quoted
+    in public issue threads for other models (``Developer instruction is not enabled for models/...``)."""
+    return invalid_argument(f"Developer instruction is not enabled for models/{model}")
+
+
 def model_not_found(model: str, version: str) -> Reply:
     return google_error(
         404,

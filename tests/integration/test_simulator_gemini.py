@@ -81,7 +81,10 @@ def test_both_api_versions_answer_with_an_image_at_catalog_size(
 ) -> None:
     sim = simulator()
     post = Poster(http, sim)
-    response = post(f"/{version}/models/gemini-3-pro-image:generateContent", body(ratio="16:9", size="2K"))
+    payload = body(ratio="16:9", size="2K")
+    if version == "v1":
+        del payload["generationConfig"]["responseModalities"]  # v1 has no such field
+    response = post(f"/{version}/models/gemini-3-pro-image:generateContent", payload)
     assert response.status_code == 200
     assert image_of(response).size == (2752, 1536)
     payload = response.json()
@@ -141,11 +144,13 @@ def test_text_and_image_modalities_give_a_text_part_first(
     assert "text" in parts[0] and "inlineData" in parts[1]
 
 
-def test_jpeg_when_asked(http: httpx.Client, simulator: SimulatorFactory) -> None:
-    sim = simulator()
+def test_jpeg_when_the_simulator_is_set_to_it(http: httpx.Client, simulator: SimulatorFactory) -> None:
+    sim = simulator(image_format_default="jpeg")
     post = Poster(http, sim)
-    response = post(PRO, body(ratio="3:4", outputMimeType="image/jpeg"))
-    inline = response.json()["candidates"][0]["content"]["parts"][0]["inlineData"]
+    response = post(PRO, body(ratio="3:4"))
+    inline = next(
+        p["inlineData"] for p in response.json()["candidates"][0]["content"]["parts"] if not p.get("thought")
+    )
     assert inline["mimeType"] == "image/jpeg"
     assert image_of(response).format == "JPEG"
 
@@ -171,6 +176,15 @@ def test_thumbnails_are_small_with_real_size_in_headers(
         ("/v1beta/models/gemini-2.5-flash-image:generateContent", body(images=4), 400, "INVALID_ARGUMENT"),
         (PRO, body(images=15), 400, "INVALID_ARGUMENT"),
         (PRO, {"contents": []}, 400, "INVALID_ARGUMENT"),
+        (PRO, body(outputMimeType="image/jpeg"), 400, "INVALID_ARGUMENT"),
+        (PRO, body(output_mime_type="image/jpeg"), 400, "INVALID_ARGUMENT"),
+        (PRO.replace("v1beta", "v1"), body(), 400, "INVALID_ARGUMENT"),
+        (
+            "/v1beta/models/gemini-2.5-flash-image:generateContent",
+            {**body(), "systemInstruction": {"parts": [{"text": "be terse"}]}},
+            400,
+            "INVALID_ARGUMENT",
+        ),
     ],
 )
 def test_validation_errors(
