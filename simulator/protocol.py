@@ -96,6 +96,8 @@ class ImageJob:
     output_tokens: int = 0
     want_text: bool = False
     response_format: str = "b64_json"
+    quality: str | None = None
+    background: str | None = None
 
     @property
     def quota_tokens(self) -> int:
