@@ -52,6 +52,9 @@ class GeminiDialect:
     def auth_style(self, request: HttpRequest) -> str:
         return google_key(request)[0]
 
+    def presented_key(self, request: HttpRequest) -> str | None:
+        return google_key(request)[1]
+
     def authenticate(self, request: HttpRequest) -> None:
         expected = self.config.api_key
         if expected is None:
@@ -72,6 +75,9 @@ class GeminiDialect:
     def failure(self, status: int) -> Reply:
         return google_errors.fault(status)
 
+    def key_echo(self, job: ImageJob, key: str, status: int) -> Reply:
+        return google_errors.key_echo(status, self.model_name, key)
+
     def blocked(self, job: ImageJob, decision: BlockDecision) -> Reply:
         if decision.shape == "prompt":
             body = {"promptFeedback": {"blockReason": decision.reason}, **self._envelope(job, output=0)}
@@ -91,9 +97,9 @@ class GeminiDialect:
         }
         return Reply.json(200, {"candidates": [candidate], **self._envelope(job, output=0)})
 
-    def success(self, job: ImageJob, images: list[RenderedImage]) -> Reply:
+    def success(self, job: ImageJob, images: list[RenderedImage], filler: str | None = None) -> Reply:
         thoughts = thought_parts(job)
-        answer: list[dict[str, Any]] = []
+        answer: list[dict[str, Any]] = [{"text": filler}] if filler is not None else []
         if job.want_text:
             answer.append({"text": f"Here is the image you asked for: {job.prompt[:60]}"})
         answer += [

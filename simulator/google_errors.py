@@ -13,11 +13,12 @@ Google body at all but an HTML page from the front end, which is what clients ac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 from nanobatch.simulator.protocol import Reply
-from nanobatch.simulator.quotas import QuotaViolation
+from nanobatch.simulator.quotas import RPM, QuotaViolation
 
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -46,6 +47,12 @@ RATE_LIMIT_DOCS = "https://ai.google.dev/gemini-api/docs/rate-limits"
 DAILY_RETRY_HINT_SECONDS = 40.0
 
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+SERVICE = "generativelanguage.googleapis.com"
+
+#: The ``echo_key`` fault's 429: a short per-minute wait and a made-up limit.
+ECHO_RETRY_SECONDS = 1.5
+ECHO_QUOTA_VALUE = 60
 
 BAD_GATEWAY_HTML = (
     b"<!DOCTYPE html>\n<html lang=en><meta charset=utf-8><title>Error 502 (Server Error)!!1</title>"
@@ -109,10 +116,10 @@ def api_key_invalid() -> Reply:
         message,
         [
             {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "@type": ERROR_INFO,
                 "reason": "API_KEY_INVALID",
                 "domain": "googleapis.com",
-                "metadata": {"service": "generativelanguage.googleapis.com"},
+                "metadata": {"service": SERVICE},
             },
             {
                 "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
@@ -169,16 +176,22 @@ def model_not_found(model: str, version: str) -> Reply:
     )
 
 
-def quota_exceeded(violation: QuotaViolation) -> Reply:
+def quota_exceeded(violation: QuotaViolation, consumer: str | None = None) -> Reply:
     """The 429 a quota violation earns: Help, QuotaFailure and RetryInfo details.
 
     The message carries the precise wait and ``RetryInfo`` the truncated one, as upstream does.
+    ``consumer`` (an API key, for the ``echo_key`` fault only) is named in the message and the
+    quota dimensions.
     """
     kind, wait = violation.kind, advertised_delay(violation)
+    dimensions = {"model": violation.model, "location": "global"}
+    if consumer is not None:
+        dimensions["consumer"] = f"api_key:{consumer}"
+    who = f", consumer: api_key:{consumer}" if consumer is not None else ""
     message = (
         f"You exceeded your current quota, please check your plan and billing details. For more "
         f"information on this error, head to: {RATE_LIMIT_DOCS}.\n* Quota exceeded for metric: "
-        f"{kind.quota_metric}, limit: {violation.limit}, model: {violation.model}\n"
+        f"{kind.quota_metric}, limit: {violation.limit}, model: {violation.model}{who}\n"
         f"Please retry in {precise_duration(wait)}."
     )
     return google_error(
@@ -195,7 +208,7 @@ def quota_exceeded(violation: QuotaViolation) -> Reply:
                     {
                         "quotaMetric": kind.quota_metric,
                         "quotaId": kind.quota_id,
-                        "quotaDimensions": {"model": violation.model, "location": "global"},
+                        "quotaDimensions": dimensions,
                         "quotaValue": str(violation.limit),
                     }
                 ],
@@ -203,6 +216,28 @@ def quota_exceeded(violation: QuotaViolation) -> Reply:
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": whole_seconds(wait)},
         ],
     )
+
+
+def key_echo(status: int, model: str, key: str) -> Reply:
+    """The ``echo_key`` fault: a 429 or 400 repeating the caller's key, as sent and lower-cased.
+
+    The key lands where clients copy error text into logs and database rows -- the message, the
+    ``quotaId``, the ``quotaDimensions`` and a model field -- so redaction is tested on all of them.
+    The 429 stays per-minute (a client classifies and retries it); the 400 is a permanent refusal.
+    """
+    tagged_model = f"{model}@{key.lower()}"
+    if status == 429:
+        kind = dataclasses.replace(RPM, quota_id=f"{RPM.quota_id}-{key}")
+        limit = ECHO_QUOTA_VALUE
+        return quota_exceeded(QuotaViolation(kind, tagged_model, limit, limit, ECHO_RETRY_SECONDS), key)
+    message = f"Request contains an invalid argument for consumer api_key:{key} on model {tagged_model}."
+    info = {
+        "@type": ERROR_INFO,
+        "reason": "CONSUMER_INVALID",
+        "domain": "googleapis.com",
+        "metadata": {"service": SERVICE, "consumer": f"api_key:{key}", "modelVersion": tagged_model},
+    }
+    return google_error(400, message, [info])
 
 
 def fault(status: int) -> Reply:

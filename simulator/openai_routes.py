@@ -45,6 +45,9 @@ class OpenAIDialect:
     def auth_style(self, request: HttpRequest) -> str:
         return openai_key(request)[0]
 
+    def presented_key(self, request: HttpRequest) -> str | None:
+        return openai_key(request)[1]
+
     def authenticate(self, request: HttpRequest) -> None:
         expected = self.config.api_key
         if expected is None:
@@ -70,18 +73,25 @@ class OpenAIDialect:
     def failure(self, status: int) -> Reply:
         return openai_errors.fault(status)
 
+    def key_echo(self, job: ImageJob, key: str, status: int) -> Reply:
+        return openai_errors.key_echo(status, job.model.name, key)
+
     def blocked(self, job: ImageJob, decision: BlockDecision) -> Reply:
         return openai_errors.content_blocked()
 
     def no_image(self, job: ImageJob) -> Reply:
         raise NotImplementedError("OpenAI images have no empty-answer shape")
 
-    def success(self, job: ImageJob, images: list[RenderedImage]) -> Reply:
+    def success(self, job: ImageJob, images: list[RenderedImage], filler: str | None = None) -> Reply:
+        """The images; ``filler``, when given, is the first image's ``revised_prompt``."""
         quality = job.quality or "auto"
+        data = [self._datum(job, image) for image in images]
+        if filler is not None and data:
+            data[0]["revised_prompt"] = filler
         body = {
             "created": int(time.time()),
             "background": "transparent" if job.background == "transparent" else "opaque",
-            "data": [self._datum(job, image) for image in images],
+            "data": data,
             "output_format": job.fmt,
             "quality": REPORTED_QUALITY.get(quality, quality),
             "size": f"{job.width}x{job.height}",
