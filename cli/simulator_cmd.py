@@ -125,7 +125,7 @@ def simulator_command(
         float, typer.Option(help="Share of 200s with a larger image than asked.")
     ] = 0.0,
     larger_image_factor: Annotated[
-        float, typer.Option(help="How much larger, per side (above 1, at most 4).")
+        float, typer.Option(help="How much larger, per side (above 1, at most 2).")
     ] = SimulatorConfig.larger_image_factor,
 ) -> None:
     """Run a fake Gemini / OpenAI image API on this machine (Ctrl-C stops it)."""

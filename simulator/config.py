@@ -19,7 +19,7 @@ IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 HOSTILE_FAULTS: tuple[str, ...] = ("truncated", "oversized", "trickle", "echo_key", "larger_image")
 ECHO_KEY_STATUSES: tuple[int, ...] = (429, 400)
 MAX_OVERSIZE_BYTES = 16 * 1024**3
-MAX_LARGER_IMAGE_FACTOR = 4.0
+MAX_LARGER_IMAGE_FACTOR = 2.0  # 4K 21:9 at 2x is already a 68-megapixel render
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SimulatorConfig:
     oversized_rate: float = 0.0  # 200 whose JSON body is at least ``oversize_bytes`` (streamed)
     oversize_bytes: int = 64 * 1024 * 1024
     trickle_rate: float = 0.0  # 200 whose body comes one byte per ``trickle_interval`` seconds...
-    trickle_interval: float = 1.0
+    trickle_interval: float = 1.0  # (real seconds: time_scale applies to latency only)
     trickle_limit: float = 60.0  # ...for at most this long, then the rest at once
     echo_key_rate: float = 0.0  # an error repeating the caller's API key (as sent and lower-cased)
     echo_key_status: int = 429  # 429 (quota shape) or 400 (invalid argument shape)
