@@ -33,6 +33,16 @@ def build_config(
     api_key: str | None = None,
     thumbnails: bool = False,
     seed: int | None = None,
+    truncated_rate: float = 0.0,
+    oversized_rate: float = 0.0,
+    oversize_bytes: int = SimulatorConfig.oversize_bytes,
+    trickle_rate: float = 0.0,
+    trickle_interval: float = SimulatorConfig.trickle_interval,
+    trickle_limit: float = SimulatorConfig.trickle_limit,
+    echo_key_rate: float = 0.0,
+    echo_key_status: int = SimulatorConfig.echo_key_status,
+    larger_image_rate: float = 0.0,
+    larger_image_factor: float = SimulatorConfig.larger_image_factor,
 ) -> SimulatorConfig:
     """Flags (as typed) -> a validated config; raises ``ValueError`` with a readable message."""
     return SimulatorConfig(
@@ -50,6 +60,16 @@ def build_config(
         api_key=api_key or None,
         thumbnails=thumbnails,
         seed=seed,
+        truncated_rate=truncated_rate,
+        oversized_rate=oversized_rate,
+        oversize_bytes=oversize_bytes,
+        trickle_rate=trickle_rate,
+        trickle_interval=trickle_interval,
+        trickle_limit=trickle_limit,
+        echo_key_rate=echo_key_rate,
+        echo_key_status=echo_key_status,
+        larger_image_rate=larger_image_rate,
+        larger_image_factor=larger_image_factor,
     )
 
 
@@ -83,6 +103,30 @@ def simulator_command(
         bool, typer.Option("--thumbnails", help="Serve small images; real size in X-Sim-Image-Width/-Height.")
     ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed for latency and faults (reproducible runs).")] = None,
+    truncated_rate: Annotated[float, typer.Option(help="Share of 200s carrying half an image file.")] = 0.0,
+    oversized_rate: Annotated[float, typer.Option(help="Share of 200s padded to --oversize-bytes.")] = 0.0,
+    oversize_bytes: Annotated[
+        int, typer.Option(help="Body size of an oversized 200 (streamed).")
+    ] = SimulatorConfig.oversize_bytes,
+    trickle_rate: Annotated[float, typer.Option(help="Share of 200s sent one byte at a time.")] = 0.0,
+    trickle_interval: Annotated[
+        float, typer.Option(help="Seconds between trickled bytes.")
+    ] = SimulatorConfig.trickle_interval,
+    trickle_limit: Annotated[
+        float, typer.Option(help="Seconds a trickle lasts before the rest is sent at once.")
+    ] = SimulatorConfig.trickle_limit,
+    echo_key_rate: Annotated[
+        float, typer.Option(help="Share of requests answered by an error repeating the caller's API key.")
+    ] = 0.0,
+    echo_key_status: Annotated[
+        int, typer.Option(help="Status of an echo-key error: 429 or 400.")
+    ] = SimulatorConfig.echo_key_status,
+    larger_image_rate: Annotated[
+        float, typer.Option(help="Share of 200s with a larger image than asked.")
+    ] = 0.0,
+    larger_image_factor: Annotated[
+        float, typer.Option(help="How much larger, per side (above 1, at most 2).")
+    ] = SimulatorConfig.larger_image_factor,
 ) -> None:
     """Run a fake Gemini / OpenAI image API on this machine (Ctrl-C stops it)."""
     try:
@@ -101,6 +145,16 @@ def simulator_command(
             api_key=api_key,
             thumbnails=thumbnails,
             seed=seed,
+            truncated_rate=truncated_rate,
+            oversized_rate=oversized_rate,
+            oversize_bytes=oversize_bytes,
+            trickle_rate=trickle_rate,
+            trickle_interval=trickle_interval,
+            trickle_limit=trickle_limit,
+            echo_key_rate=echo_key_rate,
+            echo_key_status=echo_key_status,
+            larger_image_rate=larger_image_rate,
+            larger_image_factor=larger_image_factor,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -9,9 +9,13 @@ never meets its own previous request still in flight. All state (counters, windo
 sequence, file store) belongs to one :class:`SimulatorApp`, so two simulators in one process share
 nothing.
 
-Timing of faults: 500/502/503 (and other injected statuses) answer at once, as overloaded front
-ends do; 504 answers after the full latency, as a deadline does; a timeout holds the request
-without answering; a drop answers after the latency and cuts the body.
+Timing of faults: 500/502/503 (and other injected statuses) and ``echo_key`` errors answer at
+once, as overloaded front ends do; 504 answers after the full latency, as a deadline does; a
+timeout holds the request without answering; a drop answers after the latency and cuts the body.
+The other hostile modes shape a normal image answer after the latency: ``truncated`` halves the
+image file, ``larger_image`` draws it larger than asked, ``oversized`` pads the body and streams it,
+``trickle`` sends it a byte at a time. Answers that take long to send (held, streamed, trickled)
+keep their concurrency slot until the last byte or the client's departure, as upstream would.
 """
 
 from __future__ import annotations
@@ -23,16 +27,27 @@ import time
 from collections.abc import Callable
 
 from nanobatch.models.catalog import Catalog, load_catalog
-from nanobatch.simulator import google_errors
+from nanobatch.simulator import google_errors, hostile
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.faults import FaultPlan
 from nanobatch.simulator.files import FileStore
 from nanobatch.simulator.gemini_routes import PATH as GEMINI_PATH
 from nanobatch.simulator.gemini_routes import GeminiDialect
-from nanobatch.simulator.images import Renderer
+from nanobatch.simulator.images import RenderedImage, Renderer
 from nanobatch.simulator.openai_routes import PATHS as OPENAI_PATHS
 from nanobatch.simulator.openai_routes import OpenAIDialect
-from nanobatch.simulator.protocol import Dialect, Drop, Hold, HttpRequest, ImageJob, Outcome, Rejected, Reply
+from nanobatch.simulator.protocol import (
+    Dialect,
+    Drop,
+    Hold,
+    HttpRequest,
+    ImageJob,
+    Outcome,
+    Rejected,
+    Reply,
+    Stream,
+    Trickle,
+)
 from nanobatch.simulator.quotas import QuotaBook, QuotaLimits, QuotaViolation, Ticket
 from nanobatch.simulator.safety import find_block
 from nanobatch.simulator.stats import RequestRecord, Stats
@@ -41,6 +56,7 @@ logger = logging.getLogger("nanobatch.simulator")
 
 Send = Callable[[Outcome], None]
 RECENT_DEFAULT = 50
+NO_KEY_ECHO = "anonymous"  # what echo_key repeats when the client sent no key
 
 
 class SimulatorApp:
@@ -95,8 +111,8 @@ class SimulatorApp:
             outcome, ticket = self._run(request, dialect, record)
             _settle(record, outcome)
             self.stats.finish(record)
-            if isinstance(outcome, Hold):
-                send(outcome)  # a held request stays in flight until the client gives up
+            if isinstance(outcome, Hold | Stream | Trickle):
+                send(outcome)  # a slow answer stays in flight until it ends or the client gives up
                 return
         finally:
             self._release(ticket)
@@ -119,7 +135,7 @@ class SimulatorApp:
             if not isinstance(admitted, tuple):
                 return admitted, None
             job, ticket = admitted
-            return self._serve(job, dialect, record), ticket
+            return self._serve(request, job, dialect, record), ticket
         except Exception:
             logger.exception("simulator failed on %s %s", request.method, request.path)
             record.outcome = "error"
@@ -142,11 +158,16 @@ class SimulatorApp:
             return dialect.rate_limited(admitted)
         return job, admitted
 
-    def _serve(self, job: ImageJob, dialect: Dialect, record: RequestRecord) -> Outcome:
+    def _serve(self, request: HttpRequest, job: ImageJob, dialect: Dialect, record: RequestRecord) -> Outcome:
         fault = self.faults.draw_fault()
         record.fault = fault.label if fault else None
-        if fault is not None and fault.kind == "timeout":
+        kind = fault.kind if fault else None
+        if kind == "timeout":
             return Hold(self.config.hold_seconds)
+        if kind == "echo_key":
+            record.outcome = "fault"
+            key = dialect.presented_key(request) or NO_KEY_ECHO
+            return dialect.key_echo(job, key, self.config.echo_key_status)
         status = fault.status if fault is not None and fault.kind == "status" else None
         if status is not None and status != 504:
             return self._failure(dialect, record, status)
@@ -154,13 +175,24 @@ class SimulatorApp:
             return self._failure(dialect, record, 503)
         if status == 504:
             return self._failure(dialect, record, 504)
-        reply = self._answer(job, dialect, record)
-        if fault is not None and fault.kind == "drop":
+        answer = self._answer(job, dialect, record, kind)
+        if kind == "drop":
             record.images = 0
-            return Drop(reply)
-        return reply
+        return self._deliver(answer, kind)
 
-    def _answer(self, job: ImageJob, dialect: Dialect, record: RequestRecord) -> Reply:
+    def _deliver(self, answer: Reply | Stream, kind: str | None) -> Outcome:
+        """How a finished answer goes out: whole, cut (drop) or a byte at a time (trickle)."""
+        if isinstance(answer, Stream):
+            return answer
+        if kind == "drop":
+            return Drop(answer)
+        if kind == "trickle":
+            return Trickle(answer, self.config.trickle_interval, self.config.trickle_limit)
+        return answer
+
+    def _answer(
+        self, job: ImageJob, dialect: Dialect, record: RequestRecord, kind: str | None
+    ) -> Reply | Stream:
         decision = find_block(job.prompt, self.config.block_words)
         if decision is not None:
             record.outcome = "blocked"
@@ -168,11 +200,24 @@ class SimulatorApp:
         if dialect.allows_no_image and self.faults.draw_no_image():
             record.outcome, record.fault = "no_image", "no_image"
             return dialect.no_image(job)
+        images, (width, height) = self._render(job, kind)
+        record.outcome, record.images = "image", len(images)
+        reply = dialect.success(job, images, filler=hostile.PAD_MARK if kind == "oversized" else None)
+        if self.config.thumbnails:
+            real = {"X-Sim-Image-Width": str(width), "X-Sim-Image-Height": str(height)}
+            reply = dataclasses.replace(reply, headers={**reply.headers, **real})
+        return hostile.oversized(reply, self.config.oversize_bytes) if kind == "oversized" else reply
+
+    def _render(self, job: ImageJob, kind: str | None) -> tuple[list[RenderedImage], tuple[int, int]]:
+        """The images of an answer and their real size (larger than asked, for ``larger_image``)."""
+        width, height = job.width, job.height
+        if kind == "larger_image":
+            width, height = hostile.enlarged(width, height, self.config.larger_image_factor)
         images = [
             self.renderer.render(
                 job.prompt,
-                job.width,
-                job.height,
+                width,
+                height,
                 fmt=job.fmt,
                 label=job.label,
                 thumbnail=self.config.thumbnails,
@@ -180,17 +225,18 @@ class SimulatorApp:
             )
             for i in range(job.n)
         ]
-        record.outcome, record.images = "image", len(images)
-        reply = dialect.success(job, images)
-        if not self.config.thumbnails:
-            return reply
-        real = {"X-Sim-Image-Width": str(job.width), "X-Sim-Image-Height": str(job.height)}
-        return dataclasses.replace(reply, headers={**reply.headers, **real})
+        if kind == "truncated":
+            images = [hostile.truncated(image) for image in images]
+        return images, (width, height)
 
     @staticmethod
     def _failure(dialect: Dialect, record: RequestRecord, status: int) -> Reply:
         record.outcome = "fault"
         return dialect.failure(status)
+
+    def abandoned(self, label: str) -> None:
+        """The HTTP layer reports a streamed answer (``oversized``, ``trickle``) cut short by its client."""
+        self.stats.abandoned(label)
 
     def _wait(self, seconds: float) -> bool:
         """Sleep the simulated latency; ``False`` when the simulator is stopping meanwhile."""
@@ -231,8 +277,11 @@ class SimulatorApp:
 
 
 def _settle(record: RequestRecord, outcome: Outcome) -> None:
-    if isinstance(outcome, Reply):
+    """Record the status an answer goes out with; held and cut answers have none (see ``stats``)."""
+    if isinstance(outcome, Reply | Stream):
         record.status = outcome.status
+    elif isinstance(outcome, Trickle):
+        record.status = outcome.reply.status
     else:
         record.outcome = "timeout" if isinstance(outcome, Hold) else "drop"
 

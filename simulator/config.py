@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 #: Image formats the simulator can encode, by short name.
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 
+#: Hostile fault modes, each configured by ``<kind>_rate``; their order is part of the seeded
+#: sequence (they are drawn after statuses, timeouts and drops, so adding one changes nothing
+#: for runs that leave it at 0).
+HOSTILE_FAULTS: tuple[str, ...] = ("truncated", "oversized", "trickle", "echo_key", "larger_image")
+ECHO_KEY_STATUSES: tuple[int, ...] = (429, 400)
+MAX_OVERSIZE_BYTES = 16 * 1024**3
+MAX_LARGER_IMAGE_FACTOR = 2.0  # 4K 21:9 at 2x is already a 68-megapixel render
+
 
 @dataclass
 class SimulatorConfig:
@@ -33,6 +41,17 @@ class SimulatorConfig:
     thumbnails: bool = False
     seed: int | None = None
     image_format_default: str = "png"
+    # Hostile fault modes (issue 11): answers that look fine at the HTTP level and are not.
+    truncated_rate: float = 0.0  # 200 whose image is valid base64 of the first half of the file
+    oversized_rate: float = 0.0  # 200 whose JSON body is at least ``oversize_bytes`` (streamed)
+    oversize_bytes: int = 64 * 1024 * 1024
+    trickle_rate: float = 0.0  # 200 whose body comes one byte per ``trickle_interval`` seconds...
+    trickle_interval: float = 1.0  # (real seconds: time_scale applies to latency only)
+    trickle_limit: float = 60.0  # ...for at most this long, then the rest at once
+    echo_key_rate: float = 0.0  # an error repeating the caller's API key (as sent and lower-cased)
+    echo_key_status: int = 429  # 429 (quota shape) or 400 (invalid argument shape)
+    larger_image_rate: float = 0.0  # 200 whose image is ``larger_image_factor`` x each side
+    larger_image_factor: float = 2.0
 
     def __post_init__(self) -> None:
         self.latency = (float(self.latency[0]), float(self.latency[1]))
@@ -41,6 +60,12 @@ class SimulatorConfig:
         _check_latency(self.latency, self.time_scale)
         _check_limits(rpm=self.rpm, rpd=self.rpd, tpm=self.tpm, concurrency=self.concurrency)
         _check_rates(self)
+        _check_hostile_settings(self)
+
+    @property
+    def hostile_rates(self) -> dict[str, float]:
+        """``{kind: rate}`` of every hostile fault mode, in drawing order."""
+        return {kind: float(getattr(self, f"{kind}_rate")) for kind in HOSTILE_FAULTS}
 
     @classmethod
     def parse_fail_rates(cls, text: str) -> dict[int, float]:
@@ -81,6 +106,7 @@ class SimulatorConfig:
         if self.fail_rates:
             parts.append("fail " + ",".join(f"{k}={v:g}" for k, v in sorted(self.fail_rates.items())))
         rates = {"timeout": self.timeout_rate, "drop": self.drop_rate, "no-image": self.no_image_rate}
+        rates |= {kind.replace("_", "-"): rate for kind, rate in self.hostile_rates.items()}
         parts += [f"{name} {value:g}" for name, value in rates.items() if value]
         if self.block_words:
             parts.append(f"block words {len(self.block_words)}")
@@ -135,12 +161,37 @@ def _check_rates(config: SimulatorConfig) -> None:
         "timeout_rate": config.timeout_rate,
         "drop_rate": config.drop_rate,
         "no_image_rate": config.no_image_rate,
+        **{f"{kind}_rate": rate for kind, rate in config.hostile_rates.items()},
     }
     for name, value in {**singles, **{f"fail_rates[{k}]": v for k, v in config.fail_rates.items()}}.items():
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1 (got {value})")
     for status in config.fail_rates:
         _parse_status(str(status))
-    total = sum(config.fail_rates.values()) + config.timeout_rate + config.drop_rate
+    hostile = sum(config.hostile_rates.values())
+    total = sum(config.fail_rates.values()) + config.timeout_rate + config.drop_rate + hostile
     if total > 1.0 + 1e-9:
-        raise ValueError(f"fail rates + timeout_rate + drop_rate add up to {total:g}, more than 1")
+        raise ValueError(
+            f"fail rates + timeout_rate + drop_rate + hostile fault rates add up to {total:g}, more than 1"
+        )
+
+
+def _check_hostile_settings(config: SimulatorConfig) -> None:
+    """The knobs of the hostile modes; bounded so no setting can hang a test or exhaust the host."""
+    if not 1 <= config.oversize_bytes <= MAX_OVERSIZE_BYTES:
+        raise ValueError(
+            f"oversize_bytes must be between 1 and {MAX_OVERSIZE_BYTES} (got {config.oversize_bytes})"
+        )
+    if not 0 < config.trickle_interval <= 60:
+        raise ValueError(
+            f"trickle_interval must be above 0 and at most 60 seconds (got {config.trickle_interval})"
+        )
+    if not 0 <= config.trickle_limit <= 3600:
+        raise ValueError(f"trickle_limit must be between 0 and 3600 seconds (got {config.trickle_limit})")
+    if config.echo_key_status not in ECHO_KEY_STATUSES:
+        raise ValueError(f"echo_key_status must be 429 or 400 (got {config.echo_key_status})")
+    if not 1 < config.larger_image_factor <= MAX_LARGER_IMAGE_FACTOR:
+        raise ValueError(
+            f"larger_image_factor must be above 1 and at most {MAX_LARGER_IMAGE_FACTOR:g} "
+            f"(got {config.larger_image_factor})"
+        )

@@ -4,6 +4,8 @@ One seeded generator behind a lock per simulator, so a run with ``seed`` set rep
 sequence of faults for the same sequence of requests (handy when a benchmark finds a bug), and two
 simulators in one process never share a sequence. A single uniform draw picks the fault from the
 cumulative rates, so configured rates add up exactly (``500=0.1`` plus ``drop 0.1`` fails 20 %).
+The hostile modes (truncated, oversized, trickle, echo_key, larger_image) join the same draw after
+the others, so a run that leaves them at 0 replays exactly the sequence it did before they existed.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from nanobatch.simulator.config import SimulatorConfig
 
-FaultKind = Literal["status", "timeout", "drop"]
+FaultKind = Literal[
+    "status", "timeout", "drop", "truncated", "oversized", "trickle", "echo_key", "larger_image"
+]
 
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault to inject: an error status, a held request that never answers, or a cut response."""
+    """A fault to inject: an error status, a held request that never answers, a cut response, or one
+    of the hostile answers (see ``SimulatorConfig``)."""
 
     kind: FaultKind
     status: int | None = None
@@ -84,6 +89,7 @@ class FaultPlan:
 def _cumulative(config: SimulatorConfig) -> list[tuple[float, Fault]]:
     faults = [(rate, Fault("status", status)) for status, rate in sorted(config.fail_rates.items())]
     faults += [(config.timeout_rate, Fault("timeout")), (config.drop_rate, Fault("drop"))]
+    faults += [(rate, Fault(cast(FaultKind, kind))) for kind, rate in config.hostile_rates.items()]
     table: list[tuple[float, Fault]] = []
     bound = 0.0
     for rate, fault in faults:

@@ -3,9 +3,13 @@
 Clients send camelCase (REST docs, raw httpx) or snake_case (proto-JSON, some SDK paths), and the
 real service accepts both, so every key is looked up in both spellings. What the real service
 rejects is rejected here too, with its status and a similar message: unknown fields at the top
-level and in ``imageConfig``, an aspect ratio it does not know, an ``imageSize`` the model lacks
-(sizes are case-sensitive: ``2k`` is an error), too many input images, broken base64. Model facts
-come from the catalog only.
+level and in ``imageConfig`` -- where the Developer API knows only ``aspectRatio`` and ``imageSize``,
+so ``outputMimeType`` (the Vertex-only field clients copy from examples) is an unknown name, as is
+``responseModalities`` on the ``v1`` path (only ``v1beta`` has it) -- an aspect ratio it does not
+know, an ``imageSize`` the model lacks (sizes are case-sensitive: ``2k`` is an error), too many
+input images, broken base64, ``systemInstruction`` on a model without developer instructions.
+Unknown names are checked first, on the raw JSON, before the model is even looked up, as a
+front end parsing the request would. Model facts come from the catalog, except the two noted below.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 from typing import Any
 
 from nanobatch.models.catalog import ASPECT_RATIOS, CatalogError, ModelSpec
-from nanobatch.simulator.google_errors import invalid_argument
+from nanobatch.simulator.google_errors import developer_instruction_disabled, invalid_argument, unknown_fields
 from nanobatch.simulator.protocol import ImageJob, Rejected
 
 TOP_LEVEL_KEYS = frozenset(
@@ -37,20 +41,17 @@ TOP_LEVEL_KEYS = frozenset(
         "model",
     }
 )
-IMAGE_CONFIG_KEYS = frozenset(
-    {
-        "aspectRatio",
-        "aspect_ratio",
-        "imageSize",
-        "image_size",
-        "outputMimeType",
-        "output_mime_type",
-        "outputCompressionQuality",
-        "output_compression_quality",
-    }
-)
+#: The Developer API's ImageConfig; google-genai refuses output_mime_type, output_compression_quality
+#: and the rest "outside Vertex", and the service answers them with an unknown-name 400.
+IMAGE_CONFIG_KEYS = frozenset({"aspectRatio", "aspect_ratio", "imageSize", "image_size"})
+#: GenerationConfig fields that exist on v1beta only; ``v1`` rejects them as unknown names.
+V1BETA_ONLY_CONFIG_KEYS = frozenset({"responseModalities", "response_modalities"})
+#: Models that refuse ``systemInstruction``. A model fact, kept here until the catalog has a field
+#: for it (models/ is outside the simulator).
+NO_DEVELOPER_INSTRUCTION = frozenset({"gemini-2.5-flash-image"})
 INPUT_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
-OUTPUT_FORMATS = {"image/png": "png", "image/jpeg": "jpeg"}
+#: What a Gemini answer can be encoded as; the request cannot choose (``image_format_default`` does).
+OUTPUT_FORMATS = ("png", "jpeg")
 
 
 def pick(mapping: dict[str, Any], camel: str, snake: str | None = None) -> Any:
@@ -64,22 +65,32 @@ def _reject(message: str) -> Rejected:
     return Rejected(invalid_argument(message), "invalid")
 
 
-def read_body(raw: bytes) -> dict[str, Any]:
+def read_body(raw: bytes, version: str = "v1beta") -> dict[str, Any]:
+    """The request object, refused (400) when it is not JSON or names fields the API lacks."""
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise _reject(f"Invalid JSON payload received. {exc}") from None
     if not isinstance(body, dict):
         raise _reject("Invalid JSON payload received. Expected an object (GenerateContentRequest).")
-    _check_known(body, TOP_LEVEL_KEYS, "")
+    unknown = unknown_names(body, version)
+    if unknown:
+        raise Rejected(unknown_fields(unknown), "invalid")
     return body
 
 
-def _check_known(mapping: dict[str, Any], known: frozenset[str], where: str) -> None:
-    for key in mapping:
-        if key not in known:
-            at = f" at '{where}'" if where else ""
-            raise _reject(f'Invalid JSON payload received. Unknown name "{key}"{at}: Cannot find field.')
+def unknown_names(body: dict[str, Any], version: str) -> list[tuple[str, str]]:
+    """Every ``(name, where)`` the API version does not know, in the order they appear."""
+    found = [(key, "") for key in body if key not in TOP_LEVEL_KEYS]
+    config = pick(body, "generationConfig", "generation_config")
+    if not isinstance(config, dict):
+        return found
+    if version == "v1":
+        found += [(key, "generation_config") for key in config if key in V1BETA_ONLY_CONFIG_KEYS]
+    image = pick(config, "imageConfig", "image_config")
+    if isinstance(image, dict):
+        found += [(key, "generation_config.image_config") for key in image if key not in IMAGE_CONFIG_KEYS]
+    return found
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -138,10 +149,9 @@ def _check_inline(inline: dict[str, Any]) -> str:
 
 
 def read_image_config(body: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
-    """``imageConfig`` (checked for unknown keys) and ``responseModalities`` (``None`` if absent)."""
+    """``imageConfig`` and ``responseModalities`` (``None`` if absent); names were checked by read_body."""
     config = _object(pick(body, "generationConfig", "generation_config"), "generation_config")
     image = _object(pick(config, "imageConfig", "image_config"), "generation_config.image_config")
-    _check_known(image, IMAGE_CONFIG_KEYS, "generation_config.image_config")
     modalities = pick(config, "responseModalities", "response_modalities")
     if modalities is not None and not isinstance(modalities, list):
         raise _reject("Invalid value at 'generation_config.response_modalities': expected a list.")
@@ -150,6 +160,9 @@ def read_image_config(body: dict[str, Any]) -> tuple[dict[str, Any], list[str] |
 
 def build_job(model: ModelSpec, body: dict[str, Any], default_format: str) -> ImageJob:
     """Everything validated against the model's catalog entry."""
+    instruction = pick(body, "systemInstruction", "system_instruction")
+    if instruction is not None and model.name in NO_DEVELOPER_INSTRUCTION:
+        raise Rejected(developer_instruction_disabled(model.name), "invalid")
     prompt, mimes = read_contents(body)
     image, modalities = read_image_config(body)
     if modalities is not None and "IMAGE" not in modalities:
@@ -167,7 +180,7 @@ def build_job(model: ModelSpec, body: dict[str, Any], default_format: str) -> Im
         prompt=prompt,
         width=width,
         height=height,
-        fmt=_format(image, default_format),
+        fmt=default_format if default_format in OUTPUT_FORMATS else "png",
         aspect_ratio=ratio,
         image_size=size,
         input_mime_types=tuple(mimes),
@@ -202,12 +215,3 @@ def _dimensions(model: ModelSpec, size: str | None, ratio: str) -> tuple[int, in
         return model.dimensions(size, ratio)
     except CatalogError as exc:
         raise _reject(str(exc)) from None
-
-
-def _format(image: dict[str, Any], default_format: str) -> str:
-    mime = pick(image, "outputMimeType", "output_mime_type")
-    if mime is None:
-        return default_format if default_format in OUTPUT_FORMATS.values() else "png"
-    if mime not in OUTPUT_FORMATS:
-        raise _reject(f"Unsupported output MIME type: {mime}. Supported: {', '.join(OUTPUT_FORMATS)}.")
-    return OUTPUT_FORMATS[mime]

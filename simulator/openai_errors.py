@@ -7,9 +7,14 @@ use, because OpenAI-style clients read the wait from headers rather than from th
 
 from __future__ import annotations
 
-from nanobatch.simulator.google_errors import BAD_GATEWAY_HTML, format_duration
+from nanobatch.simulator.google_errors import (
+    BAD_GATEWAY_HTML,
+    ECHO_QUOTA_VALUE,
+    ECHO_RETRY_SECONDS,
+    format_duration,
+)
 from nanobatch.simulator.protocol import Reply
-from nanobatch.simulator.quotas import QuotaViolation
+from nanobatch.simulator.quotas import RPM, QuotaViolation
 
 FAULTS = {
     500: ("The server had an error while processing your request. Sorry about that!", "server_error"),
@@ -61,13 +66,17 @@ def model_not_found(model: str) -> Reply:
     )
 
 
-def rate_limited(violation: QuotaViolation) -> Reply:
-    """429 with the wait in ``retry-after`` (fractional seconds) and ``retry-after-ms``."""
+def rate_limited(violation: QuotaViolation, consumer: str | None = None) -> Reply:
+    """429 with the wait in ``retry-after`` (fractional seconds) and ``retry-after-ms``.
+
+    ``consumer`` (an API key, for the ``echo_key`` fault only) is named in the message.
+    """
     wait = format_duration(violation.retry_after).removesuffix("s")
     unit = violation.kind.unit
     kind = "tokens" if unit == "tokens" else "requests"
+    who = f" for api key {consumer}" if consumer is not None else ""
     message = (
-        f"Rate limit reached for {violation.model} on {unit} ({violation.kind.name.upper()}): "
+        f"Rate limit reached for {violation.model}{who} on {unit} ({violation.kind.name.upper()}): "
         f"Limit {violation.limit}, Used {violation.used}. Please try again in {wait}s."
     )
     headers = {
@@ -78,6 +87,17 @@ def rate_limited(violation: QuotaViolation) -> Reply:
         f"x-ratelimit-reset-{kind}": f"{wait}s",
     }
     return openai_error(429, message, kind=kind, code="rate_limit_exceeded", headers=headers)
+
+
+def key_echo(status: int, model: str, key: str) -> Reply:
+    """The ``echo_key`` fault: a 429 or 400 repeating the caller's key, as sent and lower-cased, in
+    the message and in the ``param``/model fields clients copy into logs and database rows."""
+    tagged_model = f"{model}@{key.lower()}"
+    if status == 429:
+        limit = ECHO_QUOTA_VALUE
+        return rate_limited(QuotaViolation(RPM, tagged_model, limit, limit, ECHO_RETRY_SECONDS), key)
+    message = f"Incorrect API key provided: {key}. The model {tagged_model} is not available to it."
+    return openai_error(400, message, param=tagged_model, code="invalid_api_key")
 
 
 def content_blocked() -> Reply:

@@ -24,7 +24,8 @@ MAX_SIDE = 8192
 MAX_N = 10
 FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 RESPONSE_FORMATS = ("b64_json", "url")
-QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
+QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
+BACKGROUNDS = ("transparent", "opaque", "auto")
 IMAGE_FIELDS = ("image", "image[]")
 FILE_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp"}
 
@@ -98,7 +99,8 @@ def build_job(
         )
     width, height = _size(model, fields.get("size"))
     n = _n(fields.get("n", 1))
-    _choice(fields.get("quality"), QUALITIES, "quality")
+    quality = _choice(fields.get("quality"), QUALITIES, "quality")
+    background = _choice(fields.get("background"), BACKGROUNDS, "background")
     response_format = _choice(fields.get("response_format"), RESPONSE_FORMATS, "response_format")
     fmt = _choice(fields.get("output_format"), tuple(FORMATS), "output_format")
     return ImageJob(
@@ -113,6 +115,8 @@ def build_job(
         prompt_tokens=model.estimate_prompt_tokens(prompt, len(input_mimes)),
         output_tokens=model.output_tokens(None),
         response_format=response_format or "b64_json",
+        quality=quality,
+        background=background,
     )
 
 

@@ -1,7 +1,11 @@
 """The OpenAI images dialect: ``POST /v1/images/generations`` and ``POST /v1/images/edits``.
 
-Answers are ``{"created", "data": [{"b64_json" | "url", "revised_prompt"}], "usage"}``; a URL
-points back at this simulator (``/_sim/files/<id>``) so clients exercise their download path.
+Answers carry what openai-python's ``ImagesResponse`` declares: ``created``, ``data`` (``b64_json`` or
+``url``, with ``revised_prompt``), ``background``, ``output_format``, ``quality``, ``size`` and
+``usage`` with input and output token details. ``quality``/``background`` report what was used,
+never ``auto`` (the response type has no such value): auto quality is reported as ``high`` and
+an auto background as ``opaque`` -- the simulator's choices, since it draws the same either way.
+A URL points back at this simulator (``/_sim/files/<id>``) so clients exercise their download path.
 OpenAI has no "200 without an image" answer, so ``no_image_rate`` does not apply here; both safety
 block shapes become the 400 ``moderation_blocked`` error OpenAI returns.
 """
@@ -24,6 +28,8 @@ from nanobatch.simulator.quotas import QuotaViolation
 from nanobatch.simulator.safety import BlockDecision
 
 PATHS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
+#: Requested quality -> the quality an answer reports (``standard``/``hd`` are retired DALL-E names).
+REPORTED_QUALITY = {"auto": "high", "standard": "medium", "hd": "high"}
 
 
 class OpenAIDialect:
@@ -38,6 +44,9 @@ class OpenAIDialect:
 
     def auth_style(self, request: HttpRequest) -> str:
         return openai_key(request)[0]
+
+    def presented_key(self, request: HttpRequest) -> str | None:
+        return openai_key(request)[1]
 
     def authenticate(self, request: HttpRequest) -> None:
         expected = self.config.api_key
@@ -64,26 +73,30 @@ class OpenAIDialect:
     def failure(self, status: int) -> Reply:
         return openai_errors.fault(status)
 
+    def key_echo(self, job: ImageJob, key: str, status: int) -> Reply:
+        return openai_errors.key_echo(status, job.model.name, key)
+
     def blocked(self, job: ImageJob, decision: BlockDecision) -> Reply:
         return openai_errors.content_blocked()
 
     def no_image(self, job: ImageJob) -> Reply:
         raise NotImplementedError("OpenAI images have no empty-answer shape")
 
-    def success(self, job: ImageJob, images: list[RenderedImage]) -> Reply:
+    def success(self, job: ImageJob, images: list[RenderedImage], filler: str | None = None) -> Reply:
+        """The images; ``filler``, when given, is the first image's ``revised_prompt``."""
+        quality = job.quality or "auto"
         data = [self._datum(job, image) for image in images]
-        output = job.output_tokens * len(images)
-        image_tokens = len(job.input_mime_types) * job.model.input_image_tokens
-        usage = {
-            "input_tokens": job.prompt_tokens,
-            "output_tokens": output,
-            "total_tokens": job.prompt_tokens + output,
-            "input_tokens_details": {
-                "text_tokens": job.prompt_tokens - image_tokens,
-                "image_tokens": image_tokens,
-            },
+        if filler is not None and data:
+            data[0]["revised_prompt"] = filler
+        body = {
+            "created": int(time.time()),
+            "background": "transparent" if job.background == "transparent" else "opaque",
+            "data": data,
+            "output_format": job.fmt,
+            "quality": REPORTED_QUALITY.get(quality, quality),
+            "size": f"{job.width}x{job.height}",
+            "usage": usage(job, output=job.output_tokens * len(images)),
         }
-        body = {"created": int(time.time()), "data": data, "output_format": job.fmt, "usage": usage}
         return Reply.json(200, body)
 
     def _datum(self, job: ImageJob, image: RenderedImage) -> dict[str, Any]:
@@ -91,3 +104,16 @@ class OpenAIDialect:
             file_id = self.files.put(image.data, image.mime_type)
             return {"url": f"{self.base_url}/_sim/files/{file_id}", "revised_prompt": job.prompt}
         return {"b64_json": base64.b64encode(image.data).decode(), "revised_prompt": job.prompt}
+
+
+def usage(job: ImageJob, output: int) -> dict[str, Any]:
+    """Token usage as ``ImagesResponse.usage``: totals plus input and output details."""
+    image_tokens = len(job.input_mime_types) * job.model.input_image_tokens
+    text_tokens = job.prompt_tokens - image_tokens
+    return {
+        "input_tokens": job.prompt_tokens,
+        "input_tokens_details": {"image_tokens": image_tokens, "text_tokens": text_tokens},
+        "output_tokens": output,
+        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
+        "total_tokens": job.prompt_tokens + output,
+    }

@@ -10,6 +10,7 @@ and the HTTP layer (``simulator.server``) never sees either.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,7 +68,33 @@ class Drop:
     reply: Reply
 
 
-Outcome = Reply | Hold | Drop
+@dataclass(frozen=True)
+class Stream:
+    """An answer whose body is produced chunk by chunk while it is sent, never held whole in memory
+    (an oversized body); ``length`` is announced in Content-Length. ``label`` names it in
+    ``stats()["abandoned"]`` when the client hangs up before the end."""
+
+    status: int
+    content_type: str
+    length: int
+    chunks: Iterator[bytes]
+    label: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """Send ``reply``'s headers at once, then its body one byte per ``interval`` seconds; after
+    ``limit`` seconds the rest goes at once, so a patient client still gets a whole answer and a
+    server thread is never tied up for longer than that."""
+
+    reply: Reply
+    interval: float
+    limit: float
+    label: str = "trickle"
+
+
+Outcome = Reply | Hold | Drop | Stream | Trickle
 
 
 class Rejected(Exception):
@@ -96,6 +123,8 @@ class ImageJob:
     output_tokens: int = 0
     want_text: bool = False
     response_format: str = "b64_json"
+    quality: str | None = None
+    background: str | None = None
 
     @property
     def quota_tokens(self) -> int:
@@ -120,6 +149,10 @@ class Dialect(Protocol):
         """How a key was presented: ``x-goog-api-key``, ``bearer``, ``query`` or ``none``."""
         ...
 
+    def presented_key(self, request: HttpRequest) -> str | None:
+        """The key the client sent, if any (only the ``echo_key`` fault ever repeats it)."""
+        ...
+
     def authenticate(self, request: HttpRequest) -> None:
         """Raises :class:`Rejected` when a key is required and missing or wrong."""
         ...
@@ -136,4 +169,11 @@ class Dialect(Protocol):
 
     def no_image(self, job: ImageJob) -> Reply: ...
 
-    def success(self, job: ImageJob, images: list[RenderedImage]) -> Reply: ...
+    def success(self, job: ImageJob, images: list[RenderedImage], filler: str | None = None) -> Reply:
+        """The image answer; ``filler``, when given, goes in a free-text field of the answer (a
+        Gemini text part, OpenAI's ``revised_prompt``) -- the oversized fault pads it there."""
+        ...
+
+    def key_echo(self, job: ImageJob, key: str, status: int) -> Reply:
+        """A ``status`` (429 or 400) error that repeats ``key`` as sent and lower-cased."""
+        ...

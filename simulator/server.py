@@ -2,9 +2,12 @@
 
 Clients under test pool keep-alive connections (httpx) and hold 100+ slow requests open at once,
 so the server speaks HTTP/1.1 with an exact Content-Length on every answer, gives each connection
-its own daemon thread, and has a deep listen backlog. It also does the two things a normal server
-never does, on purpose: *hold* a request without answering until the client gives up (timeout
-fault) and *cut* a response after its headers promised more bytes (drop fault).
+its own daemon thread, and has a deep listen backlog. It also does what a normal server never
+does, on purpose: *hold* a request without answering until the client gives up (timeout fault),
+*cut* a response after its headers promised more bytes (drop fault), *stream* a body too large to
+build (oversized fault) and *trickle* one a byte at a time (trickle fault). Streams and trickles stop
+as soon as the client hangs up (counted in ``stats()["abandoned"]``) or the simulator stops, and a
+trickle sends the rest at once after its limit, so no fault ties up a server thread for long.
 
 Stopping wakes every simulated wait, shuts every open connection and joins the serving thread,
 so a test fixture's teardown is quick and leaves no thread writing to a dead socket.
@@ -29,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from nanobatch.simulator.app import SimulatorApp
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.google_errors import google_error
-from nanobatch.simulator.protocol import Drop, Hold, HttpRequest, Outcome, Reply
+from nanobatch.simulator.protocol import Drop, Hold, HttpRequest, Outcome, Reply, Stream, Trickle
 
 logger = logging.getLogger("nanobatch.simulator")
 
@@ -153,19 +156,66 @@ class _Handler(BaseHTTPRequestHandler):
             self._hold(outcome.seconds)
         elif isinstance(outcome, Drop):
             self._drop(outcome.reply)
+        elif isinstance(outcome, Stream):
+            self._stream(outcome)
+        else:
+            self._trickle(outcome)
 
-    def _write(self, reply: Reply, *, cut: bool = False) -> None:
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
+    def _head(self, status: int, content_type: str, length: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        for name, value in headers.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+
+    def _write(self, reply: Reply, *, cut: bool = False) -> None:
+        self._head(reply.status, reply.content_type, len(reply.body), reply.headers)
         if self.command == "HEAD":
             return
         self.wfile.write(reply.body[: len(reply.body) // 2] if cut else reply.body)
+
+    def _stream(self, stream: Stream) -> None:
+        """Write the body as its chunks are produced; stop when the client leaves or the simulator stops."""
+        self._head(stream.status, stream.content_type, stream.length, stream.headers)
+        try:
+            for chunk in stream.chunks:
+                if self.server.app.stopping.is_set():
+                    raise ConnectionAbortedError("the simulator is stopping")
+                self.wfile.write(chunk)
+        except OSError:
+            self._abandon(stream.label)
+
+    def _trickle(self, trickle: Trickle) -> None:
+        """Headers at once, then one body byte per interval until the limit, then the rest at once.
+
+        Between bytes the socket is watched, so a client that hangs up ends the trickle at once.
+        """
+        body = trickle.reply.body
+        self._head(trickle.reply.status, trickle.reply.content_type, len(body), trickle.reply.headers)
+        deadline = time.monotonic() + trickle.limit
+        sent = 0
+        try:
+            while sent < len(body) and time.monotonic() < deadline:
+                self.wfile.write(body[sent : sent + 1])
+                sent += 1
+                if sent < len(body) and self._gone_after(trickle.interval, deadline):
+                    raise ConnectionAbortedError("the client left or the simulator is stopping")
+            self.wfile.write(body[sent:])
+        except OSError:
+            self._abandon(trickle.label)
+
+    def _gone_after(self, interval: float, deadline: float) -> bool:
+        """Wait ``interval`` (never past ``deadline``); ``True`` if the client left or we are stopping."""
+        pause = min(interval, max(0.0, deadline - time.monotonic()))
+        return self._client_gone(pause) or self.server.app.stopping.is_set()
+
+    def _abandon(self, label: str) -> None:
+        """A streamed answer ended early: the connection cannot carry another request; count it."""
+        self.close_connection = True
+        self.server.app.abandoned(label)
 
     def _drop(self, reply: Reply) -> None:
         """Promise the whole body in Content-Length, send half of it, then cut the connection."""

@@ -7,7 +7,11 @@ never contain an API key, only the style it was presented in.
 
 ``requests`` counts arrivals; every finished request lands in ``by_route`` and ``by_status``
 exactly once. ``by_status`` keys are HTTP statuses as strings, plus ``"timeout"`` (held, never
-answered) and ``"drop"`` (cut mid-body) for requests that got no complete answer.
+answered) and ``"drop"`` (cut mid-body) for requests that got no complete answer. ``faults``
+counts every injected fault by label (a status, ``timeout``, ``drop``, ``no_image`` or a hostile
+mode: ``truncated``, ``oversized``, ``trickle``, ``echo_key``, ``larger_image``), and
+``abandoned`` the streamed answers (``oversized``, ``trickle``) whose client hung up before the
+last byte -- how a test proves a client gave up on a body rather than read it all.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Stats:
         self._by_status: Counter[str] = Counter()
         self._by_model: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._abandoned: Counter[str] = Counter()
 
     def begin(self) -> None:
         with self._lock:
@@ -86,6 +91,11 @@ class Stats:
     def received_inputs(self, count: int) -> None:
         with self._lock:
             self._inputs += count
+
+    def abandoned(self, label: str) -> None:
+        """Count a streamed answer whose client left before its last byte."""
+        with self._lock:
+            self._abandoned[label] += 1
 
     def finish(self, record: RequestRecord) -> None:
         """Count a finished request (call before its answer is written)."""
@@ -115,6 +125,7 @@ class Stats:
                 "input_images_received": self._inputs,
                 "blocked": self._blocked,
                 "faults": dict(self._faults),
+                "abandoned": dict(self._abandoned),
             }
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
@@ -131,5 +142,5 @@ class Stats:
     def _zero(self) -> None:
         self._requests = self._rate_limited = self._blocked = self._images = self._inputs = 0
         self._peak = self._in_flight
-        for counter in (self._by_route, self._by_status, self._by_model, self._faults):
+        for counter in (self._by_route, self._by_status, self._by_model, self._faults, self._abandoned):
             counter.clear()

@@ -2,7 +2,9 @@
 
 ``google-genai`` parses answers into strict pydantic models (unknown keys are errors) and maps HTTP
 errors into its own exceptions; the ``openai`` SDK does the same for the images API. If either SDK
-rejects a simulator answer, the simulator is wrong, whatever our own clients think of it.
+rejects a simulator answer, the simulator is wrong, whatever our own clients think of it. That
+includes the unkind answers: 3 Pro thought parts, the 400s real Gemini gives for fields it lacks,
+and every hostile fault mode (a hostile 200 is still a well-formed answer; only its content lies).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import errors, types
+from openai.types import ImagesResponse
 from PIL import Image
 
 from nanobatch.simulator.server import RunningSimulator
@@ -26,6 +29,14 @@ pytestmark = pytest.mark.integration
 
 KEY = "test-key"
 PRO = "/v1beta/models/gemini-3-pro-image:generateContent"
+FLASH = "/v1beta/models/gemini-2.5-flash-image:generateContent"
+GENERATIONS = "/v1/images/generations"
+HOSTILE_200S: list[dict[str, Any]] = [
+    {"truncated_rate": 1.0},
+    {"oversized_rate": 1.0, "oversize_bytes": 2 * 1024 * 1024},
+    {"larger_image_rate": 1.0},
+    {"trickle_rate": 1.0, "trickle_interval": 0.001, "trickle_limit": 0.05},
+]
 
 
 @pytest.fixture
@@ -189,3 +200,138 @@ def test_openai_rate_limit_error(simulator: SimulatorFactory) -> None:
         client.images.generate(model="gpt-image-1", prompt="two")
     assert caught.value.code == "rate_limit_exceeded"
     assert float(caught.value.response.headers["retry-after"]) > 0
+
+
+def test_genai_reads_three_pro_thoughts_and_signatures(simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    recorder = RecordingClient()
+    client = gemini_client(sim, recorder)
+    config = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"])
+    response = client.models.generate_content(model="gemini-3-pro-image", contents="a lamp", config=config)
+    assert response.candidates and response.candidates[0].content
+    parts = response.candidates[0].content.parts or []
+    assert parts[0].thought is True and parts[0].text
+    assert [part.thought for part in parts[1:]] == [None, None]
+    image = next(part for part in parts if part.inline_data)
+    assert isinstance(image.thought_signature, bytes) and image.thought_signature
+    usage = response.usage_metadata
+    assert usage and usage.thoughts_token_count and usage.candidates_token_count == 1120
+    assert usage.total_token_count == (usage.prompt_token_count or 0) + 1120 + usage.thoughts_token_count
+    assert response.model_version == "gemini-3-pro-image"
+    [(status, body)] = recorder.bodies
+    assert status == 200
+    types.GenerateContentResponse.model_validate(body)
+    recorder.close()
+
+
+def test_genai_surfaces_the_developer_instruction_400(simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    client = gemini_client(sim)
+    config = types.GenerateContentConfig(response_modalities=["IMAGE"], system_instruction="be terse")
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-2.5-flash-image", contents="a lamp", config=config)
+    assert (caught.value.code, caught.value.status) == (400, "INVALID_ARGUMENT")
+    assert caught.value.message == "Developer instruction is not enabled for models/gemini-2.5-flash-image"
+
+
+def test_genai_on_v1_gets_the_unknown_response_modalities_400(simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=sim.url, api_version="v1"))
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-3-pro-image", contents="a lamp", config=image_config())
+    assert caught.value.code == 400 and caught.value.message
+    assert 'Unknown name "responseModalities"' in caught.value.message
+    response = client.models.generate_content(model="gemini-3-pro-image", contents="a lamp")  # no modalities
+    assert first_image(response).size == (1024, 1024)
+
+
+@pytest.mark.parametrize("key", ["outputMimeType", "output_mime_type"])
+def test_output_mime_type_is_refused_by_sdk_and_server_alike(simulator: SimulatorFactory, key: str) -> None:
+    sim = simulator()
+    jpeg = types.GenerateContentConfig(image_config=types.ImageConfig(output_mime_type="image/jpeg"))
+    client = gemini_client(sim)
+    with pytest.raises(ValueError, match="output_mime_type"):  # the SDK will not even send it...
+        client.models.generate_content(model="gemini-3-pro-image", contents="x", config=jpeg)
+    payload = {
+        "contents": [{"parts": [{"text": "x"}]}],
+        "generationConfig": {"imageConfig": {key: "image/jpeg"}},
+    }
+    response = httpx.post(sim.url + PRO, json=payload, headers={"x-goog-api-key": KEY})
+    with pytest.raises(errors.ClientError) as caught:  # ...and the server refuses it from raw clients
+        errors.APIError.raise_for_response(response)
+    assert (caught.value.code, caught.value.status) == (400, "INVALID_ARGUMENT")
+    assert caught.value.message == (
+        f"Invalid JSON payload received. Unknown name \"{key}\" at 'generation_config.image_config': "
+        "Cannot find field."
+    )
+
+
+@pytest.mark.parametrize("settings", HOSTILE_200S)
+@pytest.mark.parametrize("path", [PRO, FLASH])
+def test_hostile_gemini_200s_still_validate_strictly(
+    simulator: SimulatorFactory, settings: dict[str, Any], path: str
+) -> None:
+    sim = simulator(**settings)
+    response = httpx.post(
+        sim.url + path,
+        json={"contents": [{"parts": [{"text": "a lamp"}]}]},
+        headers={"x-goog-api-key": KEY},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    types.GenerateContentResponse.model_validate(response.json())
+    assert sim.stats()["faults"] == {next(iter(settings)).removesuffix("_rate"): 1}
+
+
+@pytest.mark.parametrize("settings", HOSTILE_200S)
+def test_hostile_openai_200s_still_validate_strictly(
+    simulator: SimulatorFactory, settings: dict[str, Any]
+) -> None:
+    sim = simulator(**settings)
+    result = openai_client(sim).images.generate(model="gpt-image-1", prompt="a lamp", size="256x256")
+    assert result.data and result.data[0].b64_json
+    raw = httpx.post(
+        sim.url + GENERATIONS,
+        json={"model": "gpt-image-1", "prompt": "a lamp", "size": "256x256"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    ImagesResponse.model_validate(raw.json())
+
+
+def test_openai_answer_validates_strictly_with_every_field(simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    result = openai_client(sim).images.generate(
+        model="gpt-image-1", prompt="a lamp", size="1024x1536", quality="medium", background="transparent"
+    )
+    assert (result.size, result.quality, result.background, result.output_format) == (
+        "1024x1536",
+        "medium",
+        "transparent",
+        "png",
+    )
+    assert result.usage and result.usage.output_tokens_details
+    assert result.usage.output_tokens_details.image_tokens == 1056
+    ImagesResponse.model_validate(result.model_dump(exclude_unset=True))
+
+
+@pytest.mark.parametrize("status", [429, 400])
+def test_genai_maps_key_echo_errors_and_keeps_the_key_in_them(
+    simulator: SimulatorFactory, status: int
+) -> None:
+    sim = simulator(echo_key_rate=1.0, echo_key_status=status)
+    client = gemini_client(sim)
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-3-pro-image", contents="x", config=image_config())
+    assert caught.value.code == status
+    assert KEY in str(caught.value.details)  # what a careless client would log
+
+
+@pytest.mark.parametrize(("status", "error"), [(429, openai.RateLimitError), (400, openai.BadRequestError)])
+def test_openai_maps_key_echo_errors(
+    simulator: SimulatorFactory, status: int, error: type[Exception]
+) -> None:
+    sim = simulator(echo_key_rate=1.0, echo_key_status=status)
+    with pytest.raises(error) as caught:
+        openai_client(sim).images.generate(model="gpt-image-1", prompt="x")
+    assert KEY in str(caught.value)

@@ -81,7 +81,10 @@ def test_both_api_versions_answer_with_an_image_at_catalog_size(
 ) -> None:
     sim = simulator()
     post = Poster(http, sim)
-    response = post(f"/{version}/models/gemini-3-pro-image:generateContent", body(ratio="16:9", size="2K"))
+    payload = body(ratio="16:9", size="2K")
+    if version == "v1":
+        del payload["generationConfig"]["responseModalities"]  # v1 has no such field
+    response = post(f"/{version}/models/gemini-3-pro-image:generateContent", payload)
     assert response.status_code == 200
     assert image_of(response).size == (2752, 1536)
     payload = response.json()
@@ -89,8 +92,8 @@ def test_both_api_versions_answer_with_an_image_at_catalog_size(
     assert payload["modelVersion"] == "gemini-3-pro-image"
     assert payload["candidates"][0]["finishReason"] == "STOP"
     usage = payload["usageMetadata"]
-    assert usage["candidatesTokenCount"] == 1120
-    assert usage["totalTokenCount"] == usage["promptTokenCount"] + 1120
+    assert usage["candidatesTokenCount"] == 1120 and usage["thoughtsTokenCount"] > 0
+    assert usage["totalTokenCount"] == usage["promptTokenCount"] + 1120 + usage["thoughtsTokenCount"]
 
 
 def test_alias_resolves_and_flash_has_no_size(http: httpx.Client, simulator: SimulatorFactory) -> None:
@@ -98,8 +101,50 @@ def test_alias_resolves_and_flash_has_no_size(http: httpx.Client, simulator: Sim
     post = Poster(http, sim)
     response = post("/v1beta/models/nano-banana:generateContent", body(ratio="16:9"))
     assert image_of(response).size == (1344, 768)
-    assert response.json()["modelVersion"] == "gemini-2.5-flash-image"
+    assert response.json()["modelVersion"] == "nano-banana"  # echoes what was asked
     assert response.json()["usageMetadata"]["candidatesTokenCount"] == 1290
+    assert sim.requests(1)[0]["model"] == "gemini-2.5-flash-image"
+
+
+@pytest.mark.parametrize(
+    ("path_model", "version"),
+    [
+        ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview"),
+        ("models%2Fgemini-3-pro-image", "gemini-3-pro-image"),
+        ("gemini-2.5-flash-image", "gemini-2.5-flash-image"),
+    ],
+)
+def test_model_version_echoes_the_model_of_the_path(
+    http: httpx.Client, simulator: SimulatorFactory, path_model: str, version: str
+) -> None:
+    sim = simulator()
+    response = Poster(http, sim)(f"/v1beta/models/{path_model}:generateContent", body())
+    assert response.json()["modelVersion"] == version
+
+
+def test_three_pro_thinks_first_and_signs_its_answer(http: httpx.Client, simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    payload = body()
+    payload["generationConfig"]["responseModalities"] = ["TEXT", "IMAGE"]
+    answer = Poster(http, sim)(PRO, payload).json()
+    types.GenerateContentResponse.model_validate(answer)
+    parts = answer["candidates"][0]["content"]["parts"]
+    assert parts[0]["thought"] is True and parts[0]["text"]
+    assert "thoughtSignature" not in parts[0]
+    text, image = parts[1], parts[2]
+    assert "thought" not in text and text["thoughtSignature"]  # first part after the thoughts
+    assert "inlineData" in image and image["thoughtSignature"] != text["thoughtSignature"]
+    base64.b64decode(image["thoughtSignature"], validate=True)
+    usage = answer["usageMetadata"]
+    assert usage["thoughtsTokenCount"] == len(parts[0]["text"]) // 4
+
+
+def test_flash_image_does_not_think(http: httpx.Client, simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    answer = Poster(http, sim)("/v1beta/models/gemini-2.5-flash-image:generateContent", body()).json()
+    [part] = answer["candidates"][0]["content"]["parts"]
+    assert set(part) == {"inlineData"}
+    assert "thoughtsTokenCount" not in answer["usageMetadata"]
 
 
 def test_snake_case_request_and_models_prefix(http: httpx.Client, simulator: SimulatorFactory) -> None:
@@ -138,14 +183,17 @@ def test_text_and_image_modalities_give_a_text_part_first(
     payload = body()
     payload["generationConfig"]["responseModalities"] = ["TEXT", "IMAGE"]
     parts = post(PRO, payload).json()["candidates"][0]["content"]["parts"]
-    assert "text" in parts[0] and "inlineData" in parts[1]
+    answer = [part for part in parts if not part.get("thought")]
+    assert "text" in answer[0] and "inlineData" in answer[1]
 
 
-def test_jpeg_when_asked(http: httpx.Client, simulator: SimulatorFactory) -> None:
-    sim = simulator()
+def test_jpeg_when_the_simulator_is_set_to_it(http: httpx.Client, simulator: SimulatorFactory) -> None:
+    sim = simulator(image_format_default="jpeg")
     post = Poster(http, sim)
-    response = post(PRO, body(ratio="3:4", outputMimeType="image/jpeg"))
-    inline = response.json()["candidates"][0]["content"]["parts"][0]["inlineData"]
+    response = post(PRO, body(ratio="3:4"))
+    inline = next(
+        p["inlineData"] for p in response.json()["candidates"][0]["content"]["parts"] if not p.get("thought")
+    )
     assert inline["mimeType"] == "image/jpeg"
     assert image_of(response).format == "JPEG"
 
@@ -171,6 +219,15 @@ def test_thumbnails_are_small_with_real_size_in_headers(
         ("/v1beta/models/gemini-2.5-flash-image:generateContent", body(images=4), 400, "INVALID_ARGUMENT"),
         (PRO, body(images=15), 400, "INVALID_ARGUMENT"),
         (PRO, {"contents": []}, 400, "INVALID_ARGUMENT"),
+        (PRO, body(outputMimeType="image/jpeg"), 400, "INVALID_ARGUMENT"),
+        (PRO, body(output_mime_type="image/jpeg"), 400, "INVALID_ARGUMENT"),
+        (PRO.replace("v1beta", "v1"), body(), 400, "INVALID_ARGUMENT"),
+        (
+            "/v1beta/models/gemini-2.5-flash-image:generateContent",
+            {**body(), "systemInstruction": {"parts": [{"text": "be terse"}]}},
+            400,
+            "INVALID_ARGUMENT",
+        ),
     ],
 )
 def test_validation_errors(

@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from nanobatch.simulator.quotas import next_pacific_midnight
 from nanobatch.simulator.testing import SimulatorFactory, wait_until
 
 pytestmark = pytest.mark.integration
@@ -20,7 +18,8 @@ pytestmark = pytest.mark.integration
 PRO = "/v1beta/models/gemini-3-pro-image:generateContent"
 FLASH = "/v1beta/models/gemini-2.5-flash-image:generateContent"
 BODY = {"contents": [{"parts": [{"text": "a lamp"}]}], "generationConfig": {"responseModalities": ["IMAGE"]}}
-DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
+WHOLE_SECONDS = re.compile(r"^\d+s$")
+PRECISE = re.compile(r"Please retry in (\d+(?:\.\d{3,9})?)s\.$")
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ def details(response: httpx.Response) -> dict[str, Any]:
     return {detail["@type"].rsplit(".", 1)[-1]: detail for detail in error["details"]}
 
 
-def test_rpm_third_request_is_429_per_minute_with_fractional_delay(
+def test_rpm_third_request_is_429_per_minute_with_truncated_delay(
     http: httpx.Client, simulator: SimulatorFactory
 ) -> None:
     sim = simulator(rpm=2)
@@ -56,8 +55,10 @@ def test_rpm_third_request_is_429_per_minute_with_fractional_delay(
     assert violation["quotaValue"] == "2"
     assert violation["quotaDimensions"] == {"model": "gemini-3-pro-image", "location": "global"}
     delay = found["RetryInfo"]["retryDelay"]
-    assert DURATION.match(delay) and "." in delay
-    assert 0 < float(delay[:-1]) <= 60
+    assert WHOLE_SECONDS.match(delay)
+    precise = PRECISE.search(limited.json()["error"]["message"])
+    assert precise is not None and 0 < float(precise[1]) <= 60
+    assert int(delay[:-1]) == int(float(precise[1]))  # whole seconds of the precise figure, truncated
     stats = sim.stats()
     assert (stats["rate_limited"], stats["by_status"]) == (1, {"200": 2, "429": 1})
 
@@ -77,15 +78,14 @@ def test_tpm_counts_output_tokens(http: httpx.Client, simulator: SimulatorFactor
     assert "InputTokens" in violation["quotaId"] and "PerMinute" in violation["quotaId"]
 
 
-def test_rpd_is_per_day_until_pacific_midnight(http: httpx.Client, simulator: SimulatorFactory) -> None:
+def test_rpd_is_per_day_with_a_short_delay(http: httpx.Client, simulator: SimulatorFactory) -> None:
     sim = simulator(rpd=1)
     assert http.post(sim.url + PRO, json=BODY).status_code == 200
     limited = http.post(sim.url + PRO, json=BODY)
     found = details(limited)
     assert found["QuotaFailure"]["violations"][0]["quotaId"] == "GenerateRequestsPerDayPerProjectPerModel"
-    now = time.time()
-    until_midnight = next_pacific_midnight(now) - now
-    assert float(found["RetryInfo"]["retryDelay"][:-1]) == pytest.approx(until_midnight, abs=30)
+    assert found["RetryInfo"]["retryDelay"] == "40s"  # like upstream: not the time to midnight
+    assert http.post(sim.url + PRO, json=BODY).status_code == 429  # still refused: the quota is spent
 
 
 def test_concurrency_limit_counts_requests_in_flight(http: httpx.Client, simulator: SimulatorFactory) -> None:

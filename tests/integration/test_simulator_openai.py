@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openai.types import ImagesResponse
 from PIL import Image
 
 from nanobatch.simulator.testing import SimulatorFactory
@@ -57,6 +58,36 @@ def test_generation_b64_json_at_the_requested_size(http: httpx.Client, simulator
     assert usage["output_tokens"] == 2 * 1056
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert sim.stats()["images_served"] == 2
+
+
+def test_answers_carry_every_field_real_ones_do(http: httpx.Client, simulator: SimulatorFactory) -> None:
+    sim = simulator()
+    payload = generate(http, sim.url, size="1024x1536").json()
+    assert set(payload) == {"created", "background", "data", "output_format", "quality", "size", "usage"}
+    assert (payload["background"], payload["output_format"]) == ("opaque", "png")
+    assert (payload["quality"], payload["size"]) == ("high", "1024x1536")  # auto is reported as used
+    usage = payload["usage"]
+    assert usage["output_tokens_details"] == {"image_tokens": 1056, "text_tokens": 0}
+    assert usage["input_tokens_details"]["text_tokens"] == usage["input_tokens"]
+    ImagesResponse.model_validate(payload)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reported"),
+    [
+        ({"quality": "low"}, ("low", "opaque")),
+        ({"quality": "hd", "background": "transparent"}, ("high", "transparent")),
+        ({"quality": "standard", "background": "auto"}, ("medium", "opaque")),
+        ({"quality": "max", "output_format": "webp"}, ("max", "opaque")),
+    ],
+)
+def test_quality_and_background_report_what_was_used(
+    http: httpx.Client, simulator: SimulatorFactory, fields: dict[str, Any], reported: tuple[str, str]
+) -> None:
+    sim = simulator()
+    payload = generate(http, sim.url, **fields).json()
+    assert (payload["quality"], payload["background"]) == reported
+    ImagesResponse.model_validate(payload)
 
 
 def test_auto_size_is_the_catalog_square_and_gemini_models_are_accepted(
@@ -132,6 +163,7 @@ def test_edit_errors(http: httpx.Client, simulator: SimulatorFactory) -> None:
         ({"model": "dall-e-9"}, 404, "model_not_found"),
         ({"size": "1000x1000"}, 400, None),
         ({"n": 0}, 400, None),
+        ({"background": "clear"}, 400, None),
     ],
 )
 def test_generation_errors_are_openai_shaped(

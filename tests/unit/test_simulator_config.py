@@ -42,6 +42,42 @@ def test_rates_adding_above_one_are_refused() -> None:
         SimulatorConfig(fail_rates={500: 0.6}, timeout_rate=0.3, drop_rate=0.2)
 
 
+def test_hostile_rates_count_towards_the_total() -> None:
+    with pytest.raises(ValueError, match="add up"):
+        SimulatorConfig(fail_rates={500: 0.5}, truncated_rate=0.3, trickle_rate=0.3)
+    with pytest.raises(ValueError, match="echo_key_rate"):
+        SimulatorConfig(echo_key_rate=1.5)
+
+
+def test_hostile_defaults_are_off_with_bounded_knobs() -> None:
+    config = SimulatorConfig()
+    assert set(config.hostile_rates.values()) == {0.0}
+    assert list(config.hostile_rates) == ["truncated", "oversized", "trickle", "echo_key", "larger_image"]
+    assert (config.oversize_bytes, config.trickle_interval, config.trickle_limit) == (
+        64 * 1024 * 1024,
+        1.0,
+        60.0,
+    )
+    assert (config.echo_key_status, config.larger_image_factor) == (429, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({"oversize_bytes": 0}, "oversize_bytes"),
+        ({"trickle_interval": 0}, "trickle_interval"),
+        ({"trickle_limit": -1}, "trickle_limit"),
+        ({"trickle_limit": 7200}, "trickle_limit"),
+        ({"echo_key_status": 500}, "echo_key_status"),
+        ({"larger_image_factor": 1.0}, "larger_image_factor"),
+        ({"larger_image_factor": 8}, "larger_image_factor"),
+    ],
+)
+def test_hostile_knobs_are_validated(settings: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        SimulatorConfig(**settings)
+
+
 def test_non_positive_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="rpm"):
         SimulatorConfig(rpm=0)
@@ -67,6 +103,26 @@ def test_cli_flags_build_the_config() -> None:
     assert config.fail_rates == {503: 0.5}
     assert config.block_words == ("gore", "knife")
     assert (config.rpm, config.api_key, config.thumbnails, config.seed) == (10, "k", True, 7)
+
+
+def test_cli_flags_drive_the_hostile_modes() -> None:
+    config = build_config(
+        truncated_rate=0.1,
+        oversized_rate=0.1,
+        oversize_bytes=1024,
+        trickle_rate=0.1,
+        trickle_interval=0.5,
+        trickle_limit=5,
+        echo_key_rate=0.1,
+        echo_key_status=400,
+        larger_image_rate=0.1,
+        larger_image_factor=1.5,
+    )
+    assert set(config.hostile_rates.values()) == {0.1}
+    assert (config.oversize_bytes, config.trickle_interval, config.trickle_limit) == (1024, 0.5, 5)
+    assert (config.echo_key_status, config.larger_image_factor) == (400, 1.5)
+    assert "echo-key 0.1" in config.describe() and "larger-image 0.1" in config.describe()
+    assert build_config().hostile_rates == SimulatorConfig().hostile_rates
 
 
 def test_the_ready_line_never_shows_the_key() -> None:

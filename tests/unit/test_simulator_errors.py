@@ -27,6 +27,26 @@ def test_retry_delay_is_a_duration_with_fractional_seconds(seconds: float, text:
     assert google_errors.format_duration(seconds) == text
 
 
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (58.934310785, "58.934310785s"),
+        (26.5, "26.500s"),
+        (3.0, "3s"),
+        (0.25, "0.250s"),
+        (1.000001, "1.000001s"),
+        (-1.0, "0s"),
+    ],
+)
+def test_message_durations_use_protobufs_json_digits(seconds: float, text: str) -> None:
+    assert google_errors.precise_duration(seconds) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(58.934, "58s"), (0.999, "0s"), (3.0, "3s"), (-2.0, "0s")])
+def test_retry_delay_is_whole_seconds_truncated(seconds: float, text: str) -> None:
+    assert google_errors.whole_seconds(seconds) == text
+
+
 def test_gemini_quota_body_has_quota_failure_and_retry_info() -> None:
     reply = google_errors.quota_exceeded(QuotaViolation(RPM, "gemini-3-pro-image", 300, 300, 26.5))
     error = json.loads(reply.body)["error"]
@@ -36,8 +56,18 @@ def test_gemini_quota_body_has_quota_failure_and_retry_info() -> None:
     assert violation["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
     assert violation["quotaDimensions"] == {"model": "gemini-3-pro-image", "location": "global"}
     assert violation["quotaValue"] == "300"
-    assert by_type["RetryInfo"]["retryDelay"] == "26.5s"
+    assert by_type["RetryInfo"]["retryDelay"] == "26s"  # truncated, as upstream
+    assert error["message"].endswith("Please retry in 26.500s.")  # the precise figure
     assert "retry-after" not in {k.lower() for k in reply.headers}
+
+
+def test_per_day_429_advertises_a_short_delay_not_the_time_to_midnight() -> None:
+    reply = google_errors.quota_exceeded(QuotaViolation(RPD, "gemini-3-pro-image", 1, 1, 30_000.25))
+    error = json.loads(reply.body)["error"]
+    by_type = {detail["@type"].rsplit(".", 1)[-1]: detail for detail in error["details"]}
+    assert by_type["RetryInfo"]["retryDelay"] == "40s"
+    assert "Please retry in 40.250s." in error["message"]
+    assert by_type["QuotaFailure"]["violations"][0]["quotaId"] == RPD.quota_id  # the only day signal
 
 
 def test_gemini_quota_ids_name_the_window() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.faults import Fault, FaultPlan
 from nanobatch.simulator.safety import find_block
@@ -42,6 +44,26 @@ def test_rates_are_roughly_honoured() -> None:
 def test_fault_labels() -> None:
     assert Fault("status", 503).label == "503"
     assert Fault("drop").label == "drop"
+    assert Fault("echo_key").label == "echo_key"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "oversized", "trickle", "echo_key", "larger_image"])
+def test_each_hostile_mode_is_drawn_at_its_rate(kind: str) -> None:
+    assert set(_sequence(FaultPlan(SimulatorConfig(**{f"{kind}_rate": 1.0})))) == {kind}
+    drawn = _sequence(FaultPlan(SimulatorConfig(**{f"{kind}_rate": 0.25}, seed=9)), 10_000)
+    assert 0.22 < drawn.count(kind) / 10_000 < 0.28
+
+
+def test_hostile_modes_leave_the_old_sequence_alone() -> None:
+    """Drawn after the others: a seeded run keeps every old fault where it was; only some of its
+    fault-free requests turn hostile (and with the hostile rates at 0, nothing changes)."""
+    old = SimulatorConfig(fail_rates={503: 0.2}, drop_rate=0.1, seed=21)
+    hostile = SimulatorConfig(fail_rates={503: 0.2}, drop_rate=0.1, seed=21, truncated_rate=0.3)
+    before, after = _sequence(FaultPlan(old), 2_000), _sequence(FaultPlan(hostile), 2_000)
+    changed = [(b, a) for b, a in zip(before, after, strict=True) if a != b]
+    assert changed and all(b is None and a == "truncated" for b, a in changed)
+    zero = SimulatorConfig(fail_rates={503: 0.2}, drop_rate=0.1, seed=21, echo_key_rate=0.0)
+    assert _sequence(FaultPlan(zero), 2_000) == before
 
 
 def test_latency_is_scaled_and_within_bounds() -> None:

@@ -36,10 +36,10 @@ def test_snake_case_request_is_read_like_camel_case() -> None:
         ],
         "generation_config": {
             "response_modalities": ["IMAGE"],
-            "image_config": {"aspect_ratio": "4:3", "image_size": "2K", "output_mime_type": "image/jpeg"},
+            "image_config": {"aspect_ratio": "4:3", "image_size": "2K"},
         },
     }
-    job = build_job(PRO, read_body(json.dumps(body).encode()), "png")
+    job = build_job(PRO, read_body(json.dumps(body).encode()), "jpeg")
     assert (job.width, job.height, job.fmt) == (2400, 1792, "jpeg")
     assert job.input_mime_types == ("image/png", "image/jpeg")
     assert job.prompt == "put the logo on the mug"
@@ -53,17 +53,77 @@ def test_snake_case_request_is_read_like_camel_case() -> None:
         (PRO, {"imageSize": "2k"}, "image size"),
         (PRO, {"imageSize": "8K"}, "image size"),
         (FLASH, {"imageSize": "1K"}, "imageSize is not supported"),
-        (PRO, {"outputMimeType": "image/gif"}, "MIME"),
         (PRO, {"aspectRatoi": "1:1"}, "Unknown name"),
     ],
 )
 def test_bad_image_config_is_invalid_argument(model: ModelSpec, image_config: dict, fragment: str) -> None:
     body = {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"imageConfig": image_config}}
     with pytest.raises(Rejected) as exc:
-        build_job(model, body, "png")
+        build_job(model, read_body(json.dumps(body).encode()), "png")
     assert exc.value.reply.status == 400
     assert _error(exc)["status"] == "INVALID_ARGUMENT"
     assert fragment.lower() in _error(exc)["message"].lower()
+
+
+@pytest.mark.parametrize(
+    ("config_key", "image_key"),
+    [
+        ("generationConfig", "outputMimeType"),
+        ("generation_config", "output_mime_type"),
+        ("generationConfig", "outputCompressionQuality"),
+    ],
+)
+def test_vertex_only_image_fields_are_unknown_names(config_key: str, image_key: str) -> None:
+    body = {"contents": [{"parts": [{"text": "x"}]}], config_key: {"imageConfig": {image_key: "image/jpeg"}}}
+    with pytest.raises(Rejected) as exc:
+        read_body(json.dumps(body).encode())
+    error = _error(exc)
+    expected = (
+        f'Invalid JSON payload received. Unknown name "{image_key}" at '
+        "'generation_config.image_config': Cannot find field."
+    )
+    assert (exc.value.reply.status, error["status"], error["message"]) == (400, "INVALID_ARGUMENT", expected)
+    assert error["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "generation_config.image_config", "description": expected}],
+        }
+    ]
+
+
+def test_every_unknown_name_is_listed_top_level_without_a_location() -> None:
+    body = {"contents": [], "foo": 1, "generationConfig": {"imageConfig": {"outputMimeType": "image/png"}}}
+    with pytest.raises(Rejected) as exc:
+        read_body(json.dumps(body).encode())
+    violations = _error(exc)["details"][0]["fieldViolations"]
+    assert violations[0] == {
+        "description": 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'
+    }
+    assert [v.get("field") for v in violations] == [None, "generation_config.image_config"]
+    assert _error(exc)["message"].count("\n") == 1
+
+
+@pytest.mark.parametrize("key", ["responseModalities", "response_modalities"])
+def test_response_modalities_exist_on_v1beta_only(key: str) -> None:
+    raw = json.dumps(
+        {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {key: ["IMAGE"]}}
+    ).encode()
+    assert read_body(raw, "v1beta")
+    with pytest.raises(Rejected) as exc:
+        read_body(raw, "v1")
+    assert _error(exc)["message"] == (
+        f"Invalid JSON payload received. Unknown name \"{key}\" at 'generation_config': Cannot find field."
+    )
+
+
+@pytest.mark.parametrize("key", ["systemInstruction", "system_instruction"])
+def test_flash_image_has_no_developer_instruction(key: str) -> None:
+    body = {"contents": [{"parts": [{"text": "x"}]}], key: {"parts": [{"text": "be terse"}]}}
+    with pytest.raises(Rejected) as exc:
+        build_job(FLASH, read_body(json.dumps(body).encode()), "png")
+    assert _error(exc)["message"] == "Developer instruction is not enabled for models/gemini-2.5-flash-image"
+    assert _error(exc)["status"] == "INVALID_ARGUMENT"
+    assert build_job(PRO, body, "png").prompt == "x"  # 3 Pro takes one
 
 
 def test_too_many_input_images_for_the_model() -> None:
