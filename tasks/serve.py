@@ -445,7 +445,7 @@ def choose_model(job: Job, fallback_chain: list[str]) -> str:
 def build_request(job: Job, spec: ModelSpec) -> ImageRequest:
     width, height = spec.dimensions(job.image_size, job.aspect_ratio)
     return ImageRequest(
-        model=spec.name,
+        model=spec.wire_id,
         prompt=job.prompt,
         aspect_ratio=job.aspect_ratio,
         image_size=spec.size_key(job.image_size) if spec.supports_image_size else None,

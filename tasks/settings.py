@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=10.0, gt=0)
 
     # Defaults for rows that do not say.
-    default_model: str = "gemini-2.5-flash-image"
+    default_model: str = "gemini-nano-banana-2.1"  # GA 2026-10-06 (models/catalog.toml)
     default_aspect_ratio: str = "1:1"
 
     # Worker behaviour.
