@@ -66,6 +66,10 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"  # 400/401/403/404: bad request, bad key, unknown model
     BILLING = "billing"  # credits depleted, insufficient_quota, billing hard limit: pay, then retry
     ACCOUNT_RESTRICTED = "account_restricted"  # the upstream limited/disabled the account (policy)
+    # Upstream, a wait bound ran out (each names its setting; the last upstream message is kept).
+    RATE_WAIT_LIMIT = "rate_wait_limit"  # more 429 waits than NANOBATCH_MAX_RATE_WAITS
+    RATE_WAIT_TIME_LIMIT = "rate_wait_time_limit"  # 429 waits past NANOBATCH_MAX_RATE_WAIT_SECONDS
+    DAY_PARK_LIMIT = "day_park_limit"  # parked for the daily quota more than NANOBATCH_MAX_DAY_PARKS
     # Ours.
     INVALID_TASK = "invalid_task"  # the row cannot be served (unknown model, unreadable input image)
     LIMIT_TOO_SMALL = "limit_too_small"  # one request needs more tokens than the pool's tokens/minute
