@@ -128,6 +128,12 @@ def test_a_429_storm_ends_at_the_wait_count_bound_and_is_reported(simulator, sta
         sources.close()
     assert samples[("nanobatch_pool_stalled", DEFAULT_MODEL)] == 1.0
     assert samples[("nanobatch_pool_refused_seconds", DEFAULT_MODEL)] > 0
+    # And an operator retry of that reason starts the task's wait budget afresh
+    s.cli("retry", "storm", "--reason", "rate_wait_limit", check=True)
+    assert s.wait_terminal("storm", timeout=60).counts["failed"] == 1
+    (again,) = tasks_of(s, "storm")
+    assert (again.error_code, again.upstream_waits) == ("rate_wait_limit", 2)
+    assert sim.stats()["requests"] == 6
 
 
 def test_a_429_storm_ends_at_the_wait_time_bound(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -141,6 +142,12 @@ _ZERO_QUOTA = re.compile(
     r"\blimit:\s*0(?![\d.])|billing (?:is )?(?:not enabled|disabled)|enable billing|BILLING_DISABLED",
     re.IGNORECASE,
 )
+#: A 4xx that says billing must be turned on before anything is served.
+_ENABLE_BILLING = re.compile(
+    r"enable billing|requires billing to be enabled|billing (?:is )?not enabled", re.I
+)
+#: ErrorInfo reasons that mean the project or key was switched off by Google.
+_ACCOUNT_REASONS = frozenset({"CONSUMER_SUSPENDED", "PROJECT_SUSPENDED"})
 #: Credits used up: "Your prepayment credits are depleted. Please go to AI Studio ... billing."
 _CREDITS_GONE = re.compile(
     r"prepayment credits are depleted|credits? (?:are|is|has been) (?:depleted|exhausted|used up)"
@@ -343,17 +350,28 @@ class GoogleError:
         return [str(d["reason"]) for d in self.of_type(_ERROR_INFO) if d.get("reason")]
 
 
-def parse_google_error(payload: object) -> GoogleError | None:
-    """The error object (also inside the one-element list some endpoints wrap it in)."""
+def parse_google_error(payload: object, *, unwrap: bool = True) -> GoogleError | None:
+    """The error object (also inside the one-element list some endpoints wrap it in).
+
+    Relays often pass Google's whole error body on as the *message* of their own
+    (``{"error": {"message": "{\\n  \\"error\\": {\\n    \\"code\\": 429, …", "code": 429}}``,
+    google-gemini/gemini-cli#2020): that inner body is the answer, so it is read instead.
+    """
     if isinstance(payload, list) and payload:
         payload = payload[0]
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict):
         return None
+    message = str(error.get("message") or "")
+    if unwrap and message.lstrip().startswith(("{", "[")):
+        try:
+            inner = parse_google_error(json.loads(message), unwrap=False)
+        except ValueError:
+            inner = None
+        if inner is not None:
+            return inner
     details = [d for d in as_list(error.get("details")) if isinstance(d, dict)]
-    return GoogleError(
-        as_int(error.get("code")), str(error.get("message") or ""), as_str(error.get("status")), details
-    )
+    return GoogleError(as_int(error.get("code")), message, as_str(error.get("status")), details)
 
 
 def error_from_response(response: httpx.Response, key: str | None = None) -> ProviderError:
@@ -376,13 +394,19 @@ def error_from_response(response: httpx.Response, key: str | None = None) -> Pro
     if status == 402 or _CREDITS_GONE.search(error.message):
         text = redact(truncate(error.message or f"HTTP {status}"), key)
         return BillingError(text, status_code=status, provider_status=error.status)
-    if 400 <= status < 500 and "BILLING_DISABLED" in error.reasons():  # "requires billing to be enabled"
-        text = redact(truncate(error.message or f"HTTP {status}"), key)
+    text = redact(truncate(error.message or f"HTTP {status}"), key)
+    if 400 <= status < 500 and (
+        "BILLING_DISABLED" in error.reasons() or _ENABLE_BILLING.search(error.message)
+    ):
+        # "This API method requires billing to be enabled", "Gemini API free tier is not available in
+        # your country. Please enable billing on your project in Google AI Studio." (FAILED_PRECONDITION)
         return QuotaMisconfigured(
             f"billing is not enabled on this project: {text}",
             status_code=status,
             provider_status=error.status,
         )
+    if 400 <= status < 500 and _ACCOUNT_REASONS.intersection(error.reasons()):
+        return AccountRestricted(text, status_code=status, provider_status=error.status)
     return _status_error(status, error, key)
 
 
@@ -410,7 +434,7 @@ def _rate_limit_error(error: GoogleError, headers: httpx.Headers, key: str | Non
     if retry_after is None:
         retry_after = retry_after_from_headers(headers)
     quota_ids = error.quota_ids()
-    if not quota_ids and delay_text is None and google_message_delay(error.message) is None:
+    if not error.violations() and delay_text is None and google_message_delay(error.message) is None:
         return RateLimited(
             f"unrecognised 429 (no QuotaFailure, no RetryInfo): {message}",
             retry_after=retry_after,
@@ -422,20 +446,20 @@ def _rate_limit_error(error: GoogleError, headers: httpx.Headers, key: str | Non
 
 
 def _no_free_tier(error: GoogleError) -> bool:
-    """Every free-tier limit (per minute *and* per day) refused at once, and none states a value.
+    """Several free-tier limits refused at once, and none states a value.
 
     A project that really used up its free tier hits one limit at a time and Google states it
-    (``quotaValue``, ``limit: N``); all of them at once on the first call is a model that has no free
-    tier for a project without billing — parking until midnight would repeat it every day.
+    (``quotaValue``, ``limit: N``); every free-tier limit at once on the first call, none with a
+    value, is a model that has no free tier for a project without billing (gemini-cli#8437: per-minute
+    tokens, per-minute requests and per-day requests together) — parking would repeat it every day.
     """
     violations = error.violations()
-    ids = [str(v.get("quotaId") or "") for v in violations]
+    ids = {str(v.get("quotaId") or "") for v in violations}
     return (
-        len(violations) >= 2
+        len(ids) >= 2
         and all("FreeTier" in quota for quota in ids)
         and not any(v.get("quotaValue") not in (None, "") for v in violations)
-        and any("PerDay" in quota for quota in ids)
-        and any("PerMinute" in quota for quota in ids)
+        and not re.search(r"\blimit:\s*[1-9]", error.message)
     )
 
 

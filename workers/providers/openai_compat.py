@@ -88,7 +88,7 @@ BILLING_CODES = frozenset(
 _SAFETY_WORDING = re.compile(r"\bsafety\b|content polic|moderation", re.IGNORECASE)
 _BILLING_WORDING = re.compile(
     r"insufficient[_ ](?:user[_ ])?quota|billing (?:hard )?limit|billing (?:is )?not active"
-    r"|exceeded your current quota|user quota is not enough|insufficient (?:credits|balance|funds)"
+    r"|user quota is not enough|insufficient (?:credits|balance|funds)"
     r"|credit balance is too low|prepayment credits are depleted|requires more credits|额度不足|余额不足",
     re.IGNORECASE,
 )
@@ -291,6 +291,8 @@ class OpenAIError:
 
 
 def parse_openai_error(payload: object) -> OpenAIError | None:
+    if isinstance(payload, list) and payload:  # Google's OpenAI-compatible endpoint wraps it in a list
+        payload = payload[0]
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
