@@ -6,10 +6,12 @@ import json
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from nanobatch.cli.context import console, fail, load_settings
+from nanobatch.cli.context import console, err_console, fail, load_settings
 from nanobatch.models.db import Database
-from nanobatch.models.queries import BatchSummary, batch_summaries
+from nanobatch.models.queries import BatchSummary, batch_summaries, models_by_batch
+from nanobatch.tasks import alerts
 from nanobatch.tasks.estimate import human_duration
 
 
@@ -24,6 +26,9 @@ def status_command(
         db.upgrade()
         with db.session() as session:
             summaries = batch_summaries(session, batch)
+            names = [s.name for s in summaries]
+            pools = None if batch is None else models_by_batch(session, names).get(batch, [])
+            warnings = alerts.collect(session, settings, alerts.catalog_or_none(settings), names, pools=pools)
     finally:
         db.dispose()
     if batch is not None and not summaries:
@@ -31,8 +36,12 @@ def status_command(
     if as_json:
         payload = summaries[0].as_json() if batch is not None else [s.as_json() for s in summaries]
         typer.echo(json.dumps(payload))
+        for warning in warnings:  # stdout stays the documented JSON
+            err_console.print(f"warning: {warning}", markup=False, highlight=False)
         return
     console.print(status_table(summaries))
+    for warning in warnings:
+        console.print(Text.assemble((f"⚠ {warning.subject}: ", "yellow"), warning.text))
 
 
 def status_table(summaries: list[BatchSummary]) -> Table:

@@ -27,7 +27,7 @@ def submit_command(
     ),
     batch: str | None = typer.Option(None, "--batch", help="Batch name (default: the file's stem)"),
     model: str | None = typer.Option(None, "--model", help="Default model for rows without one"),
-    size: str | None = typer.Option(None, "--size", help="Default image size: 1K, 2K or 4K"),
+    size: str | None = typer.Option(None, "--size", help="Default image size: 1K, 2K, 4K, 512 (per model)"),
     aspect: str | None = typer.Option(None, "--aspect", help="Default aspect ratio, e.g. 1:1 or 16:9"),
     template: str | None = typer.Option(
         None, "--template", help='Prompt template, e.g. "Studio photo of {title}"'
@@ -48,6 +48,9 @@ def submit_command(
     ),
     at: str | None = typer.Option(None, "--at", help="Start at HH:MM (next occurrence, NANOBATCH_TIMEZONE)"),
     window: str | None = typer.Option(None, "--window", help="Only run inside HH:MM-HH:MM each day"),
+    allow_retired_model: bool = typer.Option(
+        False, "--allow-retired-model", help="Submit even a model past its shutdown date (catalog)"
+    ),
 ) -> None:
     """Validate a product file and enqueue one image task per row."""
     settings = load_settings()
@@ -63,6 +66,7 @@ def submit_command(
         reuse=reuse,
         at=at,
         window=window,
+        allow_retired_model=allow_retired_model,
     )
     try:
         options = intake_options(choices, catalog, settings)

@@ -2,14 +2,14 @@
 
 Exit status tells a script how the batch ended: 0 when every task completed, 1 when any failed or
 was cancelled, 130 on Ctrl-C. ``--once`` prints a single snapshot and exits 0 (the state is in the
-output; ``status --json`` is the machine-readable form). The view reads only the database, so it
-works from any machine that can reach it, with or without Redis.
+output; ``status --json`` is the machine-readable form). The view reads the database, so it works
+from any machine that can reach it; with Redis it also shows stalled pools (``tasks.alerts``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import typer
 from rich.console import Group, RenderableType
@@ -20,11 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from nanobatch.cli.context import console, database, fail, load_settings
+from nanobatch.models.catalog import Catalog
 from nanobatch.models.db import Database
-from nanobatch.models.queries import BatchSummary, batch_summaries, find_batch
+from nanobatch.models.queries import BatchSummary, batch_summaries, find_batch, models_by_batch
 from nanobatch.models.status import TaskStatus
+from nanobatch.tasks import alerts
 from nanobatch.tasks.estimate import human_duration
 from nanobatch.tasks.export import reason_counts
+from nanobatch.tasks.settings import Settings
 
 EXIT_INTERRUPTED = 130
 
@@ -34,6 +37,7 @@ class Snapshot:
     summary: BatchSummary
     failed: dict[str, int]  # error_code → failed tasks
     retrying: dict[str, int]  # error_code → pending tasks waiting out an error
+    alerts: list[alerts.Alert] = field(default_factory=list)  # shutdowns, unrecognised 429s, stalled pools
 
     @property
     def finished(self) -> bool:
@@ -45,15 +49,23 @@ class Snapshot:
         return 1 if counts[TaskStatus.FAILED] or counts[TaskStatus.CANCELLED] else 0
 
 
-def take_snapshot(db: Database, name: str) -> Snapshot | None:
+def take_snapshot(
+    db: Database, name: str, settings: Settings | None = None, catalog: Catalog | None = None
+) -> Snapshot | None:
+    """The batch now; with ``settings``, also its alerts (``catalog`` for model shutdowns)."""
     with db.session() as session:
         batch = find_batch(session, name)
         if batch is None:
             return None
+        warnings = []
+        if settings is not None:
+            pools = models_by_batch(session, [name]).get(name, [])
+            warnings = alerts.collect(session, settings, catalog, [name], pools=pools)
         return Snapshot(
             summary=batch_summaries(session, name)[0],
             failed=reason_counts(session, batch.id, TaskStatus.FAILED),
             retrying=reason_counts(session, batch.id, TaskStatus.PENDING),
+            alerts=warnings,
         )
 
 
@@ -64,26 +76,29 @@ def watch_command(
 ) -> None:
     """Follow a batch live: progress, rate, ETA, cost and failures by reason."""
     settings = load_settings()
+    catalog = alerts.catalog_or_none(settings)
     with database(settings) as db:
-        snapshot = take_snapshot(db, batch)
+        snapshot = take_snapshot(db, batch, settings, catalog)
         if snapshot is None:
             raise fail(f"no batch named {batch!r} (see `nanobatch status` for the list)", 1)
         if once:
             console.print(render(snapshot))
             return
         try:
-            snapshot = _follow(db, batch, snapshot, interval)
+            snapshot = _follow(db, batch, snapshot, interval, settings, catalog)
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(snapshot.exit_code)
 
 
-def _follow(db: Database, name: str, snapshot: Snapshot, interval: float) -> Snapshot:
+def _follow(
+    db: Database, name: str, snapshot: Snapshot, interval: float, settings: Settings, catalog: Catalog | None
+) -> Snapshot:
     """Refresh until the batch is finished; returns the final snapshot (which stays on screen)."""
     with Live(render(snapshot), console=console, auto_refresh=False) as live:
         while not snapshot.finished:
             time.sleep(interval)  # pacing the refresh, not synchronisation
-            snapshot = take_snapshot(db, name) or snapshot
+            snapshot = take_snapshot(db, name, settings, catalog) or snapshot
             live.update(render(snapshot), refresh=True)
     return snapshot
 
@@ -96,6 +111,8 @@ def render(snapshot: Snapshot) -> RenderableType:
         parts.append(_reasons("Failed by reason", snapshot.failed, "red"))
     if snapshot.retrying:
         parts.append(_reasons("Retrying after", snapshot.retrying, "yellow"))
+    for alert in snapshot.alerts:
+        parts.append(Text.assemble((f"⚠ {alert.subject}: ", "bold yellow"), alert.text))
     state = "finished" if snapshot.finished else s.status
     return Panel(Group(*parts), title=f"[bold]{s.name}[/bold] · {state}", title_align="left", expand=False)
 

@@ -1,22 +1,30 @@
-"""The model catalog: names, aliases, sizes, pixel tables, tokens and prices, read from TOML.
+"""The model catalog: names, aliases, sizes, pixel tables, tokens, prices and lifecycle, read from TOML.
 
 Model facts change (previews are renamed, models are shut down, prices move), so they live in one
 data file (``catalog.toml`` beside this module) that users extend without touching code: set
 ``NANOBATCH_CATALOG_FILE`` to a file of extra ``[[model]]`` blocks and they are merged over the
-bundled ones. Everything that needs a dimension, a token count or a price asks this module.
+bundled ones. Everything that needs a dimension, a token count, a price, the id sent upstream or a
+shutdown date asks this module. A model's aspect ratios are the keys of its pixel tables and its sizes
+the names of its ``[model.size.*]`` tables: a model with other ratios (``1:8``) or another size
+(``512``) is one catalog entry, no code.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.toml")
 
-#: The ten aspect ratios every Gemini image model accepts.
-ASPECT_RATIOS: tuple[str, ...] = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+#: What an aspect ratio looks like ("16:9"); which ones a model takes is in its pixel tables.
+RATIO_PATTERN = re.compile(r"[1-9]\d{0,2}:[1-9]\d{0,2}")
+
+#: ``nanobatch status`` warns about batches whose model shuts down within this many days.
+SHUTDOWN_WARNING_DAYS = 14
 
 #: Size key used in the TOML for models that take no ``imageSize``.
 NO_SIZE = "default"
@@ -49,11 +57,36 @@ class ModelSpec:
     prompt_price_per_mtok: float
     size_specs: dict[str, SizeSpec]
     aliases: tuple[str, ...] = ()
-    shutdown: str | None = None
+    shutdown: date | None = None
+    #: The model id sent upstream (URL or ``model`` field); the canonical name when the entry omits it.
+    upstream_id: str = ""
+    #: The model the provider recommends instead, once this one is deprecated.
+    replacement: str | None = None
 
     @property
     def supports_image_size(self) -> bool:
         return bool(self.sizes)
+
+    @property
+    def wire_id(self) -> str:
+        """The id the upstream knows this model by (``upstream_id``, else the canonical name)."""
+        return self.upstream_id or self.name
+
+    @property
+    def aspect_ratios(self) -> tuple[str, ...]:
+        """Every ratio this model takes at some size, in catalog order."""
+        found: dict[str, None] = {}
+        for size in self.size_specs.values():
+            found.update(dict.fromkeys(size.pixels))
+        return tuple(found)
+
+    def retired(self, on: date | None = None) -> bool:
+        """True once the upstream has shut this model down (on or after its ``shutdown`` date)."""
+        return self.shutdown is not None and (on or today()) >= self.shutdown
+
+    def days_to_shutdown(self, on: date | None = None) -> int | None:
+        """Days until the shutdown date (negative once past); ``None`` when none is recorded."""
+        return None if self.shutdown is None else (self.shutdown - (on or today())).days
 
     def size_key(self, size: str | None) -> str:
         """The catalog key for a requested size (``None`` means the default); raises if unsupported."""
@@ -73,7 +106,10 @@ class ModelSpec:
         """Exact output pixels (width, height) for a size and ratio."""
         pixels = self.spec_for(size).pixels
         if aspect_ratio not in pixels:
-            raise CatalogError(f"aspect ratio {aspect_ratio!r} is not one of {', '.join(pixels)}")
+            at = f" at size {self.size_key(size)}" if self.sizes else ""
+            raise CatalogError(
+                f"aspect ratio {aspect_ratio!r} is not one of {', '.join(pixels)} (model {self.name}{at})"
+            )
         return pixels[aspect_ratio]
 
     def output_tokens(self, size: str | None) -> int:
@@ -98,7 +134,7 @@ class Catalog:
     aliases: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, name: str) -> ModelSpec:
-        """The model for a name or alias; raises :class:`CatalogError` listing the known names."""
+        """The model for a name, alias or upstream id; :class:`CatalogError` lists the known names."""
         canonical = self.aliases.get(name, name)
         try:
             return self.models[canonical]
@@ -112,6 +148,76 @@ class Catalog:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self.models or name in self.aliases)
 
+    def successor(self, spec: ModelSpec, on: date | None = None) -> ModelSpec | None:
+        """The first model along ``spec``'s replacement chain that is not retired ``on`` that day."""
+        seen = {spec.name}
+        current = spec
+        while current.replacement and current.replacement in self:
+            current = self.resolve(current.replacement)
+            if current.name in seen:
+                return None
+            seen.add(current.name)
+            if not current.retired(on):
+                return current
+        return None
+
+    def retirement(self, name: str, on: date | None = None) -> str | None:
+        """Why ``name`` may not be submitted ``on`` that day (shut down; what instead), else ``None``."""
+        spec = self.resolve(name)
+        if not spec.retired(on):
+            return None
+        asked = f" ({name!r})" if name != spec.name else ""
+        return (
+            f"model {spec.name}{asked} was shut down upstream on {spec.shutdown}: "
+            f"{self._instead(spec, on)} (to submit anyway: --allow-retired-model / allow_retired_model=True)"
+        )
+
+    def shutdown_notice(
+        self, name: str, on: date | None = None, within_days: int = SHUTDOWN_WARNING_DAYS
+    ) -> str | None:
+        """A warning when ``name`` is retired or shuts down within ``within_days``; else ``None``."""
+        if name not in self:
+            return None
+        spec = self.resolve(name)
+        left = spec.days_to_shutdown(on)
+        if left is None or left > within_days:
+            return None
+        when = (
+            f"was shut down on {spec.shutdown}"
+            if left <= 0
+            else f"shuts down on {spec.shutdown} (in {left} day{'s' * (left != 1)})"
+        )
+        return f"model {spec.name} {when}: {self._instead(spec, on)}"
+
+    def _instead(self, spec: ModelSpec, on: date | None) -> str:
+        successor = self.successor(spec, on)
+        if successor is None:
+            return "no replacement is recorded in the catalog; choose another model"
+        via = (
+            f" (recommended replacement {spec.replacement}, itself retired)"
+            if spec.replacement != successor.name
+            else ""
+        )
+        return f"use {successor.name} instead{via}"
+
+
+def today() -> date:
+    """The current UTC date (shutdown dates are compared against it)."""
+    return datetime.now(UTC).date()
+
+
+def _date(value: object, model: str) -> date | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise CatalogError(f"catalog model {model!r}: shutdown {value!r} is not a YYYY-MM-DD date") from None
+
 
 def _parse_model(raw: dict) -> ModelSpec:
     sizes = {
@@ -123,10 +229,13 @@ def _parse_model(raw: dict) -> ModelSpec:
         )
         for key, spec in raw["size"].items()
     }
-    declared = tuple(raw.get("sizes", ()))
+    declared = tuple(str(s) for s in raw.get("sizes", ()))
     missing = [s for s in (declared or (NO_SIZE,)) if s not in sizes]
     if missing:
         raise CatalogError(f"catalog model {raw['name']!r} lacks [model.size] tables for {missing}")
+    bad = [ratio for size in sizes.values() for ratio in size.pixels if not RATIO_PATTERN.fullmatch(ratio)]
+    if bad:
+        raise CatalogError(f"catalog model {raw['name']!r}: {bad} are not aspect ratios like 16:9")
     return ModelSpec(
         name=raw["name"],
         provider=raw.get("provider", "gemini"),
@@ -137,7 +246,9 @@ def _parse_model(raw: dict) -> ModelSpec:
         prompt_price_per_mtok=float(raw.get("prompt_price_per_mtok", 0.0)),
         size_specs=sizes,
         aliases=tuple(raw.get("aliases", ())),
-        shutdown=raw.get("shutdown"),
+        shutdown=_date(raw.get("shutdown"), raw["name"]),
+        upstream_id=str(raw.get("upstream_id") or ""),
+        replacement=raw.get("replacement") or None,
     )
 
 
@@ -149,7 +260,18 @@ def parse_catalog(*texts: str) -> Catalog:
             spec = _parse_model(raw)
             models[spec.name] = spec
     aliases = {alias: spec.name for spec in models.values() for alias in spec.aliases}
-    return Catalog(models=models, aliases=aliases)
+    # The upstream id resolves too (rows and relays use it), unless it is another model's name.
+    aliases |= {spec.upstream_id: spec.name for spec in models.values() if spec.upstream_id not in models}
+    aliases.pop("", None)
+    catalog = Catalog(models=models, aliases=aliases)
+    unknown = [
+        f"{s.name} -> {s.replacement}"
+        for s in models.values()
+        if s.replacement and s.replacement not in catalog
+    ]
+    if unknown:
+        raise CatalogError(f"catalog replacements name unknown models: {', '.join(unknown)}")
+    return catalog
 
 
 @lru_cache(maxsize=8)
@@ -159,3 +281,26 @@ def load_catalog(extra_file: str | None = None) -> Catalog:
     if extra_file:
         texts.append(Path(extra_file).read_text(encoding="utf-8"))
     return parse_catalog(*texts)
+
+
+class AspectRatios(tuple[str, ...]):
+    """The ratios of the bundled catalog, for display; membership accepts any well-formed ``W:H``.
+
+    Kept for callers that screen a ratio before asking the model (the simulator): which ratios a
+    model takes is decided by its pixel tables (:meth:`ModelSpec.dimensions`), so a catalog entry
+    with a new ratio needs no change here.
+    """
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str) and RATIO_PATTERN.fullmatch(item) is not None
+
+
+def _bundled_ratios() -> AspectRatios:
+    found: dict[str, None] = {}
+    for spec in load_catalog().models.values():
+        found.update(dict.fromkeys(spec.aspect_ratios))
+    return AspectRatios(found)
+
+
+#: Every ratio some bundled model takes (see :class:`AspectRatios`); a model's own are ``spec.aspect_ratios``.
+ASPECT_RATIOS: AspectRatios = _bundled_ratios()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -103,3 +104,35 @@ def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
 
 def find_batch(session: Session, name: str) -> Batch | None:
     return session.scalars(select(Batch).where(Batch.name == name)).one_or_none()
+
+
+def models_by_batch(session: Session, names: Sequence[str]) -> dict[str, list[str]]:
+    """The models each named batch's tasks ask for (one aggregate query)."""
+    rows = session.execute(
+        select(Batch.name, GenerationTask.model)
+        .join(GenerationTask, GenerationTask.batch_id == Batch.id)
+        .where(Batch.name.in_(list(names)))
+        .distinct()
+        .order_by(Batch.name, GenerationTask.model)
+    )
+    found: dict[str, list[str]] = {}
+    for name, model in rows:
+        found.setdefault(name, []).append(model)
+    return found
+
+
+def pending_with_code(
+    session: Session, names: Sequence[str], code: ErrorCode
+) -> dict[str, tuple[int, str | None]]:
+    """Per named batch: how many pending tasks wait with ``code``, and the message of one of them."""
+    rows = session.execute(
+        select(Batch.name, func.count(), func.max(GenerationTask.error_message))
+        .join(GenerationTask, GenerationTask.batch_id == Batch.id)
+        .where(
+            Batch.name.in_(list(names)),
+            GenerationTask.status == TaskStatus.PENDING.value,
+            GenerationTask.error_code == code.value,
+        )
+        .group_by(Batch.name)
+    )
+    return {name: (int(count), message) for name, count, message in rows}

@@ -57,12 +57,19 @@ class ErrorCode(StrEnum):
     # Upstream, rate limits: waits, never attempts.
     RATE_LIMITED = "rate_limited"  # 429 with a per-minute quota: the pool cools down
     DAILY_QUOTA = "daily_quota"  # 429 on a per-day quota: parked until Pacific midnight
+    UNCLASSIFIED_429 = "unclassified_429"  # a 429 of no known shape: a bounded wait, message kept
     # Upstream, permanent: failed at once.
     PROVIDER_ERROR = "provider_error"  # an upstream error of no known kind
     PERMANENT = "permanent"  # a permanent upstream error of no more specific kind
     BLOCKED = "blocked"  # a safety block of the prompt or the output
     QUOTA_ZERO = "quota_zero"  # the quota is 0 or billing is off: a misconfigured account
     INVALID_REQUEST = "invalid_request"  # 400/401/403/404: bad request, bad key, unknown model
+    BILLING = "billing"  # credits depleted, insufficient_quota, billing hard limit: pay, then retry
+    ACCOUNT_RESTRICTED = "account_restricted"  # the upstream limited/disabled the account (policy)
+    # Upstream, a wait bound ran out (each names its setting; the last upstream message is kept).
+    RATE_WAIT_LIMIT = "rate_wait_limit"  # more 429 waits than NANOBATCH_MAX_RATE_WAITS
+    RATE_WAIT_TIME_LIMIT = "rate_wait_time_limit"  # 429 waits past NANOBATCH_MAX_RATE_WAIT_SECONDS
+    DAY_PARK_LIMIT = "day_park_limit"  # parked for the daily quota more than NANOBATCH_MAX_DAY_PARKS
     # Ours.
     INVALID_TASK = "invalid_task"  # the row cannot be served (unknown model, unreadable input image)
     LIMIT_TOO_SMALL = "limit_too_small"  # one request needs more tokens than the pool's tokens/minute

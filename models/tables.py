@@ -79,6 +79,10 @@ class GenerationTask(Base):
     # Scheduling and ownership.
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # error attempts only
     rate_waits: Mapped[int] = mapped_column(Integer, default=0)  # limiter/429 waits, never charged
+    # The task's own upstream 429s, bounded by NANOBATCH_MAX_RATE_WAITS / _SECONDS / _DAY_PARKS.
+    upstream_waits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    upstream_wait_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    day_parks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claim_token: Mapped[str | None] = mapped_column(String(36))

@@ -93,6 +93,9 @@ CLAIMED_COLUMNS = (
     "attempts",
     "error_code",
     "content_hash",
+    "upstream_waits",
+    "upstream_wait_seconds",
+    "day_parks",
 )
 _CLAIM = (
     update(_TASKS)
@@ -273,6 +276,10 @@ _REQUEUE = (
         error_message=bindparam("p_error_message"),
         attempts=_TASKS.c.attempts + bindparam("p_attempts_added", type_=Integer()),
         rate_waits=_TASKS.c.rate_waits + bindparam("p_rate_waits_added", type_=Integer()),
+        upstream_waits=_TASKS.c.upstream_waits + bindparam("p_upstream_waits_added", type_=Integer()),
+        upstream_wait_seconds=_TASKS.c.upstream_wait_seconds
+        + bindparam("p_upstream_seconds_added", type_=Float()),
+        day_parks=_TASKS.c.day_parks + bindparam("p_day_parks_added", type_=Integer()),
     )
     .returning(_TASKS.c.id)
 )
@@ -288,12 +295,16 @@ def requeue(
     code: str | None = None,
     message: str | None = None,
     redispatched: bool = False,
+    upstream_wait: float | None = None,
+    day_park: bool = False,
 ) -> bool:
     """processing → pending, to be tried again no earlier than ``not_before``.
 
     ``count_attempt`` is ``False`` for rate-limit waits: they increment ``rate_waits`` instead, so
     a 429 storm never exhausts a task's error budget. ``redispatched`` says the caller publishes a
     (delayed) message itself; otherwise the sweeper dispatches the row once it is due.
+    ``upstream_wait`` (seconds) records a wait the upstream's own 429 asked of this task, ``day_park``
+    a park until the daily quota reset: the counters the wait bounds read (``workers.retry``).
     """
     params = {
         "p_task_id": task_id,
@@ -304,6 +315,9 @@ def requeue(
         "p_error_message": message[:2000] if message else None,
         "p_attempts_added": 1 if count_attempt else 0,
         "p_rate_waits_added": 0 if count_attempt else 1,
+        "p_upstream_waits_added": 1 if upstream_wait is not None else 0,
+        "p_upstream_seconds_added": float(upstream_wait or 0.0),
+        "p_day_parks_added": 1 if day_park else 0,
     }
     return session.execute(_REQUEUE, params).first() is not None
 
@@ -412,6 +426,9 @@ def retry_failed(session: Session, batch_id: str, *, error_code: ErrorCode | Non
             status=PENDING,
             attempts=0,
             rate_waits=0,
+            upstream_waits=0,
+            upstream_wait_seconds=0.0,
+            day_parks=0,
             not_before=None,
             dispatched_at=None,
             finished_at=None,

@@ -135,12 +135,14 @@ class Client:
         at: str | None = None,
         window: str | None = None,
         skip_invalid: bool = False,
+        allow_retired_model: bool = False,
     ) -> SubmitResult:
         """Validate ``source`` (a .csv/.jsonl path, or rows as mappings) and enqueue one task per row.
 
         ``batch`` defaults to the file's stem (required for rows). Raises :class:`SubmitRejected`
         when any row is invalid (unless ``skip_invalid``: the good rows are written and the bad ones
-        come back in :attr:`SubmitResult.rejected`) or the input as a whole is unusable.
+        come back in :attr:`SubmitResult.rejected`) or the input as a whole is unusable — a model
+        past its catalog shutdown date included, unless ``allow_retired_model``.
         """
         choices = SubmitChoices(
             model=model,
@@ -153,6 +155,7 @@ class Client:
             reuse=reuse,
             at=at,
             window=window,
+            allow_retired_model=allow_retired_model,
         )
         name = batch or (Path(source).stem if isinstance(source, str | Path) else "")
         try:

@@ -15,6 +15,7 @@ import json
 import string
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,6 +79,8 @@ class IntakeOptions:
     output_format: str = "png"
     template: str | None = None
     images_dir: Path | None = None  # input images must resolve inside this (default: the file's dir)
+    allow_retired_model: bool = False  # accept models past their catalog shutdown date
+    today: date | None = None  # the day shutdown dates are compared with (default: today, UTC)
 
 
 class ProductRow(BaseModel):
@@ -315,6 +318,13 @@ class _RowValidator:
         except CatalogError as exc:
             result.errors.append(RowError(line, "model", str(exc)))
             return None
+        retired = (
+            None
+            if self.options.allow_retired_model
+            else self.catalog.retirement(row.model, self.options.today)
+        )
+        if retired:
+            result.errors.append(RowError(line, "model", retired))
         try:
             spec.size_key(row.image_size)
         except CatalogError as exc:

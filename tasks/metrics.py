@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,6 +55,7 @@ class MetricsSources:
     redis: Redis | None
     queues: tuple[str, ...]
     prefix: str
+    pool_refused_alert_seconds: float = 1800.0  # NANOBATCH_POOL_REFUSED_ALERT_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricsSources:
@@ -62,6 +64,7 @@ class MetricsSources:
             redis=None if settings.embedded else scrape_redis(settings.broker_url),
             queues=(settings.queue, control_queue(settings)),
             prefix=settings.limiter_prefix,
+            pool_refused_alert_seconds=settings.pool_refused_alert_seconds,
         )
 
     def close(self) -> None:
@@ -126,7 +129,9 @@ class NanobatchCollector(Collector):
 
     def _telemetry(self) -> list[Metric]:
         assert self.telemetry is not None
-        return telemetry_metrics(self.telemetry.snapshot())
+        return telemetry_metrics(
+            self.telemetry.snapshot(), stalled_after=self.sources.pool_refused_alert_seconds
+        )
 
 
 # -- database -------------------------------------------------------------------------------------
@@ -247,7 +252,9 @@ def limiter_metrics(states: Sequence[PoolState], now: float) -> list[Metric]:
 # -- Redis: worker telemetry ----------------------------------------------------------------------
 
 
-def telemetry_metrics(snapshot: TelemetrySnapshot) -> list[Metric]:
+def telemetry_metrics(
+    snapshot: TelemetrySnapshot, *, now: float | None = None, stalled_after: float = 1800.0
+) -> list[Metric]:
     latency = HistogramMetricFamily(
         "nanobatch_upstream_latency_seconds", "Duration of upstream generate calls", labels=["pool"]
     )
@@ -268,7 +275,38 @@ def telemetry_metrics(snapshot: TelemetrySnapshot) -> list[Metric]:
     )
     for status, count in sorted(snapshot.outcomes.items()):
         outcomes.add_metric([status], count)
-    return [latency, limited, retries, outcomes]
+    return [latency, limited, retries, outcomes, *pool_health_metrics(snapshot, now, stalled_after)]
+
+
+def pool_health_metrics(snapshot: TelemetrySnapshot, now: float | None, stalled_after: float) -> list[Metric]:
+    """Per pool: seconds every call has been refused, whether that is past the alert bound, last success.
+
+    Alert on ``nanobatch_pool_stalled == 1`` (every call of the pool refused for longer than
+    NANOBATCH_POOL_REFUSED_ALERT_SECONDS); unrecognised 429s count in ``nanobatch_rate_limited`` under
+    ``quota_id="unclassified_429"``.
+    """
+    now = time.time() if now is None else now
+    refused = GaugeMetricFamily(
+        "nanobatch_pool_refused_seconds",
+        "Seconds every call of the pool has been refused (429) since its last success; 0 when not",
+        labels=["pool"],
+    )
+    stalled = GaugeMetricFamily(
+        "nanobatch_pool_stalled",
+        "1 when every call of the pool has been refused for longer than NANOBATCH_POOL_REFUSED_ALERT_SECONDS",
+        labels=["pool"],
+    )
+    success = GaugeMetricFamily(
+        "nanobatch_pool_last_success_timestamp",
+        "When the pool last returned an image, epoch s",
+        labels=["pool"],
+    )
+    for pool, health in sorted(snapshot.pools.items()):
+        refused.add_metric([pool], health.refused_for(now))
+        stalled.add_metric([pool], 1.0 if health.stalled(now, stalled_after) else 0.0)
+        if health.last_success is not None:
+            success.add_metric([pool], health.last_success)
+    return [refused, stalled, success]
 
 
 # -- serving --------------------------------------------------------------------------------------

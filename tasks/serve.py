@@ -28,10 +28,18 @@ from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
 from nanobatch.models.status import BatchStatus, ErrorCode
 from nanobatch.models.tables import GenerationTask
 from nanobatch.tasks.runtime import Runtime
-from nanobatch.workers.errors import ProviderError, RateLimited
+from nanobatch.workers.errors import DailyQuotaExhausted, ProviderError, RateLimited
 from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage
 from nanobatch.workers.redact import redact
-from nanobatch.workers.retry import Action, Decision, decide, retry_or_give_up
+from nanobatch.workers.retry import (
+    NO_WAITS,
+    Action,
+    Decision,
+    WaitBounds,
+    WaitsSoFar,
+    decide,
+    retry_or_give_up,
+)
 from nanobatch.workers.storage import StorageError, StoredImage, local_path, store_image
 
 log = logging.getLogger("nanobatch.worker")
@@ -79,6 +87,8 @@ class Job:
     has_budget: bool = False
     #: The claim only succeeds for an open batch past its start time; the window is checked after it.
     gate: BatchGate = OPEN_BATCH
+    #: The upstream 429 waits this task already sat through (bounded: ``workers.retry.WaitBounds``).
+    waits: WaitsSoFar = NO_WAITS
 
     @property
     def holder(self) -> str:
@@ -141,6 +151,11 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
             window_end=row.batch_window_end,
             window_tz=row.batch_window_tz,
         ),
+        waits=WaitsSoFar(
+            upstream_waits=row.upstream_waits or 0,
+            upstream_wait_seconds=row.upstream_wait_seconds or 0.0,
+            day_parks=row.day_parks or 0,
+        ),
     )
 
 
@@ -193,6 +208,7 @@ def admit_call_store(
     finally:
         rt.limiter.release(pool, job.holder)
         rt.telemetry.observe_latency(pool, time.monotonic() - started)
+    rt.telemetry.record_success(pool)
     latency_ms = int((time.monotonic() - started) * 1000)
     return finish_completed(rt, job, spec, result, latency_ms, prompt_tokens)
 
@@ -222,35 +238,83 @@ def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> float | None:
 
 def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Result:
     if isinstance(error, RateLimited):
-        rt.telemetry.count_429(pool, next(iter(error.quota_ids), ""))
-    decision = decide(error, attempts_so_far=job.attempts, policy=rt.policy)
-    if decision.action is Action.PARK_DAY:
+        note_refusal(rt, pool, error)
+    decision = decide(
+        error,
+        attempts_so_far=job.attempts,
+        policy=rt.policy,
+        waits=job.waits,
+        bounds=wait_bounds(rt.settings),
+    )
+    if isinstance(error, DailyQuotaExhausted):  # the pool is out for the day, whatever this task does
         until = rt.limiter.park_until_reset(pool, reason="daily quota exhausted (429 PerDay)")
-        log.info("pool %s out of daily quota; parking %s until %.0f", pool, job.id, until)
-        return defer(
-            rt,
-            job,
-            max(0.0, until - time.time()),
-            count_attempt=False,
-            code=decision.code,
-            message=decision.message,
-        )
-    if decision.action is Action.WAIT:
-        if isinstance(error, RateLimited):
-            rt.limiter.cooldown(
-                pool, decision.delay, reason=f"429 {','.join(error.quota_ids) or 'rate limited'}"
+        if decision.action is Action.PARK_DAY:
+            log.info("pool %s out of daily quota; parking %s until %.0f", pool, job.id, until)
+            return defer(
+                rt,
+                job,
+                max(0.0, until - time.time()),
+                count_attempt=False,
+                code=decision.code,
+                message=decision.message,
+                day_park=True,
             )
-        log.info("pool %s rate limited; %s waits %.2fs (no attempt used)", pool, job.id, decision.delay)
-        return defer(
-            rt, job, decision.delay, count_attempt=False, code=decision.code, message=decision.message
-        )
+    elif isinstance(error, RateLimited):  # the pool cools down for the wait the 429 asked
+        rt.limiter.cooldown(pool, decision.delay, reason=f"429 {','.join(error.quota_ids) or error.code}")
+        if decision.action is Action.WAIT:
+            log.info("pool %s rate limited; %s waits %.2fs (no attempt used)", pool, job.id, decision.delay)
+            return defer(
+                rt,
+                job,
+                decision.delay,
+                count_attempt=False,
+                code=decision.code,
+                message=decision.message,
+                upstream_wait=decision.delay,
+            )
     if decision.action is Action.RETRY:
         log.warning("task %s transient error (%s); retry in %.1fs", job.id, decision.code, decision.delay)
+    elif isinstance(error, RateLimited):
+        log.warning("task %s stops waiting (%s): %s", job.id, decision.code, decision.message)
     return apply_decision(rt, job, decision)
 
 
+def note_refusal(rt: Runtime, pool: str, error: RateLimited) -> None:
+    """Count the 429 and keep the pool's "refused since"; warn once every call has been refused too long."""
+    unclassified = error.code is ErrorCode.UNCLASSIFIED_429
+    rt.telemetry.count_429(pool, next(iter(error.quota_ids), "") or (error.code if unclassified else ""))
+    since = rt.telemetry.record_refusal(pool, _clean(rt, error.message), unclassified=unclassified)
+    refused = time.time() - since if since is not None else 0.0
+    if refused > rt.settings.pool_refused_alert_seconds:
+        log.warning(
+            "pool %s: every call refused for %.0fs (NANOBATCH_POOL_REFUSED_ALERT_SECONDS=%g); last: %s",
+            pool,
+            refused,
+            rt.settings.pool_refused_alert_seconds,
+            _clean(rt, error.message),
+        )
+
+
+def wait_bounds(settings: Any) -> WaitBounds:
+    """The per-task wait bounds of ``settings`` (``NANOBATCH_MAX_RATE_WAITS`` and friends)."""
+    return WaitBounds(
+        max_rate_waits=settings.max_rate_waits,
+        max_rate_wait_seconds=settings.max_rate_wait_seconds,
+        max_day_parks=settings.max_day_parks,
+        rate_limit_wait=settings.rate_limit_wait,
+    )
+
+
 def defer(
-    rt: Runtime, job: Job, delay: float, *, count_attempt: bool, code: ErrorCode, message: str
+    rt: Runtime,
+    job: Job,
+    delay: float,
+    *,
+    count_attempt: bool,
+    code: ErrorCode,
+    message: str,
+    upstream_wait: float | None = None,
+    day_park: bool = False,
 ) -> Result:
     """Back to pending: a delayed message for short waits, a parked row (``not_before``) for long ones.
 
@@ -271,6 +335,8 @@ def defer(
             code=code,
             message=_clean(rt, message),
             redispatched=short,
+            upstream_wait=upstream_wait,
+            day_park=day_park,
         ),
         single_statement=True,
     )
@@ -445,7 +511,7 @@ def choose_model(job: Job, fallback_chain: list[str]) -> str:
 def build_request(job: Job, spec: ModelSpec) -> ImageRequest:
     width, height = spec.dimensions(job.image_size, job.aspect_ratio)
     return ImageRequest(
-        model=spec.name,
+        model=spec.wire_id,
         prompt=job.prompt,
         aspect_ratio=job.aspect_ratio,
         image_size=spec.size_key(job.image_size) if spec.supports_image_size else None,

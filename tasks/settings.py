@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=10.0, gt=0)
 
     # Defaults for rows that do not say.
-    default_model: str = "gemini-2.5-flash-image"
+    default_model: str = "gemini-nano-banana-2.1"  # GA 2026-10-06 (models/catalog.toml)
     default_aspect_ratio: str = "1:1"
 
     # Worker behaviour.
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     lease_seconds: float | None = Field(default=None, gt=0)  # default: request_timeout + 60
     expected_latency: float = Field(default=15.0, gt=0)  # seconds per call, for dry-run ETAs
     fallback_models: list[str] = []
+    # No wait without an end: per-task bounds on waiting out the upstream's 429s (workers/retry.py).
+    max_rate_waits: int = Field(default=30, ge=0)  # 429 waits per task, then failed rate_wait_limit
+    max_rate_wait_seconds: float = Field(default=3600.0, ge=0)  # their total, then rate_wait_time_limit
+    max_day_parks: int = Field(default=3, ge=0)  # parks until Pacific midnight, then day_park_limit
+    rate_limit_wait: float = Field(default=5.0, gt=0)  # first wait after a 429 that names none
+    pool_refused_alert_seconds: float = Field(default=1800.0, ge=0)  # alert: every call refused this long
     limits: dict[str, PoolLimits] = {}  # seeds for pools that have no live limits in Redis yet
     limiter_prefix: str = "nanobatch"
 

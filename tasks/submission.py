@@ -38,14 +38,20 @@ class SubmitChoices:
     reuse: bool = False
     at: str | None = None
     window: str | None = None
+    allow_retired_model: bool = False  # submit even a model past its catalog shutdown date
 
 
 def intake_options(choices: SubmitChoices, catalog: Catalog, settings: Settings) -> IntakeOptions:
-    """The per-row defaults and rules; :class:`IntakeError` for an unknown default model."""
+    """The per-row defaults and rules; :class:`IntakeError` for an unknown default model, or one the
+    upstream has shut down (naming its replacement) unless ``allow_retired_model``."""
+    name = choices.model or settings.default_model
     try:
-        model = catalog.canonical(choices.model or settings.default_model)
+        model = catalog.canonical(name)
     except CatalogError as exc:
         raise IntakeError(str(exc)) from None
+    retired = None if choices.allow_retired_model else catalog.retirement(name)
+    if retired:
+        raise IntakeError(retired)
     return IntakeOptions(
         model=model,
         aspect_ratio=choices.aspect_ratio or settings.default_aspect_ratio,
@@ -53,6 +59,7 @@ def intake_options(choices: SubmitChoices, catalog: Catalog, settings: Settings)
         output_format=choices.output_format.lower(),
         template=choices.template,
         images_dir=choices.images_dir,
+        allow_retired_model=choices.allow_retired_model,
     )
 
 

@@ -14,12 +14,20 @@ a crash that re-queues the task. Keys, all under ``{prefix}:telemetry:`` and wit
 - ``rate_limited`` HASH ``<pool>|<quota_id>`` → 429 answers
 - ``retries``      HASH ``<reason>`` → deferrals (rate waits, transient errors, …)
 - ``outcomes``     HASH ``<status>`` → deliveries that ended so (completed, failed, deferred, …)
+- ``pool_health``  HASH ``<pool>|last_success`` → epoch s of the last image, ``<pool>|refused_since``
+                        → epoch s of the first 429 since then (absent while calls succeed),
+                        ``<pool>|last_refusal`` / ``<pool>|last_unclassified`` → the last 429 message
+                        (and the last one no rule recognised). Two O(1) writes per call: "every call
+                        of this pool refused for N minutes" is then one subtraction for status,
+                        watch and the metrics exporter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -50,7 +58,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     math.inf,
 )
 SEPARATOR = "|"
-KINDS = ("latency", "rate_limited", "retries", "outcomes")
+KINDS = ("latency", "rate_limited", "retries", "outcomes", "pool_health")
+#: How much of an upstream message the pool health keeps.
+MESSAGE_CHARS = 300
 
 
 def bucket_label(bound: float) -> str:
@@ -86,6 +96,25 @@ class LatencyHistogram:
 
 
 @dataclass(frozen=True)
+class PoolHealth:
+    """Whether a pool's calls get through: the last success, and since when every call is refused."""
+
+    pool: str
+    last_success: float | None = None
+    refused_since: float | None = None
+    last_refusal: str | None = None
+    last_unclassified: str | None = None
+
+    def refused_for(self, now: float) -> float:
+        """Seconds every call has been refused (0 while the last call succeeded)."""
+        return max(0.0, now - self.refused_since) if self.refused_since is not None else 0.0
+
+    def stalled(self, now: float, after: float) -> bool:
+        """True when every call has been refused for longer than ``after`` seconds."""
+        return self.refused_since is not None and self.refused_for(now) > after
+
+
+@dataclass(frozen=True)
 class TelemetrySnapshot:
     """Everything the workers recorded so far, decoded."""
 
@@ -93,6 +122,7 @@ class TelemetrySnapshot:
     rate_limited: dict[tuple[str, str], int]  # (pool, quota_id) → 429s
     retries: dict[str, int]
     outcomes: dict[str, int]
+    pools: dict[str, PoolHealth] = dataclasses.field(default_factory=dict)
 
 
 class Telemetry:
@@ -132,6 +162,37 @@ class Telemetry:
         """One delivery of a task ended as ``status`` (completed, reused, failed, deferred, skipped)."""
         self._increment("outcomes", field(status))
 
+    def record_success(self, pool: str, *, now: float | None = None) -> None:
+        """A call of ``pool`` returned an image: the pool is not refusing (one round trip)."""
+        key = self.key("pool_health")
+        with _best_effort("pool_health"), self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, field(pool, "last_success"), repr(time.time() if now is None else now))
+            pipe.hdel(key, field(pool, "refused_since"))
+            pipe.execute()
+
+    def record_refusal(
+        self, pool: str, message: str, *, unclassified: bool = False, now: float | None = None
+    ) -> float | None:
+        """A call of ``pool`` was refused (429); returns since when every call has been (epoch s).
+
+        ``None`` when Redis could not be reached (telemetry never raises).
+        """
+        key, now = self.key("pool_health"), time.time() if now is None else now
+        text = message[:MESSAGE_CHARS]
+        with _best_effort("pool_health"), self.client.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(key, field(pool, "refused_since"), repr(now))
+            pipe.hset(key, field(pool, "last_refusal"), text)
+            if unclassified:
+                pipe.hset(key, field(pool, "last_unclassified"), text)
+            pipe.hget(key, field(pool, "refused_since"))
+            since = pipe.execute()[-1]
+            return float(_text(since)) if since is not None else now
+        return None
+
+    def pool_health(self) -> dict[str, PoolHealth]:
+        """Every pool's health as recorded (raises on Redis errors, like :meth:`snapshot`)."""
+        return parse_pool_health(_decode(self.client.hgetall(self.key("pool_health"))))
+
     def _increment(self, kind: str, name: str) -> None:
         with _best_effort(kind):
             self.client.hincrby(self.key(kind), name, 1)
@@ -149,6 +210,7 @@ class Telemetry:
             rate_limited={_pair(name): int(v) for name, v in raw["rate_limited"].items()},
             retries={name: int(v) for name, v in raw["retries"].items()},
             outcomes={name: int(v) for name, v in raw["outcomes"].items()},
+            pools=parse_pool_health(raw["pool_health"]),
         )
 
     def reset(self) -> None:
@@ -184,6 +246,19 @@ def parse_latency(raw: Mapping[str, str]) -> dict[str, LatencyHistogram]:
         pool: LatencyHistogram(tuple(buckets), sums.get(pool, 0.0), totals.get(pool, sum(buckets)))
         for pool, buckets in counts.items()
     }
+
+
+def parse_pool_health(raw: Mapping[str, str]) -> dict[str, PoolHealth]:
+    """Decode the ``pool_health`` hash (unknown fields ignored)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        pool, _, what = name.rpartition(SEPARATOR)
+        facts = found.setdefault(pool, {})
+        if what in {"last_success", "refused_since"}:
+            facts[what] = float(value)
+        elif what in {"last_refusal", "last_unclassified"}:
+            facts[what] = value
+    return {pool: PoolHealth(pool, **facts) for pool, facts in sorted(found.items())}
 
 
 def _pair(name: str) -> tuple[str, str]:

@@ -7,11 +7,14 @@
     │   ├── UpstreamTimeout            read/connect/pool timeout
     │   ├── UpstreamUnavailable        connection refused/reset/dropped, 500/502/503/504
     │   └── NoImageReturned            200 without an image, finishReason NO_IMAGE/IMAGE_OTHER/OTHER
-    ├── RateLimited                    429: wait `retry_after`, never counts an attempt
+    ├── RateLimited                    429: wait `retry_after` (a lower bound), never counts an attempt;
+    │   │                              bounded per task (workers.retry.WaitBounds)
     │   └── DailyQuotaExhausted        429 on a PerDay quota: park until Pacific midnight
     └── PermanentError                 fail now, do not retry
         ├── ContentBlocked             safety block (promptFeedback.blockReason / finishReason)
-        ├── QuotaMisconfigured         429 with quotaValue "0" or a billing problem
+        ├── QuotaMisconfigured         429 with a quota of 0 (limit 0, billing not enabled for the model)
+        ├── BillingError               credits depleted, insufficient_quota, billing hard limit, 402
+        ├── AccountRestricted          the account is limited or disabled (finishReason PUP_LIMITED_DISABLED)
         └── InvalidRequest             400/401/403/404: bad request, bad key, unknown model
 
 httpx exceptions and HTTP statuses are translated into this tree in one place per provider
@@ -106,6 +109,16 @@ class ContentBlocked(PermanentError):
 
 class QuotaMisconfigured(PermanentError):
     code = ErrorCode.QUOTA_ZERO
+
+
+class BillingError(PermanentError):
+    """The account cannot pay for the call (prepaid credits depleted, spend limit reached)."""
+
+    code = ErrorCode.BILLING
+
+
+class AccountRestricted(PermanentError):
+    code = ErrorCode.ACCOUNT_RESTRICTED
 
 
 class InvalidRequest(PermanentError):

@@ -26,6 +26,8 @@ from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+#: The model rows get when they name none (NANOBATCH_DEFAULT_MODEL's default).
+DEFAULT_MODEL: str = Settings.model_fields["default_model"].default
 
 
 @pytest.fixture
@@ -119,7 +121,7 @@ class Stack:
 
     def submit_file(self, path: Path, batch: str, **options: Any) -> SubmitReport:
         rt = self.runtime
-        intake_options = IntakeOptions(model=options.pop("model", "gemini-2.5-flash-image"), **options)
+        intake_options = IntakeOptions(model=options.pop("model", DEFAULT_MODEL), **options)
         intake = read_file(path, rt.catalog, intake_options)
         assert not intake.errors, intake.errors
         return submit(rt.db, rt.dispatcher, intake, BatchOptions(name=batch), intake_options=intake_options)

@@ -34,11 +34,11 @@ from nanobatch.simulator.server import RunningSimulator
 from nanobatch.tasks.intake import IntakeError, IntakeOptions, read_file
 from nanobatch.tasks.producer import BatchOptions, SubmitError, submit
 from nanobatch.workers.limiter import PoolLimits
-from tests.integration.conftest import REPO, Stack, write_csv
+from tests.integration.conftest import DEFAULT_MODEL, REPO, Stack, write_csv
 
 pytestmark = pytest.mark.integration
 
-FLASH = "gemini-2.5-flash-image"
+FLASH = DEFAULT_MODEL
 #: Peak RSS allowed for validating a 100 MB file: a resource ceiling, not a timing assertion.
 MEMORY_CEILING_BYTES = 1024**3
 
@@ -240,7 +240,7 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
         "bad-aspect-and-size",
         _file("ratio.csv", "key,prompt,aspect_ratio,image_size\nA,mug,7:3,\nB,mug,1:1,8K\n"),
         1,
-        ("aspect ratio '7:3' is not one of", "takes no image size (got '8K')"),
+        ("aspect ratio '7:3' is not one of", "supports sizes 1K, 2K, 4K (got '8K')"),
     ),
     (
         "bad-output-format",
@@ -269,9 +269,9 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
     ),
     (
         "too-many-input-images",
-        _image_row("img0.png|img1.png|img2.png|img3.png", _real_images(4)),
+        _image_row("|".join(f"img{i}.png" for i in range(15)), _real_images(15)),
         1,
-        ("accepts at most 3 images",),
+        ("accepts at most 14 images",),
     ),
     (
         "template-missing-column",

@@ -24,11 +24,11 @@ from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks.telemetry import Telemetry
 from nanobatch.workers.limiter import PoolLimits, RateLimiter
 from tests.conftest import free_port
-from tests.integration.conftest import REPO, Stack, write_csv
+from tests.integration.conftest import DEFAULT_MODEL, REPO, Stack, write_csv
 
 pytestmark = pytest.mark.integration
 
-POOL = "gemini-2.5-flash-image"
+POOL = DEFAULT_MODEL  # the pool of rows that name no model
 #: Runs the command function itself, so this test does not depend on how cli/main registers it.
 RUNNER = "import typer; from cli.metrics_cmd import metrics_command; typer.run(metrics_command)"
 

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from nanobatch.models.tables import Batch, GenerationTask
-from tests.integration.conftest import Stack, write_csv
+from tests.integration.conftest import DEFAULT_MODEL, Stack, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -199,8 +199,8 @@ def test_export_has_each_task_with_image_facts_and_product_columns(simulator, st
             "1024",
             "image/png",
         )
-        assert (row["model"], row["aspect_ratio"], row["title"]) == ("gemini-2.5-flash-image", "1:1", title)
-        assert float(row["cost_usd"]) == stored[key].cost_usd and stored[key].cost_usd >= 0.039
+        assert (row["model"], row["aspect_ratio"], row["title"]) == (DEFAULT_MODEL, "1:1", title)
+        assert float(row["cost_usd"]) == stored[key].cost_usd and stored[key].cost_usd >= 0.0336
     blocked = exported["SKU-2"]
     assert (blocked["status"], blocked["error_code"], blocked["path"]) == ("failed", "blocked", "")
     assert blocked["price"] == "1.00"

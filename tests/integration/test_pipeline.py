@@ -22,7 +22,7 @@ def tasks_of(s: Stack, batch: str) -> dict[str, GenerationTask]:
 
 
 def test_submitted_rows_become_images_of_the_exact_size(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    # Given a worker and a file asking for a 3 Pro 4K 21:9 image and a 2.5 flash 16:9 image
+    # Given a worker and a file asking for a 3 Pro 4K 21:9 image and a default-model 16:9 image
     s = stack(simulator())
     s.start_worker()
     path = write_csv(
@@ -36,7 +36,7 @@ def test_submitted_rows_become_images_of_the_exact_size(simulator, stack, tmp_pa
     assert (report.new, report.dispatched) == (2, 2)
     # Then both complete with real images of the catalog's dimensions, recorded in the row
     assert s.wait_terminal("sizes").counts["completed"] == 2
-    for key, size in {"SKU-1": (6336, 2688), "SKU-2": (1344, 768)}.items():
+    for key, size in {"SKU-1": (6336, 2688), "SKU-2": (1376, 768)}.items():  # 1K 16:9 of the Gemini 3 grid
         with Image.open(s.output_dir / "sizes" / f"{key}.png") as image:
             assert image.size == size and image.format == "PNG"
     tasks = tasks_of(s, "sizes")

@@ -11,7 +11,10 @@ from nanobatch.models.catalog import load_catalog
 from nanobatch.tasks.intake import IntakeError, IntakeOptions, IntakeResult, read_file
 
 CATALOG = load_catalog()
-OPTIONS = IntakeOptions(model="gemini-2.5-flash-image")
+# A model without image sizes. It is past its shutdown date, so these rule tests allow retired models;
+# the refusal itself is tested in test_upstream_truth.py.
+FLASH = "gemini-2.5-flash-image"
+OPTIONS = IntakeOptions(model=FLASH, allow_retired_model=True)
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -99,10 +102,14 @@ def test_file_level_problems_raise(tmp_path: Path, body: str, message: str) -> N
 
 def test_template_fills_from_columns_and_unknown_columns_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "p.csv", "key,title,color\nA,mug,red\n")
-    result = read(path, IntakeOptions(model="gemini-2.5-flash-image", template="Photo of {title}, {color}"))
+    result = read(
+        path, IntakeOptions(model=FLASH, allow_retired_model=True, template="Photo of {title}, {color}")
+    )
     assert result.tasks[0].prompt == "Photo of mug, red"
     with pytest.raises(IntakeError, match="template uses column"):
-        read(path, IntakeOptions(model="gemini-2.5-flash-image", template="Photo of {title} in {size}"))
+        read(
+            path, IntakeOptions(model=FLASH, allow_retired_model=True, template="Photo of {title} in {size}")
+        )
 
 
 def test_jsonl_rows_and_their_errors(tmp_path: Path) -> None:

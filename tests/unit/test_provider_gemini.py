@@ -329,7 +329,7 @@ def test_per_day_quota_is_daily_exhausted() -> None:
     error = raised(answer(429, body))
     assert type(error) is DailyQuotaExhausted
     assert error.quota_ids == ("GenerateRequestsPerDayPerProjectPerModel",)
-    assert error.retry_after == 3.0
+    assert error.retry_after == 4.0  # a whole-second retryDelay is truncated: rounded up by 1 s
 
 
 def test_quota_value_zero_is_misconfigured_even_on_a_per_day_quota() -> None:
@@ -361,7 +361,7 @@ def test_the_generic_billing_sentence_alone_is_not_misconfiguration() -> None:
 
 
 @pytest.mark.parametrize(
-    ("delay", "seconds"), [("26.5s", 26.5), ("0.412s", 0.412), ("3s", 3.0), ("1.000000001s", 1.000000001)]
+    ("delay", "seconds"), [("26.5s", 26.5), ("0.412s", 0.412), ("3s", 4.0), ("1.000000001s", 1.000000001)]
 )
 def test_retry_delay_durations(delay: str, seconds: float) -> None:
     body = google_error(

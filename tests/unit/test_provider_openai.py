@@ -15,13 +15,14 @@ import pytest
 from PIL import Image
 
 from nanobatch.models.catalog import load_catalog
+from nanobatch.models.status import ErrorCode
 from nanobatch.workers.errors import (
+    BillingError,
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
     NoImageReturned,
     ProviderError,
-    QuotaMisconfigured,
     RateLimited,
     UpstreamUnavailable,
 )
@@ -348,8 +349,11 @@ def test_429_without_hint() -> None:
         (429, openai_error("Your billing is not active.", "billing_error", None)),
     ],
 )
-def test_quota_and_billing_problems_are_misconfiguration(status: int, body: dict[str, Any]) -> None:
-    assert type(raised(answer(status, body))) is QuotaMisconfigured
+def test_quota_and_billing_problems_are_billing_errors(status: int, body: dict[str, Any]) -> None:
+    # Issue #12: credit/billing exhaustion has its own code (``billing``): pay, then ``retry``.
+    error = raised(answer(status, body))
+    assert type(error) is BillingError
+    assert error.code is ErrorCode.BILLING
 
 
 @pytest.mark.parametrize(

@@ -23,12 +23,13 @@ POLICY = RetryPolicy(base=2.0, cap=300.0, max_attempts=5)
 
 def test_rate_limit_waits_the_servers_delay_without_using_an_attempt() -> None:
     d = decide(RateLimited("slow down", retry_after=26.5), attempts_so_far=4, policy=POLICY)
-    assert (d.action, d.delay, d.count_attempt) == (Action.WAIT, 26.5, False)
+    assert (d.action, d.count_attempt) == (Action.WAIT, False)
+    assert 26.5 <= d.delay <= 27.5  # never less than asked; a small positive jitter
 
 
 def test_rate_limit_without_hint_uses_the_default_wait() -> None:
     d = decide(RateLimited("slow down"), attempts_so_far=0, policy=POLICY)
-    assert d.delay == DEFAULT_RATE_LIMIT_WAIT and not d.count_attempt
+    assert DEFAULT_RATE_LIMIT_WAIT <= d.delay <= DEFAULT_RATE_LIMIT_WAIT + 1 and not d.count_attempt
 
 
 def test_daily_quota_parks_without_using_an_attempt() -> None:

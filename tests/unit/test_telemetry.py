@@ -150,3 +150,42 @@ def test_exposition_parses_back_to_what_was_recorded(telemetry: Telemetry) -> No
     assert samples[("nanobatch_retries_total", (("reason", "timeout"),))] == 1
     assert samples[("nanobatch_task_outcomes_total", (("status", "completed"),))] == 1
     assert bucket_label(math.inf) == "+Inf"
+
+
+def test_pool_health_records_refused_since_until_a_success(telemetry: Telemetry) -> None:
+    # Given three refusals of one pool, the first at t=1000
+    assert telemetry.record_refusal(POOL, "429 slow down", now=1000.0) == 1000.0
+    assert telemetry.record_refusal(POOL, "429 again", now=1500.0) == 1000.0  # since the first one
+    assert telemetry.record_refusal(POOL, "unrecognised 429: busy", unclassified=True, now=2000.0) == 1000.0
+    health = telemetry.pool_health()[POOL]
+    # Then the pool is refused since t=1000, with the last message kept
+    assert (health.refused_since, health.last_refusal) == (1000.0, "unrecognised 429: busy")
+    assert health.last_unclassified == "unrecognised 429: busy"
+    assert health.refused_for(2800.0) == 1800.0
+    assert health.stalled(2801.0, after=1800.0) and not health.stalled(2800.0, after=1800.0)
+    # When a call succeeds, the pool is healthy again and the next refusal starts a new span
+    telemetry.record_success(POOL, now=3000.0)
+    health = telemetry.pool_health()[POOL]
+    assert (health.refused_since, health.last_success) == (None, 3000.0) and not health.stalled(9e9, 0)
+    assert telemetry.record_refusal(POOL, "429", now=3100.0) == 3100.0
+    assert telemetry.snapshot().pools[POOL].refused_since == 3100.0
+
+
+def test_pool_health_never_raises_when_redis_is_down() -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    down = Telemetry(client, prefix="nbdown")
+    down.record_success(POOL)
+    assert down.record_refusal(POOL, "429") is None
+
+
+def test_stalled_pools_are_exported_as_gauges(telemetry: Telemetry) -> None:
+    telemetry.record_refusal(POOL, "429", now=1000.0)
+    telemetry.record_refusal("healthy", "429", now=1000.0)
+    telemetry.record_success("healthy", now=1200.0)
+    families = {f.name: f for f in telemetry_metrics(telemetry.snapshot(), now=3000.0, stalled_after=1800.0)}
+    refused = {s.labels["pool"]: s.value for s in families["nanobatch_pool_refused_seconds"].samples}
+    stalled = {s.labels["pool"]: s.value for s in families["nanobatch_pool_stalled"].samples}
+    assert refused == {POOL: 2000.0, "healthy": 0.0}
+    assert stalled == {POOL: 1.0, "healthy": 0.0}
+    last = {s.labels["pool"]: s.value for s in families["nanobatch_pool_last_success_timestamp"].samples}
+    assert last == {"healthy": 1200.0}

@@ -23,9 +23,9 @@ class InputImage:
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """One image to generate, in provider-neutral terms (model already canonical)."""
+    """One image to generate, in provider-neutral terms."""
 
-    model: str
+    model: str  # the id the upstream knows the model by (the catalog's ``upstream_id``)
     prompt: str
     aspect_ratio: str = "1:1"
     image_size: str | None = None  # None: the model takes no imageSize (e.g. 2.5 flash image)

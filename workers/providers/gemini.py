@@ -13,23 +13,44 @@ Output format: the Gemini Developer API has **no** field to choose the output mi
 name "outputMimeType"`` and ``google-genai`` refuses ``output_mime_type`` outside Vertex. So a "jpeg"
 request is not forwarded; we record the mime the bytes actually are and leave conversion to storage.
 
-429 classification order: a quota of 0 (``quotaValue: "0"``, ``limit: 0``, billing disabled) is a
-misconfiguration and wins over ``PerDay`` (parking until midnight would loop forever); then
-``PerDay`` → :class:`DailyQuotaExhausted`; else :class:`RateLimited`. Google's *every* 429 message
-says "check your plan and billing details", so that phrase alone never means misconfiguration.
+429 classification order (real bodies in ``tests/fixtures/upstream/gemini``):
+
+1. credits exhausted ("Your prepayment credits are depleted", dyad-sh/dyad#3626) → :class:`BillingError`;
+2. a quota of 0 (``quotaValue: "0"``, ``limit: 0``, billing disabled) → :class:`QuotaMisconfigured`,
+   winning over ``PerDay`` (parking until midnight would loop forever);
+3. several ``…-FreeTier`` violations at once (per minute *and* per day) with no stated limit — what a
+   model without a free tier answers a project without billing (google-gemini/gemini-cli#8437) —
+   → :class:`QuotaMisconfigured` "billing not enabled for this model";
+4. ``PerDay`` → :class:`DailyQuotaExhausted`; other quota violations or a ``RetryInfo`` →
+   :class:`RateLimited`;
+5. anything else (no QuotaFailure, no RetryInfo, an HTML page) → :class:`RateLimited` with code
+   ``unclassified_429``: still a wait, bounded like every other (``workers.retry``).
+
+Google's *every* 429 message says "check your plan and billing details", so that phrase alone never
+means misconfiguration. The wait is a lower bound (:mod:`workers.providers.waits`): the precise
+"Please retry in 58.934310785s" of the message, else the truncated whole-second ``retryDelay`` + 1 s.
+
+A 200 without an image is classified by ``finishReason`` / ``promptFeedback.blockReason`` through
+:data:`FINISH_REASONS` / :data:`BLOCK_REASON_CLASSES`, which decide every value the google-genai SDK
+enums list (a unit test walks the installed SDK, so a new value fails CI until it is decided here).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import httpx
 
+from nanobatch.models.status import ErrorCode
 from nanobatch.workers.errors import (
+    AccountRestricted,
+    BillingError,
     ContentBlocked,
     DailyQuotaExhausted,
     InvalidRequest,
@@ -57,27 +78,80 @@ from nanobatch.workers.providers.http import (
     success_payload,
     truncate,
 )
+from nanobatch.workers.providers.waits import google_message_delay, google_retry_after
 from nanobatch.workers.redact import redact
 
-#: finishReason / blockReason values that mean "refused for safety or policy": fail now, not retried.
-BLOCK_REASONS = frozenset(
-    {
-        "SAFETY",
-        "IMAGE_SAFETY",
-        "PROHIBITED_CONTENT",
-        "IMAGE_PROHIBITED_CONTENT",
-        "BLOCKLIST",
-        "SPII",
-        "RECITATION",
-        "IMAGE_RECITATION",
-    }
-)
+
+class NoImage(StrEnum):
+    """What a 200 answer without an image means, by its finishReason / blockReason."""
+
+    BLOCKED = "blocked"  # refused for safety or policy: fail now, not retried (ContentBlocked)
+    RETRY = "retry"  # no image this time: retried a bounded few times (NoImageReturned)
+    INVALID = "invalid"  # our request was wrong; the same request fails again (InvalidRequest)
+    ACCOUNT = "account"  # the account itself is limited or disabled (AccountRestricted)
+
+
+#: Every ``FinishReason`` of google-genai ``types.py`` (3.6.1), decided. A value missing here (a newer
+#: SDK) is treated as RETRY, and fails ``test_every_sdk_finish_reason_is_decided`` until added.
+FINISH_REASONS: dict[str, NoImage] = {
+    "FINISH_REASON_UNSPECIFIED": NoImage.RETRY,
+    "STOP": NoImage.RETRY,  # finished, but with text only: the model chose not to draw this time
+    "MAX_TOKENS": NoImage.RETRY,  # ran out of output tokens (thinking) before the image
+    "SAFETY": NoImage.BLOCKED,
+    "RECITATION": NoImage.BLOCKED,
+    "LANGUAGE": NoImage.BLOCKED,  # unsupported language: the prompt must change
+    "OTHER": NoImage.RETRY,
+    "BLOCKLIST": NoImage.BLOCKED,
+    "PROHIBITED_CONTENT": NoImage.BLOCKED,
+    "SPII": NoImage.BLOCKED,
+    "MALFORMED_FUNCTION_CALL": NoImage.RETRY,  # we send no tools: a model glitch
+    "IMAGE_SAFETY": NoImage.BLOCKED,
+    "IMAGE_PROHIBITED_CONTENT": NoImage.BLOCKED,
+    "IMAGE_OTHER": NoImage.RETRY,
+    "NO_IMAGE": NoImage.RETRY,
+    "IMAGE_RECITATION": NoImage.BLOCKED,
+    "UNEXPECTED_TOOL_CALL": NoImage.RETRY,
+    "TOO_MANY_TOOL_CALLS": NoImage.RETRY,
+    "MISSING_THOUGHT_SIGNATURE": NoImage.INVALID,  # a multi-turn request without signatures: ours
+    "MALFORMED_RESPONSE": NoImage.RETRY,
+    "ESCALATION": NoImage.BLOCKED,  # "filtered by an escalation rule"
+    "PUP_LIMITED_DISABLED": NoImage.ACCOUNT,  # account limited for Prohibited Use Policy violations
+    "CONTINUATION": NoImage.RETRY,  # per-request token limit hit mid-answer; we do not continue
+    "MODEL_ARMOR": NoImage.BLOCKED,
+}
+
+#: Every ``BlockedReason`` of google-genai ``types.py``: a blocked prompt is refused whatever the why.
+BLOCK_REASON_CLASSES: dict[str, NoImage] = {
+    "BLOCKED_REASON_UNSPECIFIED": NoImage.BLOCKED,
+    "SAFETY": NoImage.BLOCKED,
+    "OTHER": NoImage.BLOCKED,
+    "BLOCKLIST": NoImage.BLOCKED,
+    "PROHIBITED_CONTENT": NoImage.BLOCKED,
+    "IMAGE_SAFETY": NoImage.BLOCKED,
+    "MODEL_ARMOR": NoImage.BLOCKED,
+    "JAILBREAK": NoImage.BLOCKED,
+}
+
+#: finishReason values that mean "refused for safety or policy": fail now, not retried.
+BLOCK_REASONS = frozenset(reason for reason, kind in FINISH_REASONS.items() if kind is NoImage.BLOCKED)
 
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _ZERO_QUOTA = re.compile(
     r"\blimit:\s*0(?![\d.])|billing (?:is )?(?:not enabled|disabled)|enable billing|BILLING_DISABLED",
+    re.IGNORECASE,
+)
+#: A 4xx that says billing must be turned on before anything is served.
+_ENABLE_BILLING = re.compile(
+    r"enable billing|requires billing to be enabled|billing (?:is )?not enabled", re.I
+)
+#: ErrorInfo reasons that mean the project or key was switched off by Google.
+_ACCOUNT_REASONS = frozenset({"CONSUMER_SUSPENDED", "PROJECT_SUSPENDED"})
+#: Credits used up: "Your prepayment credits are depleted. Please go to AI Studio ... billing."
+_CREDITS_GONE = re.compile(
+    r"prepayment credits are depleted|credits? (?:are|is|has been) (?:depleted|exhausted|used up)"
+    r"|insufficient (?:funds|balance|credits?)",
     re.IGNORECASE,
 )
 
@@ -111,6 +185,7 @@ class GeminiProvider:
             return parse_generate_response(payload, key)
 
     def url_for(self, model: str) -> str:
+        """The generateContent URL for ``model`` (the catalog's ``upstream_id``, as the request carries)."""
         base = self._config.base_url.rstrip("/")
         model = model.removeprefix("models/")
         return f"{base}/{self._config.api_version}/models/{model}:generateContent"
@@ -225,12 +300,19 @@ def _prompt_blocked(payload: JSON, reason: str, key: str | None) -> ContentBlock
 
 
 def _no_image_error(finish: object, candidate: JSON, text: str | None, key: str | None) -> ProviderError:
-    reason = str(finish) if finish else "NO_CANDIDATE"
+    reason = str(finish).upper() if finish else "NO_CANDIDATE"
     said = " ".join(str(s) for s in (candidate.get("finishMessage"), text) if s)
-    message = truncate(f"no image returned: finishReason={reason}" + (f": {said}" if said else ""))
-    if reason in BLOCK_REASONS:
-        return ContentBlocked(redact(message, key), reason=reason)
-    return NoImageReturned(redact(message, key), status_code=200, provider_status=reason)
+    message = redact(
+        truncate(f"no image returned: finishReason={reason}" + (f": {said}" if said else "")), key
+    )
+    kind = FINISH_REASONS.get(reason, NoImage.RETRY)
+    if kind is NoImage.BLOCKED:
+        return ContentBlocked(message, reason=reason)
+    if kind is NoImage.INVALID:
+        return InvalidRequest(message, status_code=200, provider_status=reason)
+    if kind is NoImage.ACCOUNT:
+        return AccountRestricted(message, status_code=200, provider_status=reason)
+    return NoImageReturned(message, status_code=200, provider_status=reason)
 
 
 # --- errors (non-2xx) ----------------------------------------------------------------------------
@@ -259,21 +341,37 @@ class GoogleError:
         delays = [parse_duration(d.get("retryDelay")) for d in self.of_type(_RETRY_INFO)]
         return next((d for d in delays if d is not None), None)
 
+    def retry_delay_text(self) -> str | None:
+        """The raw ``RetryInfo.retryDelay`` ("58s": Google truncates it to whole seconds)."""
+        texts = [d.get("retryDelay") for d in self.of_type(_RETRY_INFO)]
+        return next((t for t in texts if isinstance(t, str)), None)
+
     def reasons(self) -> list[str]:
         return [str(d["reason"]) for d in self.of_type(_ERROR_INFO) if d.get("reason")]
 
 
-def parse_google_error(payload: object) -> GoogleError | None:
-    """The error object (also inside the one-element list some endpoints wrap it in)."""
+def parse_google_error(payload: object, *, unwrap: bool = True) -> GoogleError | None:
+    """The error object (also inside the one-element list some endpoints wrap it in).
+
+    Relays often pass Google's whole error body on as the *message* of their own
+    (``{"error": {"message": "{\\n  \\"error\\": {\\n    \\"code\\": 429, …", "code": 429}}``,
+    google-gemini/gemini-cli#2020): that inner body is the answer, so it is read instead.
+    """
     if isinstance(payload, list) and payload:
         payload = payload[0]
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict):
         return None
+    message = str(error.get("message") or "")
+    if unwrap and message.lstrip().startswith(("{", "[")):
+        try:
+            inner = parse_google_error(json.loads(message), unwrap=False)
+        except ValueError:
+            inner = None
+        if inner is not None:
+            return inner
     details = [d for d in as_list(error.get("details")) if isinstance(d, dict)]
-    return GoogleError(
-        as_int(error.get("code")), str(error.get("message") or ""), as_str(error.get("status")), details
-    )
+    return GoogleError(as_int(error.get("code")), message, as_str(error.get("status")), details)
 
 
 def error_from_response(response: httpx.Response, key: str | None = None) -> ProviderError:
@@ -283,28 +381,91 @@ def error_from_response(response: httpx.Response, key: str | None = None) -> Pro
     if error is None:
         message = redact(f"HTTP {status}: {body_excerpt(response)}", key)
         if status == 429:
-            return RateLimited(message, retry_after=retry_after_from_headers(response.headers))
+            return RateLimited(
+                f"unrecognised 429 (no Google error body): {message}",
+                retry_after=retry_after_from_headers(response.headers),
+                code=ErrorCode.UNCLASSIFIED_429,
+            )
+        if status == 402:
+            return BillingError(message, status_code=402)
         return status_error_class(status)(message, status_code=status)
     if status == 429:
         return _rate_limit_error(error, response.headers, key)
+    if status == 402 or _CREDITS_GONE.search(error.message):
+        text = redact(truncate(error.message or f"HTTP {status}"), key)
+        return BillingError(text, status_code=status, provider_status=error.status)
+    text = redact(truncate(error.message or f"HTTP {status}"), key)
+    if 400 <= status < 500 and (
+        "BILLING_DISABLED" in error.reasons() or _ENABLE_BILLING.search(error.message)
+    ):
+        # "This API method requires billing to be enabled", "Gemini API free tier is not available in
+        # your country. Please enable billing on your project in Google AI Studio." (FAILED_PRECONDITION)
+        return QuotaMisconfigured(
+            f"billing is not enabled on this project: {text}",
+            status_code=status,
+            provider_status=error.status,
+        )
+    if 400 <= status < 500 and _ACCOUNT_REASONS.intersection(error.reasons()):
+        return AccountRestricted(text, status_code=status, provider_status=error.status)
     return _status_error(status, error, key)
 
 
 def _rate_limit_error(error: GoogleError, headers: httpx.Headers, key: str | None) -> ProviderError:
     message = redact(truncate(error.message or "RESOURCE_EXHAUSTED"), key)
     status = error.status or "RESOURCE_EXHAUSTED"
+    if _CREDITS_GONE.search(error.message):
+        return BillingError(message, status_code=429, provider_status=status)
     if _quota_is_zero(error):
         return QuotaMisconfigured(
             f"quota is 0 for this project/model (check billing and tier): {message}",
             status_code=429,
             provider_status=status,
         )
-    retry_after = error.retry_delay()
+    if _no_free_tier(error):
+        return QuotaMisconfigured(
+            f"billing is not enabled for {_quota_model(error) or 'this model'} on this project: it has "
+            f"no free-tier quota (every free-tier limit refused at once, none stated); enable billing: "
+            f"{message}",
+            status_code=429,
+            provider_status=status,
+        )
+    delay_text = error.retry_delay_text()
+    retry_after = google_retry_after(error.message, delay_text)
     if retry_after is None:
         retry_after = retry_after_from_headers(headers)
     quota_ids = error.quota_ids()
+    if not error.violations() and delay_text is None and google_message_delay(error.message) is None:
+        return RateLimited(
+            f"unrecognised 429 (no QuotaFailure, no RetryInfo): {message}",
+            retry_after=retry_after,
+            provider_status=status,
+            code=ErrorCode.UNCLASSIFIED_429,
+        )
     kind = DailyQuotaExhausted if any("PerDay" in q for q in quota_ids) else RateLimited
     return kind(message, retry_after=retry_after, quota_ids=quota_ids, provider_status=status)
+
+
+def _no_free_tier(error: GoogleError) -> bool:
+    """Several free-tier limits refused at once, and none states a value.
+
+    A project that really used up its free tier hits one limit at a time and Google states it
+    (``quotaValue``, ``limit: N``); every free-tier limit at once on the first call, none with a
+    value, is a model that has no free tier for a project without billing (gemini-cli#8437: per-minute
+    tokens, per-minute requests and per-day requests together) — parking would repeat it every day.
+    """
+    violations = error.violations()
+    ids = {str(v.get("quotaId") or "") for v in violations}
+    return (
+        len(ids) >= 2
+        and all("FreeTier" in quota for quota in ids)
+        and not any(v.get("quotaValue") not in (None, "") for v in violations)
+        and not re.search(r"\blimit:\s*[1-9]", error.message)
+    )
+
+
+def _quota_model(error: GoogleError) -> str | None:
+    models = [as_dict(v.get("quotaDimensions")).get("model") for v in error.violations()]
+    return next((str(m) for m in models if m), None)
 
 
 def _quota_is_zero(error: GoogleError) -> bool:

@@ -14,12 +14,18 @@ Choices worth knowing:
   array form).
 * The result's mime type is sniffed from the bytes; the requested ``output_format`` is only a
   fallback for bytes we cannot recognise.
-* Error mapping: content-policy codes → :class:`ContentBlocked`; ``insufficient_quota`` and billing
-  codes → :class:`QuotaMisconfigured` (retrying cannot help); other 429 → :class:`RateLimited` with
-  ``retry-after-ms``/``retry-after`` (the wait is read from headers, as OpenAI clients do), or
-  :class:`DailyQuotaExhausted` when the message names a per-day limit (``RPD``/``TPD``/``IPD``) —
-  OpenAI has no structured quota id, so the abbreviation in the message is the only signal; then
-  the shared status table.
+* Error mapping (real bodies in ``tests/fixtures/upstream/openai``): content-policy codes →
+  :class:`ContentBlocked`; ``insufficient_quota``, ``billing_hard_limit_reached``, the spend-limit
+  codes, HTTP 402 and relays' variants (one-api/new-api ``insufficient_user_quota``, "user quota is
+  not enough", OpenRouter "Insufficient credits") → :class:`BillingError` (pay, then retry); a 429
+  whose limit is 0 ("Limit: 0/1min": the account may not use the model at all, songquanpeng/one-api#881)
+  → :class:`QuotaMisconfigured`; a per-day limit (``RPD``/``TPD``/``IPD`` in the message — OpenAI has
+  no structured quota id, so the abbreviation is the only signal) → :class:`DailyQuotaExhausted`;
+  other recognisable 429s → :class:`RateLimited`; a 429 of no known shape → :class:`RateLimited`
+  with code ``unclassified_429`` (still a bounded wait). Then the shared status table.
+* The wait is the longest explicit hint (``retry-after-ms``, ``retry-after``, "try again in 2.226s"
+  / "1m30s" / "20ms" / "after 51.84 seconds" in the message), else the reset time of the spent limit
+  (``x-ratelimit-reset-requests`` / ``-tokens``, e.g. ``6m0s``): :mod:`workers.providers.waits`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from nanobatch.models.status import ErrorCode
 from nanobatch.workers.errors import (
+    BillingError,
     ContentBlocked,
     DailyQuotaExhausted,
     NoImageReturned,
@@ -58,14 +66,38 @@ from nanobatch.workers.providers.http import (
     success_payload,
     truncate,
 )
+from nanobatch.workers.providers.waits import lower_bound, message_delay, reset_headers_delay
 from nanobatch.workers.redact import redact
 
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
-BILLING_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+BILLING_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "organization_usage_limit_exceeded",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        # Relays (one-api / new-api and their forks): the relay account's own balance.
+        "insufficient_user_quota",
+        "pre_consume_token_quota_failed",
+        "insufficient_balance",
+        "insufficient_credits",
+    }
+)
 _SAFETY_WORDING = re.compile(r"\bsafety\b|content polic|moderation", re.IGNORECASE)
 _BILLING_WORDING = re.compile(
-    r"insufficient[_ ]quota|billing (?:hard )?limit|billing (?:is )?not active", re.IGNORECASE
+    r"insufficient[_ ](?:user[_ ])?quota|billing (?:hard )?limit|billing (?:is )?not active"
+    r"|user quota is not enough|insufficient (?:credits|balance|funds)"
+    r"|credit balance is too low|prepayment credits are depleted|requires more credits|额度不足|余额不足",
+    re.IGNORECASE,
 )
+#: "Limit: 0/1min", "Limit 0, Used 0", "Limit: 0.000000 / min": the account may not use this at all.
+_ZERO_LIMIT = re.compile(r"\blimit:?\s*0+(?:\.0+)?(?=\s*(?:/|,|\s|$|\.(?!\d)))", re.IGNORECASE)
+#: What a recognisable rate-limit answer says (OpenAI, Azure OpenAI, most relays).
+_RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "too_many_requests", "429"})
+_RATE_LIMIT_TYPES = frozenset({"requests", "tokens", "images", "rate_limit_error", "rate_limit_exceeded"})
+_RATE_LIMIT_WORDING = re.compile(r"rate limit|too many requests|call rate limit", re.IGNORECASE)
 #: OpenAI names the exhausted limit only in prose ("… on requests per day (RPD): Limit 200 …"); the
 #: abbreviation becomes a Google-style quota id so "PerDay" means the same for both providers.
 _LIMIT_NAMES = {
@@ -259,6 +291,8 @@ class OpenAIError:
 
 
 def parse_openai_error(payload: object) -> OpenAIError | None:
+    if isinstance(payload, list) and payload:  # Google's OpenAI-compatible endpoint wraps it in a list
+        payload = payload[0]
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
@@ -284,21 +318,45 @@ def error_from_response(response: httpx.Response, key: str | None = None) -> Pro
     tag = error.code or error.type
     if is_content_policy(error):
         return ContentBlocked(message, reason=tag or "content_policy", status_code=status)
-    if is_billing(error):
-        return QuotaMisconfigured(message, status_code=status, provider_status=tag)
+    if is_billing(error) or status == 402:
+        return BillingError(message, status_code=status, provider_status=tag)
     if status == 429:
         return _rate_limit_error(error, message, response.headers)
     return status_error_class(status)(message, status_code=status, provider_status=tag)
 
 
-def _rate_limit_error(error: OpenAIError, message: str, headers: httpx.Headers) -> RateLimited:
+def _rate_limit_error(error: OpenAIError, message: str, headers: httpx.Headers) -> ProviderError:
+    tag = error.code or error.type
+    if _ZERO_LIMIT.search(error.message):
+        return QuotaMisconfigured(
+            f"the limit is 0 for this account/model (raise the usage tier or enable the model): {message}",
+            status_code=429,
+            provider_status=tag,
+        )
+    said = message_delay(error.message)
+    retry_after = lower_bound(retry_after_from_headers(headers), said)
+    if retry_after is None:
+        retry_after = reset_headers_delay(headers)
     quota_ids = quota_ids_from_message(error.message)
+    if not (quota_ids or said is not None or _is_rate_limit(error)):
+        return RateLimited(
+            f"unrecognised 429: {message}",
+            retry_after=retry_after,
+            provider_status=tag,
+            code=ErrorCode.UNCLASSIFIED_429,
+        )
     kind = DailyQuotaExhausted if any("PerDay" in q for q in quota_ids) else RateLimited
     return kind(
-        message,
-        retry_after=retry_after_from_headers(headers),
-        quota_ids=quota_ids,
-        provider_status=error.code or error.type or "rate_limit_exceeded",
+        message, retry_after=retry_after, quota_ids=quota_ids, provider_status=tag or "rate_limit_exceeded"
+    )
+
+
+def _is_rate_limit(error: OpenAIError) -> bool:
+    """The answer says what it is: a rate-limit code or type, or the words."""
+    return (
+        (error.code or "").lower() in _RATE_LIMIT_CODES
+        or (error.type or "").lower() in _RATE_LIMIT_TYPES
+        or bool(_RATE_LIMIT_WORDING.search(error.message))
     )
 
 
