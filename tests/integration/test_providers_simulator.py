@@ -269,3 +269,11 @@ def test_dropped_connection_is_unavailable(
     error = failure(kind, simulator(drop_rate=1.0), client)
     assert type(error) is UpstreamUnavailable
     assert isinstance(error.__cause__, httpx.TransportError)
+
+
+def test_the_stable_v1_api_is_served_without_response_modalities(simulator, client: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    # The simulator refuses responseModalities on /v1/ with 400, as the real API does.
+    sim = simulator()
+    config = ProviderConfig(kind="gemini", base_url=sim.url, api_version="v1")
+    result = make_provider(config, client).generate(request_for("gemini"))
+    assert result.data and sim.stats()["requests"] == 1

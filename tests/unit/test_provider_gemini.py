@@ -208,6 +208,15 @@ def test_url_honours_api_version_and_trailing_slash() -> None:
     assert str(seen[0].url) == f"{BASE}/v1/models/gemini-2.5-flash-image:generateContent"
 
 
+def test_v1_requests_leave_out_response_modalities_which_v1_rejects() -> None:
+    seen, handler = recording(OK)
+    provider(handler, api_version="v1").generate(REQUEST)
+    provider(handler, api_version="v1beta").generate(REQUEST)
+    v1, v1beta = (json.loads(request.content)["generationConfig"] for request in seen)
+    assert "responseModalities" not in v1 and "imageConfig" in v1
+    assert v1beta["responseModalities"] == ["IMAGE"]
+
+
 def test_factory_builds_a_gemini_provider() -> None:
     client = httpx.Client(transport=httpx.MockTransport(answer(200, OK)))
     made = make_provider(ProviderConfig(kind="gemini", base_url=BASE), client)

@@ -176,7 +176,7 @@ class GeminiProvider:
             self.url_for(request.model),
             secret=key,
             gate=self._gate,
-            json=build_body(request),
+            json=build_body(request, modalities=self._config.api_version != "v1"),
             headers=self.auth_headers(),
         ) as response:
             if not response.is_success:
@@ -202,8 +202,12 @@ class GeminiProvider:
 # --- request -------------------------------------------------------------------------------------
 
 
-def build_body(request: ImageRequest) -> JSON:
-    """The generateContent body: prompt text, then reference images, image-only output."""
+def build_body(request: ImageRequest, *, modalities: bool = True) -> JSON:
+    """The generateContent body: prompt text, then reference images, image-only output.
+
+    ``modalities=False`` leaves out ``responseModalities``, which the stable ``/v1/`` API rejects
+    with 400 ("Unknown name \"responseModalities\""); image models answer with an image without it.
+    """
     parts: list[JSON] = [{"text": request.prompt}]
     parts += [
         {"inlineData": {"mimeType": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}}
@@ -212,10 +216,9 @@ def build_body(request: ImageRequest) -> JSON:
     image_config: JSON = {"aspectRatio": request.aspect_ratio}
     if request.image_size is not None:
         image_config["imageSize"] = request.image_size
-    return {
-        "contents": [{"role": "user", "parts": parts}],
-        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image_config},
-    }
+    config: JSON = {"responseModalities": ["IMAGE"]} if modalities else {}
+    config["imageConfig"] = image_config
+    return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
 
 
 # --- success (200) -------------------------------------------------------------------------------
