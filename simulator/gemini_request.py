@@ -10,6 +10,8 @@ know, an ``imageSize`` the model lacks (sizes are case-sensitive: ``2k`` is an e
 input images, broken base64, ``systemInstruction`` on a model without developer instructions.
 Unknown names are checked first, on the raw JSON, before the model is even looked up, as a
 front end parsing the request would. Model facts come from the catalog, except the two noted below.
+A top-level ``serviceTier`` (``flex``, ``standard``, ``priority``; ``unspecified`` = standard, any
+case, as google-genai's ``ServiceTier`` sends it) lands on the job; another value is a 400.
 """
 
 from __future__ import annotations
