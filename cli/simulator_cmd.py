@@ -43,6 +43,15 @@ def build_config(
     echo_key_status: int = SimulatorConfig.echo_key_status,
     larger_image_rate: float = 0.0,
     larger_image_factor: float = SimulatorConfig.larger_image_factor,
+    flex_latency_factor: float = SimulatorConfig.flex_latency_factor,
+    flex_fail_rate: str = "",
+    priority_latency_factor: float = SimulatorConfig.priority_latency_factor,
+    batch_turnaround: float = SimulatorConfig.batch_turnaround,
+    batch_request_fail_rate: float = 0.0,
+    batch_fail_rate: float = 0.0,
+    batch_expire_rate: float = 0.0,
+    batch_inline_limit: int = SimulatorConfig.batch_inline_limit_bytes,
+    batch_dir: str | None = None,
 ) -> SimulatorConfig:
     """Flags (as typed) -> a validated config; raises ``ValueError`` with a readable message."""
     return SimulatorConfig(
@@ -70,6 +79,15 @@ def build_config(
         echo_key_status=echo_key_status,
         larger_image_rate=larger_image_rate,
         larger_image_factor=larger_image_factor,
+        flex_latency_factor=flex_latency_factor,
+        flex_fail_rates=SimulatorConfig.parse_fail_rates(flex_fail_rate),
+        priority_latency_factor=priority_latency_factor,
+        batch_turnaround=batch_turnaround,
+        batch_request_fail_rate=batch_request_fail_rate,
+        batch_fail_rate=batch_fail_rate,
+        batch_expire_rate=batch_expire_rate,
+        batch_inline_limit_bytes=batch_inline_limit,
+        batch_dir=batch_dir or None,
     )
 
 
@@ -127,6 +145,31 @@ def simulator_command(
     larger_image_factor: Annotated[
         float, typer.Option(help="How much larger, per side (above 1, at most 2).")
     ] = SimulatorConfig.larger_image_factor,
+    flex_latency_factor: Annotated[
+        float, typer.Option(help="serviceTier flex: multiply latency by this.")
+    ] = SimulatorConfig.flex_latency_factor,
+    flex_fail_rate: Annotated[
+        str, typer.Option(help="serviceTier flex: extra capacity errors, e.g. 503=0.1,429=0.05.")
+    ] = "",
+    priority_latency_factor: Annotated[
+        float, typer.Option(help="serviceTier priority: multiply latency by this.")
+    ] = SimulatorConfig.priority_latency_factor,
+    batch_turnaround: Annotated[
+        float, typer.Option(help="Batch API: seconds from create to done (times --time-scale).")
+    ] = SimulatorConfig.batch_turnaround,
+    batch_request_fail_rate: Annotated[
+        float, typer.Option(help="Batch API: share of requests in a job answered by an error.")
+    ] = 0.0,
+    batch_fail_rate: Annotated[float, typer.Option(help="Batch API: share of jobs that end FAILED.")] = 0.0,
+    batch_expire_rate: Annotated[
+        float, typer.Option(help="Batch API: share of jobs that end EXPIRED.")
+    ] = 0.0,
+    batch_inline_limit: Annotated[
+        int, typer.Option(help="Batch API: largest inline create body, in bytes.")
+    ] = SimulatorConfig.batch_inline_limit_bytes,
+    batch_dir: Annotated[
+        str | None, typer.Option(help="Batch API: folder for uploaded and result files (default: temp).")
+    ] = None,
 ) -> None:
     """Run a fake Gemini / OpenAI image API on this machine (Ctrl-C stops it)."""
     try:
@@ -155,6 +198,15 @@ def simulator_command(
             echo_key_status=echo_key_status,
             larger_image_rate=larger_image_rate,
             larger_image_factor=larger_image_factor,
+            flex_latency_factor=flex_latency_factor,
+            flex_fail_rate=flex_fail_rate,
+            priority_latency_factor=priority_latency_factor,
+            batch_turnaround=batch_turnaround,
+            batch_request_fail_rate=batch_request_fail_rate,
+            batch_fail_rate=batch_fail_rate,
+            batch_expire_rate=batch_expire_rate,
+            batch_inline_limit=batch_inline_limit,
+            batch_dir=batch_dir,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

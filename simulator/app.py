@@ -9,6 +9,10 @@ never meets its own previous request still in flight. All state (counters, windo
 sequence, file store) belongs to one :class:`SimulatorApp`, so two simulators in one process share
 nothing.
 
+Service tiers: a Gemini request's ``serviceTier`` (flex, priority, standard) scales its latency and,
+for flex, adds capacity 429/503s (``simulator.faults``). Batch jobs and the Files API live in
+``simulator.batches`` and ``simulator.uploads``; their routes in ``simulator.batch_routes``.
+
 Timing of faults: 500/502/503 (and other injected statuses) and ``echo_key`` errors answer at
 once, as overloaded front ends do; 504 answers after the full latency, as a deadline does; a
 timeout holds the request without answering; a drop answers after the latency and cuts the body.
@@ -21,6 +25,7 @@ keep their concurrency slot until the last byte or the client's departure, as up
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -28,6 +33,8 @@ from collections.abc import Callable
 
 from nanobatch.models.catalog import Catalog, load_catalog
 from nanobatch.simulator import google_errors, hostile
+from nanobatch.simulator.batch_routes import BatchRoutes
+from nanobatch.simulator.batches import BatchBook
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.faults import FaultPlan
 from nanobatch.simulator.files import FileStore
@@ -51,6 +58,7 @@ from nanobatch.simulator.protocol import (
 from nanobatch.simulator.quotas import QuotaBook, QuotaLimits, QuotaViolation, Ticket
 from nanobatch.simulator.safety import find_block
 from nanobatch.simulator.stats import RequestRecord, Stats
+from nanobatch.simulator.uploads import FileBook, Workspace
 
 logger = logging.getLogger("nanobatch.simulator")
 
@@ -78,13 +86,35 @@ class SimulatorApp:
         self.renderer = Renderer()
         self.files = FileStore()
         self.stopping = threading.Event()
+        self.workspace = Workspace(config.batch_dir)
+        self.uploads = FileBook(self.workspace, clock=clock)
+        self.batches = BatchBook(
+            config,
+            self.workspace,
+            self.uploads,
+            self.stats,
+            self.batch_answer,
+            self.faults.dice.random,
+            clock,
+        )
+        self.batch_routes = BatchRoutes(config, self.catalog, self.uploads, self.batches, self.stats)
 
     def handle(self, request: HttpRequest, send: Send) -> None:
+        routed = self.batch_routes.handle(request)
+        if routed is not None:
+            send(routed)
+            return
         dialect = self._dialect(request)
         if dialect is not None and request.method == "POST":
             self._generate(request, dialect, send)
         else:
             send(self._control(request, api_path=dialect is not None))
+
+    def close(self) -> None:
+        """Stop every batch job and remove the simulator's own temp files (after the server stopped)."""
+        self.stopping.set()
+        self.batches.close()
+        self.workspace.close()
 
     def reset(self) -> None:
         """Zero counters and quota windows; replay the random sequence from the seed."""
@@ -159,7 +189,7 @@ class SimulatorApp:
         return job, admitted
 
     def _serve(self, request: HttpRequest, job: ImageJob, dialect: Dialect, record: RequestRecord) -> Outcome:
-        fault = self.faults.draw_fault()
+        fault = self.faults.draw_fault(job.service_tier)
         record.fault = fault.label if fault else None
         kind = fault.kind if fault else None
         if kind == "timeout":
@@ -168,10 +198,10 @@ class SimulatorApp:
             record.outcome = "fault"
             key = dialect.presented_key(request) or NO_KEY_ECHO
             return dialect.key_echo(job, key, self.config.echo_key_status)
-        status = fault.status if fault is not None and fault.kind == "status" else None
+        status = fault.error_status if fault is not None else None
         if status is not None and status != 504:
             return self._failure(dialect, record, status)
-        if not self._wait(self.faults.draw_latency()):
+        if not self._wait(self.faults.draw_latency(job.service_tier)):
             return self._failure(dialect, record, 503)
         if status == 504:
             return self._failure(dialect, record, 504)
@@ -228,6 +258,35 @@ class SimulatorApp:
         if kind == "truncated":
             images = [hostile.truncated(image) for image in images]
         return images, (width, height)
+
+    def batch_answer(self, model: str, version: str, request: object) -> tuple[str, bytes]:
+        """One request of a batch job: ``("response", GenerateContentResponse JSON)`` or
+        ``("error", google.rpc.Status JSON)``, from the same steps as generateContent minus quotas,
+        latency and transport faults; ``batch_request_fail_rate`` answers INTERNAL errors."""
+        try:
+            if self.faults.draw(self.config.batch_request_fail_rate):
+                return self._batch_error(
+                    google_errors.rpc_status("INTERNAL", google_errors.FAULT_MESSAGES[500])
+                )
+            dialect = GeminiDialect(self.catalog, self.config, version, model)
+            try:
+                job = dialect.parse_object(request)
+            except Rejected as rejected:
+                return self._batch_error(google_errors.embedded_status(rejected.reply))
+            answer = self._answer(job, dialect, RequestRecord(route="gemini.batch"), None)
+        except Exception:
+            logger.exception("simulator failed on a batch request")
+            return self._batch_error(
+                google_errors.rpc_status("INTERNAL", "Simulator internal error (a bug).")
+            )
+        assert isinstance(answer, Reply)  # only the oversized fault streams, and batches draw none
+        self.stats.batch_event("requests_answered")
+        return "response", answer.body
+
+    def _batch_error(self, status: dict[str, object]) -> tuple[str, bytes]:
+        self.stats.batch_event("requests_answered")
+        self.stats.batch_event("requests_failed")
+        return "error", json.dumps(status, separators=(",", ":")).encode()
 
     @staticmethod
     def _failure(dialect: Dialect, record: RequestRecord, status: int) -> Reply:

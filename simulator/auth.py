@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hmac
 
-from nanobatch.simulator.protocol import HttpRequest
+from nanobatch.simulator import google_errors
+from nanobatch.simulator.protocol import HttpRequest, Reply
 
 NO_KEY = "none"
 
@@ -44,3 +45,15 @@ def openai_key(request: HttpRequest) -> tuple[str, str | None]:
 
 def key_matches(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+
+
+def google_refusal(request: HttpRequest, expected: str | None) -> Reply | None:
+    """The error a Gemini endpoint answers when a key is required and missing or wrong, else ``None``."""
+    if expected is None:
+        return None
+    key = google_key(request)[1]
+    if key is None:
+        return google_errors.api_key_missing()
+    if not key_matches(key, expected):
+        return google_errors.api_key_invalid()
+    return None

@@ -20,6 +20,14 @@ HOSTILE_FAULTS: tuple[str, ...] = ("truncated", "oversized", "trickle", "echo_ke
 ECHO_KEY_STATUSES: tuple[int, ...] = (429, 400)
 MAX_OVERSIZE_BYTES = 16 * 1024**3
 MAX_LARGER_IMAGE_FACTOR = 2.0  # 4K 21:9 at 2x is already a 68-megapixel render
+#: ``serviceTier`` values a generateContent request may carry (google-genai ``types.ServiceTier``;
+#: ``unspecified`` means standard). Matched case-insensitively, as the SDK's enum is.
+SERVICE_TIERS: tuple[str, ...] = ("standard", "flex", "priority")
+#: Statuses a flex request may be refused with for lack of capacity.
+FLEX_STATUSES: tuple[int, ...] = (429, 503)
+MAX_LATENCY_FACTOR = 100.0
+MAX_BATCH_TURNAROUND = 72 * 3600.0  # simulated seconds; the real service expires jobs after 48 h
+INLINE_BATCH_LIMIT_BYTES = 20 * 1024 * 1024  # the Batch API's inline request limit (20 MB)
 
 
 @dataclass
@@ -52,6 +60,18 @@ class SimulatorConfig:
     echo_key_status: int = 429  # 429 (quota shape) or 400 (invalid argument shape)
     larger_image_rate: float = 0.0  # 200 whose image is ``larger_image_factor`` x each side
     larger_image_factor: float = 2.0
+    # Service tiers (issue 16): ``serviceTier`` on generateContent. Flex waits longer and is refused
+    # more often (on top of ``fail_rates``); priority waits less; standard is unchanged.
+    flex_latency_factor: float = 3.0
+    flex_fail_rates: dict[int, float] = field(default_factory=dict)  # {503: 0.1, 429: 0.05}
+    priority_latency_factor: float = 0.5
+    # Batch API (issue 16): jobs run in a background thread over files on disk.
+    batch_turnaround: float = 600.0  # simulated seconds from create to done (x time_scale)
+    batch_request_fail_rate: float = 0.0  # share of requests in a job answered by an INTERNAL error
+    batch_fail_rate: float = 0.0  # share of jobs that end FAILED (no results)
+    batch_expire_rate: float = 0.0  # share of jobs that end EXPIRED (no results)
+    batch_inline_limit_bytes: int = INLINE_BATCH_LIMIT_BYTES
+    batch_dir: str | None = None  # where uploads and results live (None: a temp dir, removed at stop)
 
     def __post_init__(self) -> None:
         self.latency = (float(self.latency[0]), float(self.latency[1]))
@@ -61,6 +81,8 @@ class SimulatorConfig:
         _check_limits(rpm=self.rpm, rpd=self.rpd, tpm=self.tpm, concurrency=self.concurrency)
         _check_rates(self)
         _check_hostile_settings(self)
+        _check_tier_settings(self)
+        _check_batch_settings(self)
 
     @property
     def hostile_rates(self) -> dict[str, float]:
@@ -115,7 +137,35 @@ class SimulatorConfig:
             parts.append("thumbnails")
         if self.seed is not None:
             parts.append(f"seed {self.seed}")
+        parts.append(self._describe_lanes())
         return ", ".join(parts)
+
+    def _describe_lanes(self) -> str:
+        """Tier and batch knobs in one short phrase."""
+        flex = f"flex x{self.flex_latency_factor:g}"
+        if self.flex_fail_rates:
+            flex += " fail " + ",".join(f"{k}={v:g}" for k, v in sorted(self.flex_fail_rates.items()))
+        batch = f"batch {self.batch_turnaround:g}s"
+        rates = {
+            "request-fail": self.batch_request_fail_rate,
+            "fail": self.batch_fail_rate,
+            "expire": self.batch_expire_rate,
+        }
+        batch += "".join(f" {name} {rate:g}" for name, rate in rates.items() if rate)
+        return f"{flex}, priority x{self.priority_latency_factor:g}, {batch}"
+
+    def latency_factor(self, tier: str) -> float:
+        """How a service tier stretches (flex) or shortens (priority) the drawn latency."""
+        if tier == "flex":
+            return self.flex_latency_factor
+        if tier == "priority":
+            return self.priority_latency_factor
+        return 1.0
+
+    @property
+    def batch_turnaround_seconds(self) -> float:
+        """Real seconds from a batch job's creation to its end."""
+        return self.batch_turnaround * self.time_scale
 
 
 def _normalise_format(name: str) -> str:
@@ -195,3 +245,33 @@ def _check_hostile_settings(config: SimulatorConfig) -> None:
             f"larger_image_factor must be above 1 and at most {MAX_LARGER_IMAGE_FACTOR:g} "
             f"(got {config.larger_image_factor})"
         )
+
+
+def _check_tier_settings(config: SimulatorConfig) -> None:
+    for name in ("flex_latency_factor", "priority_latency_factor"):
+        value = getattr(config, name)
+        if not 0 < value <= MAX_LATENCY_FACTOR:
+            raise ValueError(f"{name} must be above 0 and at most {MAX_LATENCY_FACTOR:g} (got {value})")
+    for status, rate in config.flex_fail_rates.items():
+        if status not in FLEX_STATUSES:
+            raise ValueError(f"flex_fail_rates: status {status} is not a capacity error (429 or 503)")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"flex_fail_rates[{status}] must be between 0 and 1 (got {rate})")
+    if sum(config.flex_fail_rates.values()) > 1.0 + 1e-9:
+        raise ValueError("flex_fail_rates add up to more than 1")
+
+
+def _check_batch_settings(config: SimulatorConfig) -> None:
+    if not 0 <= config.batch_turnaround <= MAX_BATCH_TURNAROUND:
+        raise ValueError(
+            f"batch_turnaround must be between 0 and {MAX_BATCH_TURNAROUND:g} seconds "
+            f"(got {config.batch_turnaround})"
+        )
+    for name in ("batch_request_fail_rate", "batch_fail_rate", "batch_expire_rate"):
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1 (got {value})")
+    if config.batch_fail_rate + config.batch_expire_rate > 1.0 + 1e-9:
+        raise ValueError("batch_fail_rate + batch_expire_rate add up to more than 1")
+    if config.batch_inline_limit_bytes < 1:
+        raise ValueError(f"batch_inline_limit_bytes must be positive (got {config.batch_inline_limit_bytes})")

@@ -6,6 +6,11 @@ simulators in one process never share a sequence. A single uniform draw picks th
 cumulative rates, so configured rates add up exactly (``500=0.1`` plus ``drop 0.1`` fails 20 %).
 The hostile modes (truncated, oversized, trickle, echo_key, larger_image) join the same draw after
 the others, so a run that leaves them at 0 replays exactly the sequence it did before they existed.
+
+Service tiers (``serviceTier`` on the request): a flex request that drew no fault draws once more
+from ``flex_fail_rates`` (capacity 429/503, counted as ``flex_429`` / ``flex_503``), and its latency
+is multiplied by ``flex_latency_factor``; priority multiplies by ``priority_latency_factor``.
+Standard requests (and requests without a tier) draw exactly as before.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Literal, cast
 from nanobatch.simulator.config import SimulatorConfig
 
 FaultKind = Literal[
-    "status", "timeout", "drop", "truncated", "oversized", "trickle", "echo_key", "larger_image"
+    "status", "timeout", "drop", "truncated", "oversized", "trickle", "echo_key", "larger_image", "flex"
 ]
 
 
@@ -33,7 +38,14 @@ class Fault:
     @property
     def label(self) -> str:
         """The key this fault is counted under in ``stats()["faults"]``."""
+        if self.kind == "flex":
+            return f"flex_{self.status}"
         return str(self.status) if self.kind == "status" else self.kind
+
+    @property
+    def error_status(self) -> int | None:
+        """The HTTP status this fault answers with, for the status-like kinds."""
+        return self.status if self.kind in ("status", "flex") else None
 
 
 class Dice:
@@ -64,26 +76,47 @@ class FaultPlan:
         self.config = config
         self.dice = dice or Dice(config.seed)
         self._table = _cumulative(config)
+        self._flex_table = _flex_cumulative(config)
 
-    def draw_fault(self) -> Fault | None:
-        if not self._table:
+    def draw_fault(self, tier: str = "standard") -> Fault | None:
+        fault = self._draw(self._table)
+        if fault is None and tier == "flex":
+            return self._draw(self._flex_table)
+        return fault
+
+    def _draw(self, table: list[tuple[float, Fault]]) -> Fault | None:
+        if not table:
             return None
         roll = self.dice.random()
-        for bound, fault in self._table:
+        for bound, fault in table:
             if roll < bound:
                 return fault
         return None
 
-    def draw_latency(self) -> float:
-        """Seconds to wait before answering, already multiplied by the time scale."""
+    def draw_latency(self, tier: str = "standard") -> float:
+        """Seconds to wait before answering, already multiplied by the time scale and the tier factor."""
         low, high = self.config.latency
         if high <= 0 or self.config.time_scale <= 0:
             return 0.0
-        return self.dice.uniform(low, high) * self.config.time_scale
+        return self.dice.uniform(low, high) * self.config.time_scale * self.config.latency_factor(tier)
+
+    def draw(self, rate: float) -> bool:
+        """``True`` with probability ``rate`` (no draw at all when the rate is 0)."""
+        return rate > 0 and self.dice.random() < rate
 
     def draw_no_image(self) -> bool:
         rate = self.config.no_image_rate
         return rate > 0 and self.dice.random() < rate
+
+
+def _flex_cumulative(config: SimulatorConfig) -> list[tuple[float, Fault]]:
+    table: list[tuple[float, Fault]] = []
+    bound = 0.0
+    for status, rate in sorted(config.flex_fail_rates.items()):
+        if rate > 0:
+            bound += rate
+            table.append((bound, Fault("flex", status)))
+    return table
 
 
 def _cumulative(config: SimulatorConfig) -> list[tuple[float, Fault]]:

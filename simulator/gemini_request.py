@@ -10,6 +10,8 @@ know, an ``imageSize`` the model lacks (sizes are case-sensitive: ``2k`` is an e
 input images, broken base64, ``systemInstruction`` on a model without developer instructions.
 Unknown names are checked first, on the raw JSON, before the model is even looked up, as a
 front end parsing the request would. Model facts come from the catalog, except the two noted below.
+A top-level ``serviceTier`` (``flex``, ``standard``, ``priority``; ``unspecified`` = standard, any
+case, as google-genai's ``ServiceTier`` sends it) lands on the job; another value is a 400.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 from typing import Any
 
 from nanobatch.models.catalog import ASPECT_RATIOS, CatalogError, ModelSpec
+from nanobatch.simulator.config import SERVICE_TIERS
 from nanobatch.simulator.google_errors import developer_instruction_disabled, invalid_argument, unknown_fields
 from nanobatch.simulator.protocol import ImageJob, Rejected
 
@@ -39,6 +42,8 @@ TOP_LEVEL_KEYS = frozenset(
         "cached_content",
         "labels",
         "model",
+        "serviceTier",
+        "service_tier",
     }
 )
 #: The Developer API's ImageConfig; google-genai refuses output_mime_type, output_compression_quality
@@ -71,6 +76,11 @@ def read_body(raw: bytes, version: str = "v1beta") -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise _reject(f"Invalid JSON payload received. {exc}") from None
+    return read_object(body, version)
+
+
+def read_object(body: object, version: str = "v1beta") -> dict[str, Any]:
+    """A decoded request object, refused (400) when it is not an object or names unknown fields."""
     if not isinstance(body, dict):
         raise _reject("Invalid JSON payload received. Expected an object (GenerateContentRequest).")
     unknown = unknown_names(body, version)
@@ -187,7 +197,24 @@ def build_job(model: ModelSpec, body: dict[str, Any], default_format: str) -> Im
         prompt_tokens=model.estimate_prompt_tokens(prompt, len(mimes)),
         output_tokens=model.output_tokens(size),
         want_text=bool(modalities and "TEXT" in modalities),
+        service_tier=read_service_tier(body),
     )
+
+
+def read_service_tier(body: dict[str, Any]) -> str:
+    """The request's ``serviceTier`` (``standard`` when absent or ``unspecified``), case-insensitive."""
+    tier = pick(body, "serviceTier", "service_tier")
+    if tier is None:
+        return "standard"
+    name = str(tier).lower() if isinstance(tier, str) else ""
+    if name == "unspecified":
+        return "standard"
+    if name not in SERVICE_TIERS:
+        raise _reject(
+            f"Invalid value at 'service_tier' (type.googleapis.com/google.ai.generativelanguage.v1beta."
+            f'ServiceTier), "{tier}"'
+        )
+    return name
 
 
 def _ratio(image: dict[str, Any]) -> str:

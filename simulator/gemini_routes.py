@@ -23,9 +23,9 @@ from urllib.parse import unquote
 
 from nanobatch.models.catalog import Catalog, CatalogError, ModelSpec
 from nanobatch.simulator import google_errors
-from nanobatch.simulator.auth import google_key, key_matches
+from nanobatch.simulator.auth import google_key, google_refusal
 from nanobatch.simulator.config import SimulatorConfig
-from nanobatch.simulator.gemini_request import build_job, read_body
+from nanobatch.simulator.gemini_request import build_job, read_body, read_object
 from nanobatch.simulator.images import RenderedImage
 from nanobatch.simulator.protocol import HttpRequest, ImageJob, Rejected, Reply
 from nanobatch.simulator.quotas import QuotaViolation
@@ -56,18 +56,17 @@ class GeminiDialect:
         return google_key(request)[1]
 
     def authenticate(self, request: HttpRequest) -> None:
-        expected = self.config.api_key
-        if expected is None:
-            return
-        key = google_key(request)[1]
-        if key is None:
-            raise Rejected(google_errors.api_key_missing(), "auth")
-        if not key_matches(key, expected):
-            raise Rejected(google_errors.api_key_invalid(), "auth")
+        refusal = google_refusal(request, self.config.api_key)
+        if refusal is not None:
+            raise Rejected(refusal, "auth")
 
     def parse(self, request: HttpRequest) -> ImageJob:
         body = read_body(request.body, self.version)  # unknown names fail before the model lookup
         return build_job(self._model(), body, self.config.image_format_default)
+
+    def parse_object(self, body: object) -> ImageJob:
+        """A request already decoded from JSON (one request of a batch job), validated alike."""
+        return build_job(self._model(), read_object(body, self.version), self.config.image_format_default)
 
     def rate_limited(self, violation: QuotaViolation) -> Reply:
         return google_errors.quota_exceeded(violation)

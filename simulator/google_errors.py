@@ -14,6 +14,7 @@ Google body at all but an HTML page from the front end, which is what clients ac
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -32,6 +33,28 @@ STATUS_NAMES = {
     501: "NOT_IMPLEMENTED",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
+}
+
+#: ``google.rpc.Code`` numbers by status name: a ``google.rpc.Status`` *embedded* in a resource (a
+#: batch job's ``error``, a failed request inside a batch) carries these, not HTTP statuses.
+GRPC_CODES = {
+    "OK": 0,
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": 11,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
 }
 
 FAULT_MESSAGES = {
@@ -107,6 +130,22 @@ def google_error(
     if details:
         error["details"] = details
     return Reply.json(code, {"error": error})
+
+
+def rpc_status(status: str, message: str) -> dict[str, Any]:
+    """An embedded ``google.rpc.Status``: ``{"code": <google.rpc.Code>, "message"}``.
+
+    No ``details``: google-genai's ``JobError.details`` is a list of strings, so Any-typed details
+    would not validate; no ``status`` name either (that belongs to the HTTP error envelope only).
+    """
+    return {"code": GRPC_CODES.get(status, GRPC_CODES["UNKNOWN"]), "message": message}
+
+
+def embedded_status(reply: Reply) -> dict[str, Any]:
+    """The ``google.rpc.Status`` inside an HTTP error answer, re-coded for embedding."""
+    error = json.loads(reply.body).get("error", {})
+    name = str(error.get("status") or STATUS_NAMES.get(reply.status, "UNKNOWN"))
+    return rpc_status(name, str(error.get("message") or ""))
 
 
 def api_key_invalid() -> Reply:

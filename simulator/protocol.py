@@ -125,6 +125,7 @@ class ImageJob:
     response_format: str = "b64_json"
     quality: str | None = None
     background: str | None = None
+    service_tier: str = "standard"  # Gemini ``serviceTier``: standard, flex or priority
 
     @property
     def quota_tokens(self) -> int:

@@ -286,6 +286,7 @@ class RunningSimulator:
         self._server.close_connections()
         self._server.server_close()
         self._thread.join(timeout=5)
+        self.app.close()
 
     def __enter__(self) -> RunningSimulator:
         return self

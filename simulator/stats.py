@@ -11,7 +11,10 @@ answered) and ``"drop"`` (cut mid-body) for requests that got no complete answer
 counts every injected fault by label (a status, ``timeout``, ``drop``, ``no_image`` or a hostile
 mode: ``truncated``, ``oversized``, ``trickle``, ``echo_key``, ``larger_image``), and
 ``abandoned`` the streamed answers (``oversized``, ``trickle``) whose client hung up before the
-last byte -- how a test proves a client gave up on a body rather than read it all.
+last byte -- how a test proves a client gave up on a body rather than read it all. ``by_tier``
+counts image requests by the ``serviceTier`` they asked for (``standard`` when none), and
+``batch`` the Batch API's events (jobs created and ended by state, requests answered and failed,
+files uploaded).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class RequestRecord:
     outcome: str = ""
     fault: str | None = None
     images: int = 0
+    service_tier: str | None = None
 
     def describe(self, job: ImageJob) -> None:
         self.model, self.aspect_ratio, self.image_size = job.model.name, job.aspect_ratio, job.image_size
@@ -55,6 +59,7 @@ class RequestRecord:
         self.n_input_images = len(job.input_mime_types)
         self.input_mime_types = list(job.input_mime_types)
         self.prompt = job.prompt[:PROMPT_PREVIEW]
+        self.service_tier = job.service_tier
 
     @property
     def status_key(self) -> str:
@@ -77,6 +82,8 @@ class Stats:
         self._by_model: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
         self._abandoned: Counter[str] = Counter()
+        self._by_tier: Counter[str] = Counter()
+        self._batch: Counter[str] = Counter()
 
     def begin(self) -> None:
         with self._lock:
@@ -109,7 +116,15 @@ class Stats:
             self._images += record.images
             if record.fault:
                 self._faults[record.fault] += 1
+            if record.service_tier:
+                self._by_tier[record.service_tier] += 1
             self._recent.append(record)
+
+    def batch_event(self, name: str, count: int = 1) -> None:
+        """Count a Batch API event: ``jobs_created``, ``requests_answered``, ``requests_failed``,
+        ``files_uploaded`` or ``jobs_<state>`` (a job reaching a terminal state)."""
+        with self._lock:
+            self._batch[name] += count
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -126,6 +141,8 @@ class Stats:
                 "blocked": self._blocked,
                 "faults": dict(self._faults),
                 "abandoned": dict(self._abandoned),
+                "by_tier": dict(self._by_tier),
+                "batch": dict(self._batch),
             }
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
@@ -142,5 +159,6 @@ class Stats:
     def _zero(self) -> None:
         self._requests = self._rate_limited = self._blocked = self._images = self._inputs = 0
         self._peak = self._in_flight
-        for counter in (self._by_route, self._by_status, self._by_model, self._faults, self._abandoned):
+        counters = (self._by_route, self._by_status, self._by_model, self._faults, self._abandoned)
+        for counter in (*counters, self._by_tier, self._batch):
             counter.clear()
