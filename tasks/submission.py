@@ -38,10 +38,21 @@ class SubmitChoices:
     reuse: bool = False
     at: str | None = None
     window: str | None = None
+    key: str | None = (
+        None  # the key column (--key); None: the first of key, sku, SKU, Variant SKU, id, Handle
+    )
+    preset: str | None = None  # shopify | woocommerce | merchant
+    per: str = "variant"  # with a preset: one image per variant or per product
+    update: bool = False  # replace rows whose content changed (submit --update)
 
 
-def intake_options(choices: SubmitChoices, catalog: Catalog, settings: Settings) -> IntakeOptions:
-    """The per-row defaults and rules; :class:`IntakeError` for an unknown default model."""
+def intake_options(
+    choices: SubmitChoices, catalog: Catalog, settings: Settings, *, dry_run: bool = False
+) -> IntakeOptions:
+    """The per-row defaults and rules; :class:`IntakeError` for an unknown default model.
+
+    URL input images are stored under the output directory (``dry_run``: fetched and checked only).
+    """
     try:
         model = catalog.canonical(choices.model or settings.default_model)
     except CatalogError as exc:
@@ -53,6 +64,13 @@ def intake_options(choices: SubmitChoices, catalog: Catalog, settings: Settings)
         output_format=choices.output_format.lower(),
         template=choices.template,
         images_dir=choices.images_dir,
+        key_column=choices.key,
+        preset=choices.preset.lower() if choices.preset else None,
+        per=choices.per.lower(),
+        inputs_dir=settings.output_dir,
+        allow_private_urls=settings.allow_private_urls,
+        store_inputs=not dry_run,
+        aspect_from_flag=choices.aspect_ratio is not None,
     )
 
 
