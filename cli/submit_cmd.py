@@ -169,20 +169,20 @@ def _print_intake(intake: IntakeResult) -> None:
 
 
 def _print_dry_run(intake: IntakeResult) -> None:
-    """The first rendered prompts and the rows per input-image URL."""
-    prompts = Table(title=f"first {len(intake.samples)} prompt(s)")
-    prompts.add_column("key", overflow="fold")
-    prompts.add_column("prompt", overflow="fold")
+    """The first rendered prompts and the rows per input-image URL (plain lines: easy to grep)."""
+
+    def line(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+    line(f"first {len(intake.samples)} prompt(s):")
     for key, prompt in intake.samples:
-        prompts.add_row(key, prompt)
-    console.print(prompts)
+        line(f"  {key}: {prompt}")
     if intake.url_rows:
-        urls = Table(title=f"input images by URL: {len(intake.url_rows):,} distinct (each fetched once)")
-        urls.add_column("rows", justify="right")
-        urls.add_column("url", overflow="fold")
+        line(f"input images by URL: {len(intake.url_rows):,} distinct (each fetched once), rows per URL:")
         for url, rows in intake.url_rows.most_common(MAX_URLS_SHOWN):
-            urls.add_row(str(rows), url)
-        console.print(urls)
+            line(f"  {rows:>6,}  {url}")
+        if len(intake.url_rows) > MAX_URLS_SHOWN:
+            line(f"  … and {len(intake.url_rows) - MAX_URLS_SHOWN:,} more")
 
 
 def _live_limits(settings: Settings, pools: set[str]) -> dict[str, PoolLimits]:

@@ -10,8 +10,8 @@ trust, exactly as for a local input image.
 SSRF guard: the host is resolved here and every address must be public; the connection goes to
 that checked address (no second DNS lookup an attacker could answer differently), TLS still
 verifies the host name, and each redirect is checked the same way. Private, loopback, link-local,
-CGNAT, multicast and metadata addresses are refused unless ``NANOBATCH_ALLOW_PRIVATE_URLS=true``
-(tests and private networks).
+CGNAT, multicast and reserved addresses are refused unless ``NANOBATCH_ALLOW_PRIVATE_URLS=true``
+(tests and private networks); cloud metadata addresses are refused always.
 """
 
 from __future__ import annotations
@@ -90,13 +90,21 @@ def check_image(data: bytes) -> str:
     return FORMATS[fmt]
 
 
-def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+#: Cloud instance-metadata endpoints: refused even with NANOBATCH_ALLOW_PRIVATE_URLS (no product photo
+#: lives there, and they hand out credentials).
+METADATA_ADDRESSES = {"169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2"}
+
+
+def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a connection to ``address`` is refused by default (``None``: a public address)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if str(address) in METADATA_ADDRESSES:
+        return "a cloud metadata address"
     if address.is_loopback:
         return "a loopback address"
-    if address.is_link_local or str(address) in {"169.254.169.254", "fd00:ec2::254"}:
-        return "a link-local or cloud metadata address"
+    if address.is_link_local:
+        return "a link-local address"
     if address.is_private or not address.is_global:
         return "a private or reserved address"
     return None
@@ -209,7 +217,9 @@ class Fetcher:
                 raise FetchError(f"cannot resolve {hostname}: {exc}") from None
             candidates = list(dict.fromkeys(str(info[4][0]) for info in infos))
         for candidate in candidates:
-            why = _refused(ipaddress.ip_address(candidate.split("%", 1)[0]))
+            why = refused_address(ipaddress.ip_address(candidate.split("%", 1)[0]))
+            if why == "a cloud metadata address":
+                raise FetchError(f"{hostname} resolves to {why} ({candidate}); always refused")
             if why is not None and not self.allow_private:
                 raise FetchError(
                     f"{hostname} resolves to {why} ({candidate}); refused "

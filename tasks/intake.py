@@ -235,6 +235,8 @@ def read_file(path: Path, catalog: Catalog, options: IntakeOptions) -> IntakeRes
     if not path.is_file():
         raise IntakeError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix in {".xlsx", ".xls", ".xlsm", ".ods", ".numbers"}:
+        raise IntakeError(f"{path}: an Excel workbook; save it as CSV UTF-8 (File → Save As) and submit that")
     if suffix not in {".csv", ".tsv", ".txt", ".jsonl", ".ndjson"}:
         raise IntakeError(f"{path}: expected a .csv, .tsv or .jsonl file")
     _check_options(options)
