@@ -65,10 +65,9 @@ def regenerate_command(
     """
     chosen = None
     if status is not None:
-        try:
-            chosen = TaskStatus(status.lower())
-        except ValueError:
-            raise fail(f"--status {status!r}: choose completed or failed", 2) from None
+        if status.lower() not in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
+            raise fail(f"--status {status!r}: choose completed or failed", 2)
+        chosen = TaskStatus(status.lower())
     wanted = [k.strip() for item in keys for k in item.split(",") if k.strip()] if keys else None
     result = _act(lambda rt: operations.regenerate_batch(rt, batch, keys=wanted, status=chosen))
     console.print(f"{plural(result.moved)} of batch [bold]{batch}[/bold] back to pending for a new image.")

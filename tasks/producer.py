@@ -207,13 +207,12 @@ def _replace_changed(
 ) -> list[str]:
     """Rows of this chunk whose key exists with other content: new content, back to pending."""
     table = cast(Table, GenerationTask.__table__)
-    stored = dict(
-        session.execute(
-            select(table.c.key, table.c.content_hash).where(
-                table.c.batch_id == batch_id, table.c.key.in_([row["key"] for row in rows])
-            )
-        ).tuples()
+    found = session.execute(
+        select(table.c.key, table.c.content_hash).where(
+            table.c.batch_id == batch_id, table.c.key.in_([row["key"] for row in rows])
+        )
     )
+    stored = {key: content_hash for key, content_hash in found}
     changed = [row for row in rows if row["key"] in stored and stored[row["key"]] != row["content_hash"]]
     if not changed:
         return []
