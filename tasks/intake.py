@@ -403,20 +403,20 @@ def _template_columns(header: list[str], options: IntakeOptions) -> list[str]:
 
 
 def _template(options: IntakeOptions, columns: list[str] | None) -> Template | None:
-    source = options.template
+    source, lenient = options.template, False
     if source is None and options.preset is not None and (columns is None or "prompt" not in columns):
-        source = presets.DEFAULT_TEMPLATES[options.preset]
+        source, lenient = presets.DEFAULT_TEMPLATES[options.preset], True
     if source is None:
         return None
     try:
-        return Template(source, columns)
+        return Template(source, columns, lenient=lenient)
     except TemplateError as exc:
         raise IntakeError(str(exc)) from None
 
 
 def _check_template_columns(template: Template | None, seen: set[str], result: IntakeResult) -> None:
     """Without a header (JSONL, API rows) a template name no row had is one error, not N."""
-    if template is None or not template.jinja or not seen:
+    if template is None or not template.jinja or template.lenient or not seen:
         return
     missing = template.missing_everywhere(seen)
     if missing:

@@ -127,9 +127,13 @@ class Columns:
 class Template:
     """A compiled template; :meth:`render` takes one row (column as written → cell text)."""
 
-    def __init__(self, source: str, columns: Iterable[str] | None) -> None:
-        """``columns`` is the file's header, or ``None`` when rows carry their own keys (JSONL)."""
+    def __init__(self, source: str, columns: Iterable[str] | None, *, lenient: bool = False) -> None:
+        """``columns`` is the file's header, or ``None`` when rows carry their own keys (JSONL).
+
+        ``lenient`` (a preset's built-in template): a name that is not a column renders empty.
+        """
         self.source = source
+        self.lenient = lenient
         self.columns = Columns(columns) if columns is not None else None
         self.jinja = is_jinja(source)
         if self.jinja:
@@ -210,7 +214,7 @@ class Template:
         for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
             raise self.error(f"{type(node).__name__.lower()} is not allowed (templates cannot read files)")
         self.fields = tuple(sorted(meta.find_undeclared_variables(ast) - {"row"}))
-        if self.columns is not None:
+        if self.columns is not None and not self.lenient:
             missing = [name for name in self.fields if self.columns.resolve(name) is None]
             if missing:
                 raise TemplateError(
