@@ -180,3 +180,82 @@ def test_an_unusable_photo_url_is_a_row_error_at_submit(simulator, stack, images
         and "localhost resolves to a loopback address" in result.stderr
     )
     assert sum(images.hits.values()) == 0
+
+
+def test_a_european_excel_export_with_shop_column_names_just_works(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Excel (de/fr locale) writes a BOM, "sep=;" and semicolons; columns as the shop names them
+    s = stack(simulator())
+    path = tmp_path / "artikel.csv"
+    path.write_bytes(
+        "\ufeffsep=;\r\nSKU;Title;Option1 Value;Body (HTML)\r\n"
+        'A-1;Becher;Rot;"<p>Steingut, 350&nbsp;ml</p>"\r\nA-2;Becher;Blau;<p>Steingut</p>\r\n'.encode()
+    )
+    result = s.cli(
+        "submit",
+        str(path),
+        "--batch",
+        "eu",
+        "--template",
+        "{title} in {Option1 Value}: {body_html}",
+        check=True,
+    )
+    assert "key column: SKU" in result.stderr and "delimiter: ';'" in result.stderr
+    assert "2 new, 0 already present" in result.stdout
+    assert tasks_of(s, "eu")["A-1"].prompt == "Becher in Rot: Steingut, 350 ml"
+
+
+def test_a_flag_error_is_printed_once_not_per_row(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = stack(simulator())
+    path = tmp_path / "p.csv"
+    path.write_text("key,prompt\n" + "".join(f"K{i},mug {i}\n" for i in range(30)))
+    result = s.cli("submit", str(path), "--batch", "flag", "--size", "2K")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "takes no image size" in line]
+    assert lines == ["✗ --size: model gemini-2.5-flash-image takes no image size (got '2K') (30 rows)"]
+    assert "1 invalid row(s); nothing was written" in result.stderr
+
+
+def test_template_mistakes_are_one_line_never_a_traceback(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = stack(simulator())
+    path = tmp_path / "p.csv"
+    path.write_text("key,Title,price\nA,Mug,abc\nB,Cup,3\n")
+    for template, says in [
+        ("{title!x}", "{title!x}: conversion must be !r, !s or !a"),
+        ("{price:.2q}", "format spec '.2q' is not valid"),
+        ("{{ title.__class__ }}", "not allowed in the sandbox"),
+    ]:
+        result = s.cli("submit", str(path), "--batch", "t", "--template", template)
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2 and "Traceback" not in said, said
+        assert said.startswith(f"error: template {template!r}: ") and says in said
+        assert said.endswith("(columns: key, Title, price)")
+    result = s.cli("submit", str(path), "--batch", "t", "--template", "{title} for {price:.2f}")
+    assert (
+        result.returncode == 1 and "line 2: template: {price:.2f} needs a number, got 'abc'" in result.stderr
+    )
+
+
+def test_the_api_returns_the_key_column(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nanobatch import Client
+
+    s = stack(simulator())
+    path = tmp_path / "p.csv"
+    path.write_text("Handle,Variant SKU,prompt\nmug,MUG-1,a mug\n")
+    with Client(s.settings) as client:
+        result = client.submit(path, batch="api")
+    assert (result.key_column, result.new) == ("Variant SKU", 1)
+
+
+def test_an_input_image_gone_at_run_time_fails_the_task_with_the_reason(  # type: ignore[no-untyped-def]
+    simulator, stack, images, tmp_path
+) -> None:
+    s = stack(simulator(), NANOBATCH_ALLOW_PRIVATE_URLS="true")
+    path = tmp_path / "p.csv"
+    path.write_text(f"key,prompt,input_images\nA,edit this,{images.url}/a.jpg\n")
+    s.cli("submit", str(path), "--batch", "gone", check=True)
+    for stored in (s.output_dir / "inputs").iterdir():
+        stored.unlink()
+    s.start_worker()
+    assert s.wait_terminal("gone").counts["failed"] == 1
+    task = tasks_of(s, "gone")["A"]
+    assert task.error_code == "invalid_task" and "No such file" in (task.error_message or "")
