@@ -6,12 +6,12 @@ problem is collected with its line number, field and reason, so one run of ``sub
 all; nothing is written unless the caller accepts the good rows (``--skip-invalid``).
 
 Memory does not grow with the file: :func:`read_file` is a first, validating pass that keeps only
-counts, the errors (the first :data:`MAX_ERRORS_KEPT`), five sample prompts and the keys seen (for
-duplicates); :meth:`IntakeResult.iter_tasks` is the second pass, which reads the file again and
+counts, the errors (the first :data:`MAX_ERRORS_KEPT`), five sample prompts and a 128-bit hash of
+each key (for duplicates); :meth:`IntakeResult.iter_tasks` is the second pass, which reads the file again and
 yields the valid rows for the producer to insert chunk by chunk. (Rows given as Python mappings are
 already in memory and are kept as specs.)
 
-What a file may be (docs: README "Product files"):
+What a file may be (docs: README "Input files" and the sections after it):
 
 * delimiter ``,`` ``;`` or tab, sniffed from the header (or an Excel ``sep=;`` first line); a
   UTF-8 BOM is ignored;
@@ -145,6 +145,14 @@ class IntakeResult:
         if url in self.url_rows or len(self.url_rows) < MAX_URLS_COUNTED:
             self.url_rows[url] += 1
 
+    def add_duplicates(self, duplicates: list[tuple[int, str]], first_lines: dict[str, int]) -> None:
+        """Duplicate-key errors found by a pass that kept only key hashes (already counted)."""
+        for line, key in duplicates:
+            first = first_lines.get(key)
+            where = f"first on line {first}" if first else "also on an earlier line"
+            self.errors.append(RowError(line, "key", f"duplicate key {key!r} ({where})"))
+        self.errors.sort(key=lambda error: error.line)
+
     def finish(self) -> None:
         """Option errors become one error each (not one per row), listed first."""
         reported = [
@@ -246,16 +254,21 @@ def read_file(path: Path, catalog: Catalog, options: IntakeOptions) -> IntakeRes
     validator = _RowValidator(catalog, options, path.parent, None, fetcher)
     for spec in _specs(path, options, result, validator):
         result.accept(spec, keep=False)
-    result.finish()
     if result.rows_read == 0:
         raise IntakeError(f"{path}: the file has no rows")
+    if validator.duplicates:
+        # Rare (an error path): one more pass, remembering only the duplicated keys' first lines.
+        locate = validator.fresh(first_lines={key: 0 for _, key in validator.duplicates})
+        for _ in _specs(path, options, IntakeResult(), locate):
+            pass
+        result.add_duplicates(validator.duplicates, locate.first_lines or {})
+    result.finish()
 
     def replay() -> Iterator[TaskSpec]:
         if _stamp(path) != stamp:
             raise IntakeError(f"{path}: the file changed while it was being submitted; submit it again")
-        validator.replaying = True
         yielded = 0
-        for spec in _specs(path, options, IntakeResult(), validator):
+        for spec in _specs(path, options, IntakeResult(), validator.fresh(replaying=True)):
             yielded += 1
             yield spec
         fetcher.close()
@@ -280,15 +293,16 @@ def read_rows(
     fetcher = _fetcher(options)
     template = _template(options, None)
     validator = _RowValidator(catalog, options, base_dir, template, fetcher)
-    key_column = options.key_column
-    seen_columns: set[str] = set()
     source: list[tuple[int, dict[str, Any], str | None]] = []
     for line, row in enumerate(rows, start=1):
         if not isinstance(row, Mapping):
             source.append((line, {}, "each row must be a mapping of column to value"))
             continue
         source.append((line, {str(k): v for k, v in row.items() if v not in ("", None)}, None))
-    try:
+    seen_columns: set[str] = set()
+
+    def run(validator: _RowValidator, result: IntakeResult) -> None:
+        key_column = options.key_column
         for line, values, problem in _presetted(options, iter(source)):
             result.rows_read += 1
             if values is None:
@@ -303,7 +317,14 @@ def read_rows(
             seen_columns.update(values)
             spec = validator.check(line, values, key_column, result)
             if spec is not None:
-                result.accept(spec, keep=True)
+                result.accept(spec, keep=not validator.replaying)
+
+    try:
+        run(validator, result)
+        if validator.duplicates:
+            locate = validator.fresh(first_lines={key: 0 for _, key in validator.duplicates})
+            run(locate, IntakeResult())
+            result.add_duplicates(validator.duplicates, locate.first_lines or {})
     except TemplateError as exc:
         raise IntakeError(str(exc)) from None
     finally:
@@ -311,7 +332,6 @@ def read_rows(
     if result.rows_read == 0:
         raise IntakeError("no rows to submit")
     _check_template_columns(template, seen_columns, result)
-    result.key_column = result.key_column or key_column
     result.finish()
     return result
 
@@ -573,8 +593,11 @@ def _jsonl_rows(handle: BinaryIO) -> Iterator[Row]:
 class _RowValidator:
     """Row-level rules that need context: defaults, the catalog, the template, seen keys, images.
 
-    The same validator serves the second pass (``replaying``): a key is then a duplicate when it was
-    first seen on another line, and URL inputs come from the fetcher's memory of the first pass.
+    Keys seen are kept as 128-bit hashes in a set (~70 MB for a million keys, about half a
+    ``dict`` of the keys themselves); a duplicate is recorded as (line, key) and its first line is
+    found afterwards by a pass that remembers only the duplicated keys (``first_lines``). :meth:`fresh` makes
+    the validator for another pass: the second pass (``replaying``) decides duplicates the same way
+    (first occurrence wins) and takes URL inputs from the fetcher's memory of the first pass.
     """
 
     def __init__(
@@ -591,9 +614,21 @@ class _RowValidator:
         self.allowed_root = (options.images_dir or base_dir).resolve()
         self.template = template
         self.fetcher = fetcher
-        self.seen: dict[str, int] = {}
+        self.seen: set[int] = set()
+        self.first_lines: dict[str, int] | None = None  # exact first lines (for these keys only)
+        self.duplicates: list[tuple[int, str]] = []  # (line, key), up to MAX_ERRORS_KEPT
         self.replaying = False
         self._image_hashes: dict[Path, str] = {}
+
+    def fresh(self, *, replaying: bool = False, first_lines: dict[str, int] | None = None) -> _RowValidator:
+        """A validator for another pass over the same rows (no keys seen; caches shared)."""
+        other = _RowValidator.__new__(_RowValidator)
+        other.__dict__.update(self.__dict__)
+        other.seen, other.duplicates = set(), []
+        other.replaying = replaying or first_lines is not None
+        other.first_lines = first_lines
+        self.seen = set()  # this pass is over: its hashes are not needed any more
+        return other
 
     def check(self, line: int, raw: dict[str, Any], key_column: str, result: IntakeResult) -> TaskSpec | None:
         errors_before = result.error_count + sum(result.option_errors.values())
@@ -723,13 +758,18 @@ class _RowValidator:
         return None, resolved
 
     def _duplicate(self, line: int, key: str, result: IntakeResult) -> bool:
+        if self.first_lines is not None and self.first_lines.get(key, -1) == 0:
+            self.first_lines[key] = line
+        digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest(), "big")
+        if digest not in self.seen:
+            self.seen.add(digest)
+            return False
         if self.replaying:
-            return self.seen.get(key, line) != line
-        first = self.seen.setdefault(key, line)
-        if first != line:
-            result.add_error(RowError(line, "key", f"duplicate key {key!r} (first on line {first})"))
             return True
-        return False
+        result.error_count += 1
+        if len(self.duplicates) < MAX_ERRORS_KEPT:
+            self.duplicates.append((line, key))
+        return True
 
     def _task(self, line: int, row: ProductRow, spec: ModelSpec, images: tuple[str, ...]) -> TaskSpec:
         size = spec.size_key(row.image_size) if spec.supports_image_size else None

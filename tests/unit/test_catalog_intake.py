@@ -221,3 +221,21 @@ def test_duplicates_are_skipped_identically_in_the_second_pass(tmp_path: Path) -
     result = read(path)
     assert errors(result) == ["line 4: key: duplicate key 'A' (first on line 2)"]
     assert [(t.key, t.prompt) for t in result.iter_tasks()] == [("A", "mug"), ("B", "cup")]
+
+
+def test_duplicates_name_their_first_line_from_a_file_and_from_python(tmp_path: Path) -> None:
+    body = "key,prompt,aspect_ratio\nA,mug,7:3\nB,cup,\nA,again,\nB,more,\nA,third,\n"
+    from_file = errors(read(write(tmp_path, "p.csv", body)))
+    assert from_file[0].startswith("line 2: aspect_ratio: aspect ratio '7:3' is not one of")
+    assert from_file[1:] == [
+        "line 4: key: duplicate key 'A' (first on line 2)",
+        "line 5: key: duplicate key 'B' (first on line 3)",
+        "line 6: key: duplicate key 'A' (first on line 2)",
+    ]
+    rows = [dict(zip(("key", "prompt", "aspect_ratio"), r.split(","), strict=True)) for r in body.split()[1:]]
+    from_python = errors(read_rows(rows, CATALOG, IntakeOptions(model=MODEL), base_dir=tmp_path))
+    assert from_python[1:] == [
+        "line 3: key: duplicate key 'A' (first on line 1)",
+        "line 4: key: duplicate key 'B' (first on line 2)",
+        "line 5: key: duplicate key 'A' (first on line 1)",
+    ]
