@@ -124,8 +124,12 @@ def test_regenerate_makes_a_new_image_of_completed_or_failed_tasks(  # type: ign
     assert after["B"].finished_at > first["B"].finished_at and after["B"].attempts == 0
     assert after["A"].finished_at == first["A"].finished_at
 
-    # The Python API does the same
+    # The Python API does the same: regenerate, and submit(update=True)
     with Client(s.settings) as client:
         moved = client.regenerate("regen", status="completed")
-    assert moved.moved == 2
-    assert s.wait_terminal("regen").counts["completed"] == 2
+        assert moved.moved == 2
+        assert s.wait_terminal("regen").counts["completed"] == 2
+        write_csv(path, "key,prompt", "A,red mug", "B,blue cup", "C,a plate")
+        resubmitted = client.submit(path, batch="regen", update=True)
+    assert (resubmitted.new, resubmitted.updated, resubmitted.already_present) == (0, 1, 2)
+    assert s.wait_terminal("regen").counts["completed"] == 3
