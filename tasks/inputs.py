@@ -20,6 +20,7 @@ import hashlib
 import io
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,10 @@ class Fetcher:
         store: bool = True,
         max_bytes: int = MAX_BYTES,
         timeout: float = TIMEOUT_SECONDS,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         self.output_dir = output_dir
+        self.verify = verify
         self.allow_private = allow_private
         self.store = store
         self.max_bytes = max_bytes
@@ -230,5 +233,5 @@ class Fetcher:
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(follow_redirects=False, trust_env=False, verify=True)
+            self._client = httpx.Client(follow_redirects=False, trust_env=False, verify=self.verify)
         return self._client

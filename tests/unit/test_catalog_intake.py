@@ -239,3 +239,16 @@ def test_duplicates_name_their_first_line_from_a_file_and_from_python(tmp_path: 
         "line 4: key: duplicate key 'B' (first on line 2)",
         "line 5: key: duplicate key 'A' (first on line 1)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"preset": "magento"}, "--preset 'magento': choose one of shopify, woocommerce, merchant"),
+        ({"preset": "shopify", "per": "colour"}, "--per 'colour': choose product or variant"),
+        ({"output_format": "gif"}, "--format 'gif': must be png or jpeg"),
+    ],
+)
+def test_a_bad_option_is_one_clear_error(tmp_path: Path, options: dict[str, str], says: str) -> None:
+    with pytest.raises(IntakeError, match=says.replace("(", r"\(")):
+        read(write(tmp_path, "p.csv", "key,prompt\nA,mug\n"), **options)

@@ -139,3 +139,49 @@ def test_url_inputs_in_a_file_are_fetched_once_per_distinct_url(tmp_path: Path, 
     assert len(tasks) == 20 and len({t.input_images for t in tasks}) == 1
     assert images.hits["/shared.jpg"] == 1 and images.hits["/missing.jpg"] == 1
     assert result.url_rows[f"{images.url}/shared.jpg"] == 20
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
+    tmp_path: Path, images: ImageServer
+) -> None:
+    """The connection goes to the address resolved and checked at submit (no second DNS lookup),
+    while TLS still verifies the certificate against the URL's host name (SNI)."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    body = image_bytes("/tls.png")[0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        trusting = ssl.create_default_context(cafile=str(cert))
+        assert fetcher(tmp_path, verify=trusting).get(f"https://localhost:{port}/tls.png").path.is_file()
+        with pytest.raises(FetchError, match="cannot download: ConnectError"):  # cert is for localhost
+            fetcher(tmp_path, verify=trusting).get(f"https://127.0.0.1:{port}/tls.png")
+        with pytest.raises(FetchError, match="cannot download"):  # an untrusted certificate
+            fetcher(tmp_path).get(f"https://localhost:{port}/tls.png")
+    finally:
+        server.shutdown()
+        server.server_close()
