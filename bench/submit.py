@@ -6,10 +6,12 @@
 One run, one private PostgreSQL database and Redis prefix:
 1. a 100k-row product CSV is written to a temp dir;
 2. the whole submit is timed the way ``nanobatch submit`` runs it: ``tasks.intake.read_file``
-   (validate) then ``tasks.producer.submit`` with the real Redis dispatcher (bulk insert, pipelined
-   publish, ``mark_dispatched``). The phases are split with timing hooks around the dispatcher (no
-   change to the code under test): insert = submit start → first publish, enqueue = first publish
-   → submit returns;
+   (the validating pass) then ``tasks.producer.submit`` with the real Redis dispatcher (the second
+   pass re-reads the file and inserts chunk by chunk, then pipelined publish); the process's peak
+   RSS during the submit is reported (``peak_rss_mb``; issue 15's target: < 300 MB at 1,000,000
+   rows). The phases are split with timing hooks around the dispatcher (no change to the code
+   under test): insert = submit start → first publish (includes the second pass), enqueue = first
+   publish → submit returns;
 3. raw Celery: ``app.send_task(...)`` and ``task.apply_async(...)`` one message at a time, N each,
    to a throwaway queue on the same broker (the rate people get from a plain loop);
 4. messages are deleted after each phase, so Redis never holds more than one phase's messages.
@@ -24,6 +26,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import resource
 import sys
 import time
 from pathlib import Path
@@ -207,6 +210,11 @@ def drop_queue(redis: Any, queue: str) -> int:
     return n
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from nanobatch.tasks import producer
     from nanobatch.tasks.celeryapp.app import GENERATE_TASK
@@ -234,6 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dispatcher = TimedDispatcher(runtime.dispatcher)
         profiler = cProfile.Profile() if args.profile else None
 
+        baseline_rss_mb = _rss_mb()
         with phase("whole submit (read_file + producer.submit with the Redis dispatcher)"):
             if profiler:
                 profiler.enable()
@@ -246,6 +255,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t2 = time.perf_counter()
             if profiler:
                 profiler.disable()
+        # The process's peak so far is the submit's (writing the CSV streams; the raw phases come later).
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        console.print(
+            f"  peak RSS during submit: {peak_rss_mb:,.0f} MB (before it: {baseline_rss_mb:,.0f} MB; "
+            f"target < 300 MB)"
+        )
         assert not intake.errors, intake.errors[:3]
         queued = drop_queue(redis, ns.queue)
         validate_s, whole_s = t1 - t0, t2 - t0
@@ -396,6 +411,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         result: dict[str, Any] = {
             "rows": rows,
+            "peak_rss_mb": peak_rss_mb,
+            "rss_before_submit_mb": baseline_rss_mb,
             "insert_chunk": producer.INSERT_CHUNK,
             "insert_chunk_overridden": bool(args.insert_chunk),
             "seconds": {

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import typer
 
 from nanobatch.cli.context import console, fail, load_settings, runtime
-from nanobatch.models.status import parse_error_code
+from nanobatch.models.status import TaskStatus, parse_error_code
 from nanobatch.tasks import operations
 from nanobatch.tasks.operations import ActionResult, OperationError
 from nanobatch.tasks.runtime import Runtime
@@ -45,6 +45,37 @@ def retry_command(
     console.print(f"{result.moved:,} {what} moved back to pending in batch [bold]{batch}[/bold].")
     if code is not None and not code.retryable and result.moved:
         console.print(f"Note: {code.value!r} failures usually repeat unless the prompt or the row changes.")
+    if result.not_dispatched_because:
+        console.print(result.not_dispatched_because)
+
+
+def regenerate_command(
+    batch: str = typer.Argument(..., help="Batch name"),
+    keys: list[str] | None = typer.Option(
+        None, "--keys", "--key", help="Only these keys (repeat the flag, or separate with commas)"
+    ),
+    status: str | None = typer.Option(
+        None, "--status", help="Only tasks in this status: completed or failed (default: both)"
+    ),
+) -> None:
+    """Make a new image for completed or failed tasks (same content): back to pending, dispatched.
+
+    The previous image stays (and is exported) until the new one is stored; if the new call fails,
+    the old image is still there and the task shows the failure.
+    """
+    chosen = None
+    if status is not None:
+        if status.lower() not in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
+            raise fail(f"--status {status!r}: choose completed or failed", 2)
+        chosen = TaskStatus(status.lower())
+    wanted = [k.strip() for item in keys for k in item.split(",") if k.strip()] if keys else None
+    result = _act(lambda rt: operations.regenerate_batch(rt, batch, keys=wanted, status=chosen))
+    console.print(f"{plural(result.moved)} of batch [bold]{batch}[/bold] back to pending for a new image.")
+    if isinstance(result, operations.RegenerateResult) and result.not_moved:
+        shown = ", ".join(result.not_moved[:20]) + (" …" if len(result.not_moved) > 20 else "")
+        console.print(
+            f"Not moved ({len(result.not_moved)}): {shown} — unknown keys, or pending/processing/cancelled."
+        )
     if result.not_dispatched_because:
         console.print(result.not_dispatched_because)
 

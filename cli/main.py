@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from nanobatch.cli.batch_cmd import cancel_command, pause_command, resume_command, retry_command
+from nanobatch.cli.batch_cmd import (
+    cancel_command,
+    pause_command,
+    regenerate_command,
+    resume_command,
+    retry_command,
+)
 from nanobatch.cli.db_cmd import db_app
 from nanobatch.cli.demo_cmd import demo_command
 from nanobatch.cli.export_cmd import export_command
@@ -33,6 +39,7 @@ app.command("status")(status_command)
 app.command("demo")(demo_command)
 app.command("watch")(watch_command)
 app.command("retry")(retry_command)
+app.command("regenerate")(regenerate_command)
 app.command("cancel")(cancel_command)
 app.command("pause")(pause_command)
 app.command("resume")(resume_command)

@@ -19,6 +19,7 @@ from nanobatch.tasks.submission import SubmitChoices, batch_options, intake_opti
 from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
 MAX_ERRORS_SHOWN = 50
+MAX_URLS_SHOWN = 20
 
 
 def submit_command(
@@ -51,6 +52,22 @@ def submit_command(
     allow_retired_model: bool = typer.Option(
         False, "--allow-retired-model", help="Submit even a model past its shutdown date (catalog)"
     ),
+    key: str | None = typer.Option(
+        None,
+        "--key",
+        help="The key column, as written in the header (default: the first of key, sku, SKU, "
+        "Variant SKU, id, Handle)",
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Read a shop export: shopify, woocommerce or merchant (README 'Shop exports')"
+    ),
+    per: str = typer.Option("variant", "--per", help="With --preset: one image per variant or per product"),
+    update: bool = typer.Option(
+        False,
+        "--update",
+        help="Re-submit into an existing batch: rows whose content changed go back to pending "
+        "(the previous image stays until the new one is stored)",
+    ),
 ) -> None:
     """Validate a product file and enqueue one image task per row."""
     settings = load_settings()
@@ -67,25 +84,34 @@ def submit_command(
         at=at,
         window=window,
         allow_retired_model=allow_retired_model,
+        key=key,
+        preset=preset,
+        per=per,
+        update=update,
     )
     try:
-        options = intake_options(choices, catalog, settings)
+        options = intake_options(choices, catalog, settings, dry_run=dry_run)
         intake = read_source(file, catalog, options)
     except IntakeError as exc:
         raise fail(str(exc), 2) from None
     _print_errors(intake)
+    _print_intake(intake)
     if dry_run:
+        _print_dry_run(intake)
         _print_estimate(intake, settings)
-        raise typer.Exit(1 if intake.errors else 0)
-    if intake.errors and not skip_invalid:
+        raise typer.Exit(1 if intake.error_count else 0)
+    if intake.error_count and not skip_invalid:
         raise fail(
-            f"{len(intake.errors)} invalid row(s); nothing was written (use --skip-invalid to write the rest)"
+            f"{intake.error_count} invalid row(s); nothing was written (use --skip-invalid to write the rest)"
         )
     try:
         options_for_batch = batch_options(batch or file.stem, choices, settings)
     except SubmitError as exc:
         raise fail(str(exc), 2) from None
-    report = _write(settings, intake, options_for_batch, options, str(file), skip_invalid)
+    try:
+        report = _write(settings, intake, options_for_batch, options, str(file), skip_invalid, update)
+    except IntakeError as exc:  # the file changed between the validating and the writing pass
+        raise fail(str(exc), 2) from None
     _print_report(report, settings)
 
 
@@ -103,6 +129,7 @@ def _write(
     options: IntakeOptions,
     source: str,
     skip: bool,
+    update: bool = False,
 ) -> SubmitReport:
     runtime = runtime_for(settings)
     runtime.db.upgrade()
@@ -110,7 +137,7 @@ def _write(
     columns = [TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     try:
         with Progress(*columns, console=err_console, transient=True) as progress:
-            bar = progress.add_task("rows", total=len(intake.tasks))
+            bar = progress.add_task("rows", total=intake.valid)
             return submit(
                 runtime.db,
                 dispatcher,
@@ -120,6 +147,7 @@ def _write(
                 source=source,
                 skip_invalid=skip,
                 progress=lambda n: progress.advance(bar, n),
+                update=update,
             )
     except SubmitError as exc:
         raise fail(str(exc), 2) from None
@@ -130,8 +158,35 @@ def _write(
 def _print_errors(intake: IntakeResult) -> None:
     for error in intake.errors[:MAX_ERRORS_SHOWN]:
         err_console.print(f"[red]✗[/red] {error}", markup=True, highlight=False)
-    if len(intake.errors) > MAX_ERRORS_SHOWN:
-        err_console.print(f"… and {len(intake.errors) - MAX_ERRORS_SHOWN} more invalid rows")
+    if intake.error_count > MAX_ERRORS_SHOWN:
+        err_console.print(f"… and {intake.error_count - MAX_ERRORS_SHOWN} more invalid rows")
+
+
+def _print_intake(intake: IntakeResult) -> None:
+    """How the file was read: the key column (and delimiter, rows a preset ignored)."""
+    facts = [f"key column: {intake.key_column}"]
+    if intake.delimiter and intake.delimiter != ",":
+        facts.append("delimiter: " + ("tab" if intake.delimiter == "\t" else repr(intake.delimiter)))
+    if intake.ignored:
+        facts.append(f"{intake.ignored:,} row(s) without a product to make ignored")
+    err_console.print("; ".join(facts), highlight=False, markup=False)
+
+
+def _print_dry_run(intake: IntakeResult) -> None:
+    """The first rendered prompts and the rows per input-image URL (plain lines: easy to grep)."""
+
+    def line(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+    line(f"first {len(intake.samples)} prompt(s):")
+    for key, prompt in intake.samples:
+        line(f"  {key}: {prompt}")
+    if intake.url_rows:
+        line(f"input images by URL: {len(intake.url_rows):,} distinct (each fetched once), rows per URL:")
+        for url, rows in intake.url_rows.most_common(MAX_URLS_SHOWN):
+            line(f"  {rows:>6,}  {url}")
+        if len(intake.url_rows) > MAX_URLS_SHOWN:
+            line(f"  … and {len(intake.url_rows) - MAX_URLS_SHOWN:,} more")
 
 
 def _live_limits(settings: Settings, pools: set[str]) -> dict[str, PoolLimits]:
@@ -148,10 +203,11 @@ def _live_limits(settings: Settings, pools: set[str]) -> dict[str, PoolLimits]:
 
 
 def _print_estimate(intake: IntakeResult, settings: Settings) -> None:
+    tasks = intake.tasks
     result = estimate(
-        intake.tasks,
+        tasks,
         load_catalog(settings.catalog_file),
-        _live_limits(settings, {task.model for task in intake.tasks}),
+        _live_limits(settings, {task.model for task in tasks}),
         worker_concurrency=settings.concurrency,
         latency_seconds=settings.expected_latency,
     )
@@ -169,7 +225,7 @@ def _print_estimate(intake: IntakeResult, settings: Settings) -> None:
         )
     console.print(table)
     console.print(
-        f"{result.tasks} task(s), {len(intake.errors)} invalid row(s); "
+        f"{result.tasks} task(s), {intake.error_count} invalid row(s); "
         f"estimated cost ${result.cost_usd:.2f}; "
         f"ETA {human_duration(result.eta_seconds)} (concurrency {settings.concurrency}, "
         f"~{settings.expected_latency:.0f}s per call, NANOBATCH_EXPECTED_LATENCY)"
@@ -179,7 +235,8 @@ def _print_estimate(intake: IntakeResult, settings: Settings) -> None:
 def _print_report(report: SubmitReport, settings: Settings) -> None:
     console.print(
         f"batch [bold]{report.batch}[/bold]: {report.new} new, {report.existing} already present"
-        + (f", {len(report.errors)} rejected" if report.errors else "")
+        + (f", {report.updated} changed (back to pending)" if report.updated else "")
+        + (f", {report.error_count} rejected" if report.error_count else "")
     )
     if settings.embedded:
         console.print(

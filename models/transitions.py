@@ -440,6 +440,52 @@ def retry_failed(session: Session, batch_id: str, *, error_code: ErrorCode | Non
     return list(session.scalars(stmt))
 
 
+def back_to_pending(dispatched_at: datetime | None = None) -> dict[str, Any]:
+    """The SET clause that gives a row a fresh start (``submit --update``, ``regenerate``).
+
+    The previous result columns (``result_uri``, ``result_sha256``, sizes, ``cost_usd``, ``model_used``)
+    are left alone: the old image stays readable and exported until :func:`complete` records the new
+    one, and stays if the new call fails. A ``processing`` row loses its claim (its worker's write is
+    refused by the token check), so the new content wins.
+    """
+    return {
+        "status": PENDING,
+        "attempts": 0,
+        "rate_waits": 0,
+        "not_before": None,
+        "lease_expires_at": None,
+        "claim_token": None,
+        "dispatched_at": dispatched_at,
+        "finished_at": None,
+        "error_code": None,
+        "error_message": None,
+    }
+
+
+def regenerate(
+    session: Session,
+    batch_id: str,
+    *,
+    statuses: Sequence[str] = (COMPLETED, FAILED),
+    keys: Sequence[str] | None = None,
+) -> list[str]:
+    """completed|failed → pending with fresh attempts (operator action); returns the ids moved.
+
+    Same content, a new image: the previous result stays until the new one is recorded.
+    """
+    conditions = [GenerationTask.batch_id == batch_id, GenerationTask.status.in_(list(statuses))]
+    if keys is not None:
+        conditions.append(GenerationTask.key.in_(list(keys)))
+    stmt = (
+        update(GenerationTask)
+        .where(*conditions)
+        .values(**back_to_pending())
+        .returning(GenerationTask.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt))
+
+
 def set_batch_status(session: Session, batch_id: str, status: BatchStatus, *, expect: BatchStatus) -> bool:
     stmt = (
         update(Batch)

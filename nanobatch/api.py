@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from nanobatch.models.catalog import Catalog, CatalogError, load_catalog
 from nanobatch.models.queries import batch_summaries
-from nanobatch.models.status import ErrorCode, parse_error_code
+from nanobatch.models.status import ErrorCode, TaskStatus, parse_error_code
 from nanobatch.tasks import operations
 from nanobatch.tasks.export import atomic_text_file, export_batch
 from nanobatch.tasks.intake import IntakeError, RowError
@@ -54,6 +54,9 @@ class SubmitResult:
     already_present: int
     dispatched: int
     rejected: tuple[RowProblem, ...] = ()
+    key_column: str | None = None  # the column the keys came from (``key=``, or the one chosen)
+    updated: int = 0  # rows replaced by ``update=True`` (their content changed)
+    ignored: int = 0  # rows a preset skipped (image-only rows; parents or variants per ``per``)
 
 
 class SubmitRejected(ValueError):
@@ -136,6 +139,10 @@ class Client:
         window: str | None = None,
         skip_invalid: bool = False,
         allow_retired_model: bool = False,
+        key: str | None = None,
+        preset: str | None = None,
+        per: Literal["product", "variant"] = "variant",
+        update: bool = False,
     ) -> SubmitResult:
         """Validate ``source`` (a .csv/.jsonl path, or rows as mappings) and enqueue one task per row.
 
@@ -143,6 +150,12 @@ class Client:
         when any row is invalid (unless ``skip_invalid``: the good rows are written and the bad ones
         come back in :attr:`SubmitResult.rejected`) or the input as a whole is unusable — a model
         past its catalog shutdown date included, unless ``allow_retired_model``.
+
+        ``key`` names the key column (default: the first of key, sku, SKU, Variant SKU, id, Handle;
+        the choice comes back in :attr:`SubmitResult.key_column`); ``preset`` reads a shop export
+        (``shopify``, ``woocommerce``, ``merchant``) with one image ``per`` variant or product;
+        ``update`` replaces rows of an existing batch whose content changed (README, "Changing and
+        regenerating").
         """
         choices = SubmitChoices(
             model=model,
@@ -156,14 +169,18 @@ class Client:
             at=at,
             window=window,
             allow_retired_model=allow_retired_model,
+            key=key,
+            preset=preset,
+            per=per,
+            update=update,
         )
         name = batch or (Path(source).stem if isinstance(source, str | Path) else "")
         try:
             options = intake_options(choices, self.catalog, self.settings)
             intake = read_source(source, self.catalog, options)
             problems = tuple(intake.errors)
-            if problems and not skip_invalid:
-                raise SubmitRejected(f"{len(problems)} invalid row(s); nothing was written", problems)
+            if intake.error_count and not skip_invalid:
+                raise SubmitRejected(f"{intake.error_count} invalid row(s); nothing was written", problems)
             rt = self.runtime
             report = submit(
                 rt.db,
@@ -173,10 +190,20 @@ class Client:
                 intake_options=options,
                 source=str(source) if isinstance(source, str | Path) else "python",
                 skip_invalid=skip_invalid,
+                update=update,
             )
         except (IntakeError, SubmitError) as exc:
             raise SubmitRejected(str(exc)) from None
-        return SubmitResult(report.batch, report.new, report.existing, report.dispatched, problems)
+        return SubmitResult(
+            report.batch,
+            report.new,
+            report.existing,
+            report.dispatched,
+            problems,
+            key_column=intake.key_column,
+            updated=report.updated,
+            ignored=intake.ignored,
+        )
 
     # -- watching ------------------------------------------------------------------------------
 
@@ -210,6 +237,19 @@ class Client:
         """failed → pending with a fresh attempt budget (only failures with error code ``reason``)."""
         code = parse_error_code(reason) if isinstance(reason, str) else reason
         return self._act(lambda rt: operations.retry_batch(rt, batch, reason=code))
+
+    def regenerate(
+        self,
+        batch: str,
+        *,
+        keys: Iterable[str] | None = None,
+        status: Literal["completed", "failed"] | None = None,
+    ) -> ActionResult:
+        """completed|failed → pending for a new image of the same content (only ``keys``, only
+        ``status``, if given). The previous image stays until the new one is stored."""
+        chosen = TaskStatus(status) if status is not None else None
+        wanted = list(keys) if keys is not None else None
+        return self._act(lambda rt: operations.regenerate_batch(rt, batch, keys=wanted, status=chosen))
 
     def cancel(self, batch: str) -> ActionResult:
         """Cancel every pending or processing task of the batch."""

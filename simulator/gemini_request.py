@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from typing import Any
 
@@ -194,6 +195,7 @@ def build_job(model: ModelSpec, body: dict[str, Any], default_format: str) -> Im
         aspect_ratio=ratio,
         image_size=size,
         input_mime_types=tuple(mimes),
+        input_sha256=_input_digests(body),
         prompt_tokens=model.estimate_prompt_tokens(prompt, len(mimes)),
         output_tokens=model.output_tokens(size),
         want_text=bool(modalities and "TEXT" in modalities),
@@ -215,6 +217,20 @@ def read_service_tier(body: dict[str, Any]) -> str:
             f'ServiceTier), "{tier}"'
         )
     return name
+
+
+def _input_digests(body: dict[str, Any]) -> tuple[str, ...]:
+    """sha256 of each inline input image (already validated by :func:`read_contents`)."""
+    contents = body.get("contents")
+    digests = []
+    for content in contents if isinstance(contents, list) else [contents]:
+        for part in content.get("parts", []) if isinstance(content, dict) else []:
+            inline = pick(part, "inlineData", "inline_data") if isinstance(part, dict) else None
+            if isinstance(inline, dict) and isinstance(inline.get("data"), str):
+                data = inline["data"]
+                raw = base64.b64decode(data, altchars=b"-_" if ("-" in data or "_" in data) else None)
+                digests.append(hashlib.sha256(raw).hexdigest())
+    return tuple(digests)
 
 
 def _ratio(image: dict[str, Any]) -> str:

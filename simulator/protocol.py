@@ -119,6 +119,7 @@ class ImageJob:
     image_size: str | None = None
     n: int = 1
     input_mime_types: tuple[str, ...] = ()
+    input_sha256: tuple[str, ...] = ()  # of each input image's bytes (the request log shows which)
     prompt_tokens: int = 0
     output_tokens: int = 0
     want_text: bool = False

@@ -46,6 +46,7 @@ class RequestRecord:
     n: int = 0
     n_input_images: int = 0
     input_mime_types: list[str] = field(default_factory=list)
+    input_sha256: list[str] = field(default_factory=list)
     prompt: str = ""
     status: int | None = None
     outcome: str = ""
@@ -58,6 +59,7 @@ class RequestRecord:
         self.width, self.height, self.n = job.width, job.height, job.n
         self.n_input_images = len(job.input_mime_types)
         self.input_mime_types = list(job.input_mime_types)
+        self.input_sha256 = list(job.input_sha256)
         self.prompt = job.prompt[:PROMPT_PREVIEW]
         self.service_tier = job.service_tier
 

@@ -44,6 +44,7 @@ FIELDS: tuple[str, ...] = (
     "error_code",
     "error_message",
     "attempts",
+    "prompt",
 )
 #: Prefix for a product column whose name clashes with a fixed one (e.g. a ``status`` column).
 CLASH_PREFIX = "extra_"
@@ -66,6 +67,7 @@ _COLUMNS = (
     GenerationTask.error_code,
     GenerationTask.error_message,
     GenerationTask.attempts,
+    GenerationTask.prompt,
     GenerationTask.extra,
 )
 
@@ -93,6 +95,7 @@ def export_row(task: Any) -> dict[str, Any]:
         "error_code": task.error_code,
         "error_message": task.error_message,
         "attempts": task.attempts,
+        "prompt": task.prompt,
     }
     for name, value in (task.extra or {}).items():
         row[extra_name(name)] = value

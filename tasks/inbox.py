@@ -105,6 +105,8 @@ def submit_file(runtime: Runtime, path: Path) -> FileOutcome:
         options = IntakeOptions(
             model=runtime.catalog.canonical(settings.default_model),
             aspect_ratio=settings.default_aspect_ratio,
+            inputs_dir=settings.output_dir,  # input images by URL are kept there
+            allow_private_urls=settings.allow_private_urls,
         )
         intake = read_file(path, runtime.catalog, options)
     except (IntakeError, CatalogError) as exc:  # CatalogError: NANOBATCH_DEFAULT_MODEL is unknown
@@ -116,7 +118,7 @@ def submit_file(runtime: Runtime, path: Path) -> FileOutcome:
         report = submit(
             runtime.db, dispatcher, intake, BatchOptions(name=name), intake_options=options, source=str(path)
         )
-    except SubmitError as exc:
+    except (SubmitError, IntakeError) as exc:  # IntakeError: the file changed between the two passes
         return FileOutcome(path, False, name, errors=(str(exc),))
     log.info("inbox: %s → batch %s: %d new, %d already present", path.name, name, report.new, report.existing)
     return FileOutcome(path, True, name, new_tasks=report.new, existing_tasks=report.existing)

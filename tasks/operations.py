@@ -11,15 +11,17 @@ and the embedded worker's sweeper dispatches pending rows from the database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nanobatch.models import transitions
 from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
 from nanobatch.models.queries import find_batch
-from nanobatch.models.status import BatchStatus, ErrorCode
-from nanobatch.models.tables import Batch
+from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
+from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.sweep import dispatch_due
 
@@ -65,6 +67,39 @@ def retry_batch(rt: Runtime, name: str, *, reason: ErrorCode | None = None) -> A
     why_not = why_not_dispatch_now(rt, gate) if ids else None
     sent = dispatch(rt.db, rt.dispatcher, ids) if ids and why_not is None else 0
     return ActionResult(len(ids), sent, why_not)
+
+
+@dataclass(frozen=True)
+class RegenerateResult(ActionResult):
+    """:class:`ActionResult` plus the asked-for keys that were not moved (unknown, or not in a
+    regenerable status: pending/processing/cancelled)."""
+
+    not_moved: tuple[str, ...] = ()
+
+
+def regenerate_batch(
+    rt: Runtime, name: str, *, keys: Sequence[str] | None = None, status: TaskStatus | None = None
+) -> RegenerateResult:
+    """completed|failed (or only ``status``) → pending with fresh attempts: a new image of the same
+    content. The previous image stays (``result_uri``…) until the new one is recorded."""
+    if status is not None and status not in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+        raise OperationError(f"--status {status.value!r}: only completed or failed tasks can be regenerated")
+    statuses = [status.value] if status else [TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]
+    with rt.db.session() as session:
+        found = require_batch(session, name)
+        if found.status == BatchStatus.CANCELLED.value:
+            raise OperationError(f"batch {name!r} was cancelled; its tasks cannot be regenerated")
+        ids = transitions.regenerate(session, found.id, statuses=statuses, keys=keys)
+        not_moved: tuple[str, ...] = ()
+        if keys is not None:
+            moved = set(
+                session.scalars(select(GenerationTask.key).where(GenerationTask.id.in_(ids))) if ids else ()
+            )
+            not_moved = tuple(k for k in dict.fromkeys(keys) if k not in moved)
+        gate = BatchGate.of(found)
+    why_not = why_not_dispatch_now(rt, gate) if ids else None
+    sent = dispatch(rt.db, rt.dispatcher, ids) if ids and why_not is None else 0
+    return RegenerateResult(len(ids), sent, why_not, not_moved=not_moved)
 
 
 def cancel_batch(rt: Runtime, name: str) -> ActionResult:

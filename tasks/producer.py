@@ -8,16 +8,19 @@ id it cannot find; if publishing fails half-way, the rows are safe and the sweep
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database
 from nanobatch.models.lifecycle import BatchGate, Publisher, dispatch, why_batch_waits
@@ -26,7 +29,20 @@ from nanobatch.models.tables import Batch, GenerationTask, new_id
 from nanobatch.tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
 
 INSERT_CHUNK = 5000
+PUBLISH_CHUNK = 10_000
 STAGING = "nanobatch_incoming_tasks"
+#: What ``--update`` compares: a row whose content hash (prompt, model, size, ratio, format, input
+#: image bytes) differs from the stored one is replaced.
+REPLACED_COLUMNS = (
+    "prompt",
+    "input_images",
+    "model",
+    "image_size",
+    "aspect_ratio",
+    "output_format",
+    "content_hash",
+    "extra",
+)
 
 
 class SubmitError(ValueError):
@@ -53,6 +69,8 @@ class SubmitReport:
     dispatched: int = 0
     errors: list[RowError] = field(default_factory=list)
     written: bool = False
+    updated: int = 0  # rows replaced by ``update=True`` (their content changed)
+    error_count: int = 0
 
 
 def submit(
@@ -65,10 +83,20 @@ def submit(
     source: str | None = None,
     skip_invalid: bool = False,
     progress: Callable[[int], None] | None = None,
+    update: bool = False,
 ) -> SubmitReport:
-    """Write the valid rows of ``intake`` into ``batch`` and publish the new ones."""
-    report = SubmitReport(batch.name, intake.rows_read, len(intake.tasks), errors=intake.errors)
-    if intake.errors and not skip_invalid:
+    """Write the valid rows of ``intake`` into ``batch`` and publish the new ones.
+
+    Rows stream from :meth:`IntakeResult.iter_tasks` in chunks of :data:`INSERT_CHUNK` inside one
+    transaction, so memory stays flat and nothing is committed unless every chunk went in. With
+    ``update``, a row whose key exists but whose content changed replaces the stored one: back to
+    ``pending`` with fresh attempts, its previous result columns (``result_uri``…) kept until the new
+    image is recorded (:data:`REPLACED_COLUMNS`).
+    """
+    report = SubmitReport(
+        batch.name, intake.rows_read, intake.valid, errors=intake.errors, error_count=intake.error_count
+    )
+    if intake.error_count and not skip_invalid:
         return report
     if batch.budget_usd is not None and not batch.budget_usd > 0:  # also refuses NaN
         raise SubmitError("--budget-usd must be greater than 0")
@@ -77,11 +105,38 @@ def submit(
         publish = dispatcher is not None and why_batch_waits(BatchGate.of(batch_row)) is None
         # Rows about to be published carry their dispatch time from the start (no second UPDATE of
         # 100k rows). If publishing then fails, they have no live message and the sweeper sends them.
-        new_ids = _insert_tasks(session, batch_row.id, intake.tasks, progress, dispatched=publish)
-    report.new, report.existing, report.written = len(new_ids), len(intake.tasks) - len(new_ids), True
-    if publish and dispatcher is not None and new_ids:
-        report.dispatched = dispatch(None, dispatcher, new_ids)  # stamped by the insert
+        ids = _insert_tasks(
+            session, batch_row.id, intake.iter_tasks(), progress, dispatched=publish, update=update
+        )
+    report.new, report.updated, report.written = ids.new, ids.updated, True
+    report.existing = intake.valid - ids.new - ids.updated
+    if publish and dispatcher is not None:
+        for chunk in ids.chunks(PUBLISH_CHUNK):  # stamped by the insert
+            report.dispatched += dispatch(None, dispatcher, chunk)
     return report
+
+
+class _Ids:
+    """Task ids as 16 bytes each (a million ids in 16 MB, not ~90 MB of str)."""
+
+    def __init__(self) -> None:
+        self._raw = bytearray()
+        self.new = 0
+        self.updated = 0
+
+    def add(self, ids: Iterable[str], *, updated: bool = False) -> None:
+        for task_id in ids:
+            self._raw += uuid.UUID(task_id).bytes
+            if updated:
+                self.updated += 1
+            else:
+                self.new += 1
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        step = 16 * size
+        for start in range(0, len(self._raw), step):
+            block = self._raw[start : start + step]
+            yield [str(uuid.UUID(bytes=bytes(block[i : i + 16]))) for i in range(0, len(block), 16)]
 
 
 def _get_or_create_batch(
@@ -122,25 +177,65 @@ def _get_or_create_batch(
 def _insert_tasks(
     session: Session,
     batch_id: str,
-    tasks: Sequence[TaskSpec],
+    tasks: Iterable[TaskSpec],
     progress: Callable[[int], None] | None,
     *,
     dispatched: bool,
-) -> list[str]:
-    """Insert rows that are not there yet; returns the ids of the new ones, in chunks for progress."""
+    update: bool = False,
+) -> _Ids:
+    """Insert rows that are not there yet (and with ``update``, replace changed ones), a chunk at a
+    time; returns the ids of the rows to publish."""
     is_postgres = session.get_bind().dialect.name == "postgresql"
     insert_chunk = _copy_chunk if is_postgres else _executemany_chunk
     if is_postgres:
         _create_staging_table(session)
     now = utcnow()
-    new_ids: list[str] = []
-    for start in range(0, len(tasks), INSERT_CHUNK):
-        chunk = tasks[start : start + INSERT_CHUNK]
+    ids = _Ids()
+    stream = iter(tasks)
+    while chunk := list(itertools.islice(stream, INSERT_CHUNK)):
         rows = [_row(batch_id, spec, now, dispatched_at=now if dispatched else None) for spec in chunk]
-        new_ids.extend(insert_chunk(session, rows))
+        if update:
+            ids.add(_replace_changed(session, batch_id, rows, now if dispatched else None), updated=True)
+        ids.add(insert_chunk(session, rows))
         if progress:
             progress(len(chunk))
-    return new_ids
+    return ids
+
+
+def _replace_changed(
+    session: Session, batch_id: str, rows: list[dict[str, Any]], dispatched_at: datetime | None
+) -> list[str]:
+    """Rows of this chunk whose key exists with other content: new content, back to pending."""
+    table = cast(Table, GenerationTask.__table__)
+    found = session.execute(
+        select(table.c.key, table.c.content_hash).where(
+            table.c.batch_id == batch_id, table.c.key.in_([row["key"] for row in rows])
+        )
+    )
+    stored = {key: content_hash for key, content_hash in found}
+    changed = [row for row in rows if row["key"] in stored and stored[row["key"]] != row["content_hash"]]
+    if not changed:
+        return []
+    stmt = (
+        update(table)
+        .where(table.c.batch_id == batch_id, table.c.key == bindparam("b_key"))
+        .values(
+            **{name: bindparam(f"b_{name}") for name in REPLACED_COLUMNS},
+            **transitions.back_to_pending(dispatched_at),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    params = [
+        {"b_key": row["key"], **{f"b_{name}": row[name] for name in REPLACED_COLUMNS}} for row in changed
+    ]
+    session.connection().execute(stmt, params)
+    return list(
+        session.scalars(
+            select(table.c.id).where(
+                table.c.batch_id == batch_id, table.c.key.in_([row["key"] for row in changed])
+            )
+        )
+    )
 
 
 def _executemany_chunk(session: Session, rows: list[dict[str, Any]]) -> list[str]:

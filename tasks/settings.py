@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("NANOBATCH_API_KEY", "GEMINI_API_KEY")
     )
     request_timeout: float = Field(default=120.0, gt=0)
+    # Input images by URL (and other outbound fetches): private, loopback, link-local and metadata
+    # addresses are refused unless this is true (tests on loopback, private networks).
+    allow_private_urls: bool = False
     connect_timeout: float = Field(default=10.0, gt=0)
 
     # Defaults for rows that do not say.

@@ -39,11 +39,22 @@ class SubmitChoices:
     at: str | None = None
     window: str | None = None
     allow_retired_model: bool = False  # submit even a model past its catalog shutdown date
+    key: str | None = (
+        None  # the key column (--key); None: the first of key, sku, SKU, Variant SKU, id, Handle
+    )
+    preset: str | None = None  # shopify | woocommerce | merchant
+    per: str = "variant"  # with a preset: one image per variant or per product
+    update: bool = False  # replace rows whose content changed (submit --update)
 
 
-def intake_options(choices: SubmitChoices, catalog: Catalog, settings: Settings) -> IntakeOptions:
+def intake_options(
+    choices: SubmitChoices, catalog: Catalog, settings: Settings, *, dry_run: bool = False
+) -> IntakeOptions:
     """The per-row defaults and rules; :class:`IntakeError` for an unknown default model, or one the
-    upstream has shut down (naming its replacement) unless ``allow_retired_model``."""
+    upstream has shut down (naming its replacement) unless ``allow_retired_model``.
+
+    URL input images are stored under the output directory (``dry_run``: fetched and checked only).
+    """
     name = choices.model or settings.default_model
     try:
         model = catalog.canonical(name)
@@ -60,6 +71,13 @@ def intake_options(choices: SubmitChoices, catalog: Catalog, settings: Settings)
         template=choices.template,
         images_dir=choices.images_dir,
         allow_retired_model=choices.allow_retired_model,
+        key_column=choices.key,
+        preset=choices.preset.lower() if choices.preset else None,
+        per=choices.per.lower(),
+        inputs_dir=settings.output_dir,
+        allow_private_urls=settings.allow_private_urls,
+        store_inputs=not dry_run,
+        aspect_from_flag=choices.aspect_ratio is not None,
     )
 
 

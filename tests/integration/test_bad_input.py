@@ -196,7 +196,7 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
     ),
     ("empty-file", _file("empty.csv", ""), 2, ("the file is empty",)),
     ("header-only", _file("header.csv", "key,prompt\n"), 2, ("the file has no rows",)),
-    ("no-key-column", _file("nokey.csv", "sku,prompt\nA,mug\n"), 2, ("no 'key' column",)),
+    ("no-key-column", _file("nokey.csv", "name,prompt\nA,mug\n"), 2, ("no 'key' column", "--key COLUMN")),
     (
         "empty-key-and-prompt",
         _file("blank.csv", "key,prompt,title\n,mug,t\nB,,t\n"),
@@ -222,7 +222,8 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
         ("line 2", "each line must be a JSON object", "line 3"),
     ),
     ("jsonl-broken-json", _file("broken.jsonl", '{"key": "A", "prompt": \n'), 1, ("not valid JSON",)),
-    ("wrong-extension", _file("products.txt", OK_CSV), 2, ("expected a .csv or .jsonl file",)),
+    ("wrong-extension", _file("products.xml", OK_CSV), 2, ("expected a .csv, .tsv or .jsonl file",)),
+    ("excel-workbook", _file("products.xlsx", OK_CSV), 2, ("an Excel workbook", "save it as CSV UTF-8")),
     ("missing-file", lambda tmp: ["submit", str(tmp / "nope.csv")], 2, ("no such file",)),
     (
         "unknown-model-flag",
@@ -245,8 +246,8 @@ REFUSED: list[tuple[str, Build, int, tuple[str, ...]]] = [
     (
         "bad-output-format",
         _with(_file("ok.csv", OK_CSV), "--format", "gif"),
-        1,
-        ("output_format must be png or jpeg",),
+        2,
+        ("--format 'gif': must be png or jpeg",),
     ),
     (
         "input-image-not-an-image",

@@ -113,7 +113,7 @@ def test_a_rerun_after_a_crash_between_submit_and_move_adds_nothing(simulator, s
 
 def test_a_file_that_cannot_be_read_is_rejected_with_the_reason(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     s, inbox = inbox_stack(simulator, stack, tmp_path)
-    dropped(write_csv(inbox / "nokey.csv", "sku,prompt", "A,mug"))
+    dropped(write_csv(inbox / "nokey.csv", "name,prompt", "A,mug"))
     (inbox / "empty.jsonl").write_text("")
     dropped(inbox / "empty.jsonl")
     counts = process_inbox(s.runtime)

@@ -91,7 +91,7 @@ def test_bom_and_multiline_quoted_cells_keep_line_numbers(tmp_path: Path) -> Non
     [
         ("", "the file is empty"),
         ("key,prompt\n", "the file has no rows"),
-        ("sku,prompt\nA,mug\n", "no 'key' column"),
+        ("name,prompt\nA,mug\n", "no 'key' column"),
         ("key,title\nA,mug\n", "no 'prompt' column"),
     ],
 )
