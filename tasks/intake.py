@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import string
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ MAX_KEY_LENGTH = 200
 MAX_PROMPT_CHARS = 32_000
 MAX_INPUT_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_FIELD_BYTES = 1024 * 1024  # one CSV cell; larger is a broken file, not a product
+#: Characters no text value may hold: C0 controls (NUL included) except tab, newline and carriage
+#: return, DEL, C1 controls, and lone surrogates. PostgreSQL cannot store NUL in text at all (one such
+#: byte used to fail the whole submit); the others garble logs, exports and spreadsheets.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Keys (file names, export rows, CLI arguments) may not even hold tab or a line break.
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 INPUT_IMAGE_SEPARATOR = "|"
 KNOWN_COLUMNS = {"key", "prompt", "model", "image_size", "aspect_ratio", "input_images", "output_format"}
 
@@ -96,8 +103,8 @@ class ProductRow(BaseModel):
     @field_validator("key")
     @classmethod
     def _printable_key(cls, value: str) -> str:
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            raise ValueError("key must not contain control characters")
+        if (found := _KEY_CONTROL.search(value)) is not None:
+            raise ValueError(f"key must not contain control characters (found {_describe(found.group())})")
         return value
 
     @field_validator("output_format")
@@ -116,6 +123,33 @@ class ProductRow(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(INPUT_IMAGE_SEPARATOR) if part.strip()]
         return value
+
+
+def _describe(char: str) -> str:
+    return "a NUL byte" if char == "\x00" else f"U+{ord(char):04X}"
+
+
+def text_problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(field, reason) for every text value (column names too, nested JSON too) holding a forbidden
+    character; tab, newline and carriage return are allowed (multi-line prompts are normal)."""
+    for name, value in values.items():
+        for where, text in _texts(str(name), value):
+            if (found := _CONTROL.search(text)) is not None:
+                shown = _KEY_CONTROL.sub("?", where)  # the report itself stays printable
+                yield shown, f"contains {_describe(found.group())}; control characters are not allowed"
+                break
+
+
+def _texts(where: str, value: Any) -> Iterator[tuple[str, str]]:
+    yield where, where
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(f"{where}[{index}]", item)
 
 
 def read_file(path: Path, catalog: Catalog, options: IntakeOptions) -> IntakeResult:
@@ -275,6 +309,10 @@ class _RowValidator:
 
     def check(self, line: int, raw: dict[str, Any], result: IntakeResult) -> None:
         errors_before = len(result.errors)
+        bad_text = [RowError(line, where, reason) for where, reason in text_problems(raw)]
+        if bad_text:  # before any other rule: such values must not reach paths, templates or the database
+            result.errors.extend(bad_text)
+            return
         values = self._with_defaults(line, raw, result)
         if values is None:
             return
