@@ -30,7 +30,7 @@ from nanobatch.models.tables import GenerationTask
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.workers.errors import ProviderError, RateLimited
 from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage
-from nanobatch.workers.redact import redact
+from nanobatch.workers.redact import metric_label, redact
 from nanobatch.workers.retry import Action, Decision, decide, retry_or_give_up
 from nanobatch.workers.storage import StorageError, StoredImage, local_path, store_image
 
@@ -222,7 +222,8 @@ def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> float | None:
 
 def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Result:
     if isinstance(error, RateLimited):
-        rt.telemetry.count_429(pool, next(iter(error.quota_ids), ""))
+        quota = metric_label(next(iter(error.quota_ids), ""), rt.settings.api_key_value)
+        rt.telemetry.count_429(pool, quota)
     decision = decide(error, attempts_so_far=job.attempts, policy=rt.policy)
     if decision.action is Action.PARK_DAY:
         until = rt.limiter.park_until_reset(pool, reason="daily quota exhausted (429 PerDay)")

@@ -21,6 +21,7 @@ from nanobatch.tasks.telemetry import Telemetry
 from nanobatch.workers.limiter import RateLimiter
 from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.providers.factory import make_http_client, make_provider
+from nanobatch.workers.providers.redacted import redacted
 from nanobatch.workers.retry import RetryPolicy
 
 
@@ -42,7 +43,10 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         redis=redis,
         limiter=limiter,
         http=http,
-        provider=make_provider(provider_config(settings), http, BodyGate(settings.decode_slots)),
+        provider=redacted(
+            make_provider(provider_config(settings), http, BodyGate(settings.decode_slots)),
+            settings.api_key_value,
+        ),
         dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),
         telemetry=Telemetry(redis, prefix=settings.limiter_prefix),
         policy=RetryPolicy(
