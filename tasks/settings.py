@@ -48,8 +48,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("NANOBATCH_API_KEY", "GEMINI_API_KEY")
     )
+    # Bounds the whole call, connect to last byte (not each read): a byte-trickling upstream is cut off.
     request_timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
+    # An answer larger than this (declared or streamed, after decompression) is a transient upstream
+    # fault; a 4K image is ~30 MB of base64 JSON.
+    max_response_bytes: int = Field(default=64 << 20, gt=0)
 
     # Defaults for rows that do not say.
     default_model: str = "gemini-2.5-flash-image"

@@ -34,6 +34,8 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.request_timeout,
         max_connections=max(settings.concurrency * 2, 10),
+        total_timeout=settings.request_timeout,
+        max_response_bytes=settings.max_response_bytes,
     )
     return Runtime(
         settings=settings,
