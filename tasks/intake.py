@@ -309,7 +309,8 @@ class _RowValidator:
 
     def check(self, line: int, raw: dict[str, Any], result: IntakeResult) -> None:
         errors_before = len(result.errors)
-        bad_text = [RowError(line, where, reason) for where, reason in text_problems(raw)]
+        others = {name: value for name, value in raw.items() if name != "key"}  # the key's own rule below
+        bad_text = [RowError(line, where, reason) for where, reason in text_problems(others)]
         if bad_text:  # before any other rule: such values must not reach paths, templates or the database
             result.errors.extend(bad_text)
             return

@@ -139,7 +139,7 @@ def test_input_images_must_be_real_images_inside_the_allowed_dir(tmp_path: Path)
         (b"key,prompt\nA,bad\x00mug\n", "line 2: prompt: contains a NUL byte"),
         (b"key,prompt\nA,esc\x1b[31mred\n", "line 2: prompt: contains U+001B"),
         (b"key,prompt,title\nA,mug,x\x7fy\n", "line 2: title: contains U+007F"),
-        (b"key,prompt\nA\x00B,mug\n", "line 2: key: contains a NUL byte"),
+        (b"key,prompt\nA\x00B,mug\n", "line 2: key: Value error, key must not contain control characters"),
         (b'key,prompt\n"A\tB",mug\n', "line 2: key: Value error, key must not contain control characters"),
         (b"key,prompt,input_images\nA,mug,a\x00.png\n", "line 2: input_images: contains a NUL byte"),
     ],
