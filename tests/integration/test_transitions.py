@@ -233,6 +233,7 @@ def test_a_transaction_that_raises_leaves_the_row_unclaimed(db: Database) -> Non
 def test_the_worker_builds_its_job_from_the_claim(db: Database) -> None:
     from types import SimpleNamespace
 
+    from nanobatch.models.lifecycle import BatchGate
     from nanobatch.tasks import serve
 
     batch_id, (tid,) = add_batch(db, budget_usd=3.0, window_start="22:00", window_end="04:00")
@@ -257,7 +258,7 @@ def test_the_worker_builds_its_job_from_the_claim(db: Database) -> None:
         content_hash=None,
         reuse=False,
         has_budget=True,
-        window=("22:00", "04:00", "UTC"),
+        gate=BatchGate(status="open", window_start="22:00", window_end="04:00", window_tz=None),
     )
     assert job.token
     assert serve.claim(rt, tid, "celery-2") is None  # already processing
