@@ -50,6 +50,8 @@ class ModelSpec:
     size_specs: dict[str, SizeSpec]
     aliases: tuple[str, ...] = ()
     shutdown: str | None = None
+    #: How far a generated image's sides may be from the pixel table (a fraction; 0: exactly).
+    size_tolerance: float = 0.0
 
     @property
     def supports_image_size(self) -> bool:
@@ -138,6 +140,7 @@ def _parse_model(raw: dict) -> ModelSpec:
         size_specs=sizes,
         aliases=tuple(raw.get("aliases", ())),
         shutdown=raw.get("shutdown"),
+        size_tolerance=float(raw.get("size_tolerance", 0.0)),
     )
 
 

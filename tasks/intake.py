@@ -66,6 +66,9 @@ class TaskSpec:
     input_images: tuple[str, ...]
     content_hash: str
     extra: dict[str, Any]
+    #: The folder input images had to lie in, and each one's SHA-256: the worker re-checks both.
+    input_root: str | None = None
+    input_sha256: tuple[str, ...] = ()
 
 
 @dataclass
@@ -420,6 +423,8 @@ class _RowValidator:
             input_images=images,
             content_hash=self._content_hash(spec.name, row, size, images),
             extra=extra,
+            input_root=str(self.allowed_root) if images else None,
+            input_sha256=tuple(self._file_digest(Path(p)) for p in images),
         )
 
     def _content_hash(self, model: str, row: ProductRow, size: str | None, images: Iterable[str]) -> str:

@@ -214,6 +214,8 @@ def _row(
         "rate_waits": 0,
         "content_hash": spec.content_hash,
         "extra": spec.extra or None,
+        "input_root": spec.input_root,
+        "input_sha256": list(spec.input_sha256) if spec.input_images else None,
         "created_at": now,
         "dispatched_at": dispatched_at,
     }

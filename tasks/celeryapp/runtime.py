@@ -37,6 +37,7 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         total_timeout=settings.request_timeout,
         max_response_bytes=settings.max_response_bytes,
     )
+    gate = BodyGate(settings.decode_slots)
     return Runtime(
         settings=settings,
         app=app,
@@ -45,10 +46,8 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         redis=redis,
         limiter=limiter,
         http=http,
-        provider=redacted(
-            make_provider(provider_config(settings), http, BodyGate(settings.decode_slots)),
-            settings.api_key_value,
-        ),
+        provider=redacted(make_provider(provider_config(settings), http, gate), settings.api_key_value),
+        gate=gate,
         dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),
         telemetry=Telemetry(redis, prefix=settings.limiter_prefix),
         policy=RetryPolicy(

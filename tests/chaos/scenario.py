@@ -335,6 +335,7 @@ class ChaosRun:
             "NANOBATCH_QUEUE": "chaos",
             "NANOBATCH_OUTPUT_DIR": str(self.workdir / "images"),
             "NANOBATCH_PROVIDER_BASE_URL": sim.url,
+            "NANOBATCH_IMAGE_SIZE_CHECK": "aspect",  # the simulator serves thumbnails here
             "NANOBATCH_REQUEST_TIMEOUT": str(p.request_timeout),
             "NANOBATCH_CONNECT_TIMEOUT": "2",
             "NANOBATCH_LEASE_SECONDS": str(p.lease_seconds),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,13 @@ def test_nested_and_named_control_characters_in_jsonl_are_found(tmp_path: Path) 
         "line 3: lone: contains U+D800; control characters are not allowed",
     ]
     assert [t.key for t in result.tasks] == ["D"] and result.tasks[0].prompt.startswith("tab\tand\n")
+
+
+def test_input_images_are_recorded_with_their_folder_and_digest(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    result = read(write(tmp_path, "p.csv", "key,prompt,input_images\nA,edit,a.png\nB,plain,\n"))
+    with_image, without = result.tasks
+    assert with_image.input_images == (str((tmp_path / "a.png").resolve()),)
+    assert with_image.input_root == str(tmp_path.resolve())
+    assert with_image.input_sha256 == (hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest(),)
+    assert (without.input_root, without.input_sha256) == (None, ())
