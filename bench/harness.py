@@ -481,6 +481,8 @@ def nanobatch_env(db_url: str, ns: Namespace, sim_url: str, output_dir: Path, **
         "NANOBATCH_QUEUE": ns.queue,
         "NANOBATCH_OUTPUT_DIR": str(output_dir),
         "NANOBATCH_PROVIDER_BASE_URL": sim_url,
+        # benchmarks may serve thumbnails (same aspect, smaller): hold answers to the ratio only
+        "NANOBATCH_IMAGE_SIZE_CHECK": "aspect",
     }
     env.update({f"NANOBATCH_{k.upper()}": str(v) for k, v in extra.items()})
     return env

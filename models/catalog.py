@@ -62,6 +62,8 @@ class ModelSpec:
     upstream_id: str = ""
     #: The model the provider recommends instead, once this one is deprecated.
     replacement: str | None = None
+    #: How far a generated image's sides may be from the pixel table (a fraction; 0: exactly).
+    size_tolerance: float = 0.0
 
     @property
     def supports_image_size(self) -> bool:
@@ -249,6 +251,7 @@ def _parse_model(raw: dict) -> ModelSpec:
         shutdown=_date(raw.get("shutdown"), raw["name"]),
         upstream_id=str(raw.get("upstream_id") or ""),
         replacement=raw.get("replacement") or None,
+        size_tolerance=float(raw.get("size_tolerance", 0.0)),
     )
 
 

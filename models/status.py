@@ -54,6 +54,8 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"  # the call took longer than NANOBATCH_REQUEST_TIMEOUT / connect timeout
     UNAVAILABLE = "unavailable"  # 5xx, connection refused/reset/dropped
     NO_IMAGE = "no_image"  # a 200 without an image (finishReason NO_IMAGE / OTHER)
+    BAD_IMAGE = "bad_image"  # the image failed its check: truncated, not PNG/JPEG/WebP, too big, wrong size
+    RESPONSE_TOO_LARGE = "response_too_large"  # the answer exceeded NANOBATCH_MAX_RESPONSE_BYTES
     # Upstream, rate limits: waits, never attempts.
     RATE_LIMITED = "rate_limited"  # 429 with a per-minute quota: the pool cools down
     DAILY_QUOTA = "daily_quota"  # 429 on a per-day quota: parked until Pacific midnight

@@ -70,6 +70,10 @@ class GenerationTask(Base):
     key: Mapped[str] = mapped_column(String(200))
     prompt: Mapped[str] = mapped_column(Text)
     input_images: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Recorded at submit, re-checked where the worker reads the input images (workers/inputs.py): the
+    # folder they had to lie in, and each file's SHA-256 (same order as input_images).
+    input_root: Mapped[str | None] = mapped_column(Text)
+    input_sha256: Mapped[list[str] | None] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(100))
     image_size: Mapped[str | None] = mapped_column(String(8))
     aspect_ratio: Mapped[str] = mapped_column(String(8))

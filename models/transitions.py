@@ -96,6 +96,8 @@ CLAIMED_COLUMNS = (
     "upstream_waits",
     "upstream_wait_seconds",
     "day_parks",
+    "input_root",
+    "input_sha256",
 )
 _CLAIM = (
     update(_TASKS)
@@ -231,6 +233,37 @@ def complete(session: Executor, task_id: str, token: str, outcome: Outcome) -> b
     if row is not None and outcome.cost_usd:
         session.execute(_ADD_SPEND, {"p_batch_id": row.batch_id, "p_amount": outcome.cost_usd})
     return row is not None
+
+
+_MOVE_RESULT = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.id == bindparam("p_task_id"),
+        _TASKS.c.status == COMPLETED,
+        _TASKS.c.result_uri == bindparam("p_old_uri"),
+    )
+    .values(result_uri=bindparam("p_new_uri"))
+    .returning(_TASKS.c.id)
+)
+
+
+def move_result(session: Executor, task_id: str, old_uri: str, new_uri: str) -> bool:
+    """Point a completed row from its staged file to the published copy of the same bytes.
+
+    Conditional on the old URI, so it is idempotent and never touches a row another claim completed.
+    """
+    params = {"p_task_id": task_id, "p_old_uri": old_uri, "p_new_uri": new_uri}
+    return session.execute(_MOVE_RESULT, params).first() is not None
+
+
+_RESULT_STATE = select(_TASKS.c.status, _TASKS.c.result_uri, _TASKS.c.claim_token).where(
+    _TASKS.c.id == bindparam("p_task_id")
+)
+
+
+def result_state(session: Executor, task_id: str) -> Row[Any] | None:
+    """The row's ``status``, ``result_uri`` and ``claim_token`` (what a claim that lost needs to know)."""
+    return cast("Row[Any] | None", session.execute(_RESULT_STATE, {"p_task_id": task_id}).one_or_none())
 
 
 _FAIL = (

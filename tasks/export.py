@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -131,22 +132,44 @@ def extra_columns(session: Session, batch_id: str, *, chunk: int = CHUNK) -> lis
     return list(names)
 
 
+#: A cell starting with one of these is run as a formula by spreadsheet tools (OWASP "CSV Injection":
+#: ``=``, ``+``, ``-``, ``@``, tab, carriage return).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def neutralise(text: str) -> str:
+    """``text`` made inert for spreadsheets: a leading ``'`` when it could start a formula.
+
+    Plain numbers (``-5``, ``+1.5``) are left alone: no spreadsheet runs them, and prices stay numbers.
+    """
+    if text.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
 def _csv_value(value: Any) -> Any:
-    """Scalars as they are; nested JSONL values (lists, objects) as JSON text; ``None`` as empty."""
+    """Scalars as they are; nested JSONL values (lists, objects) as JSON text; ``None`` as empty.
+
+    Text that a spreadsheet would run as a formula is neutralised (CSV only: JSONL stays exact).
+    """
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
+        return neutralise(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, str):
+        return neutralise(value)
     return value
 
 
 def write_csv(rows: Iterable[dict[str, Any]], extras: Sequence[str], out: TextIO) -> int:
     """Write a header (fixed columns, then ``extras``) and the rows; returns the number of rows."""
-    writer = csv.DictWriter(out, fieldnames=[*FIELDS, *extras], restval="", extrasaction="ignore")
-    writer.writeheader()
+    writer = csv.writer(out)
+    names = [*FIELDS, *extras]
+    writer.writerow([neutralise(name) for name in names])  # product column names are customer text too
     count = 0
     for row in rows:
-        writer.writerow({name: _csv_value(value) for name, value in row.items()})
+        writer.writerow([_csv_value(row.get(name)) for name in names])
         count += 1
     return count
 

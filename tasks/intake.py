@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,12 @@ MAX_FIELD_BYTES = 1024 * 1024  # one CSV cell; larger is a broken file, not a pr
 MAX_ERRORS_KEPT = 1000  # row errors kept for the report; the rest are counted
 MAX_URLS_COUNTED = 10_000  # distinct input-image URLs whose rows are counted for --dry-run
 SAMPLES = 5  # rendered prompts kept for --dry-run
+#: Characters no text value may hold: C0 controls (NUL included) except tab, newline and carriage
+#: return, DEL, C1 controls, and lone surrogates. PostgreSQL cannot store NUL in text at all (one such
+#: byte used to fail the whole submit); the others garble logs, exports and spreadsheets.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Keys (file names, export rows, CLI arguments) may not even hold tab or a line break.
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 INPUT_IMAGE_SEPARATOR = "|"
 KNOWN_COLUMNS = {"key", "prompt", "model", "image_size", "aspect_ratio", "input_images", "output_format"}
 #: Key columns tried in order when ``--key`` is not given (as written in the header).
@@ -105,6 +112,9 @@ class TaskSpec:
     input_images: tuple[str, ...]
     content_hash: str
     extra: dict[str, Any]
+    #: The folder input images had to lie in, and each one's SHA-256: the worker re-checks both.
+    input_root: str | None = None
+    input_sha256: tuple[str, ...] = ()
 
 
 @dataclass
@@ -214,8 +224,8 @@ class ProductRow(BaseModel):
     @field_validator("key")
     @classmethod
     def _printable_key(cls, value: str) -> str:
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            raise ValueError("key must not contain control characters")
+        if (found := _KEY_CONTROL.search(value)) is not None:
+            raise ValueError(f"key must not contain control characters (found {_describe(found.group())})")
         return value
 
     @field_validator("output_format")
@@ -234,6 +244,33 @@ class ProductRow(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(INPUT_IMAGE_SEPARATOR) if part.strip()]
         return value
+
+
+def _describe(char: str) -> str:
+    return "a NUL byte" if char == "\x00" else f"U+{ord(char):04X}"
+
+
+def text_problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(field, reason) for every text value (column names too, nested JSON too) holding a forbidden
+    character; tab, newline and carriage return are allowed (multi-line prompts are normal)."""
+    for name, value in values.items():
+        for where, text in _texts(str(name), value):
+            if (found := _CONTROL.search(text)) is not None:
+                shown = _KEY_CONTROL.sub("?", where)  # the report itself stays printable
+                yield shown, f"contains {_describe(found.group())}; control characters are not allowed"
+                break
+
+
+def _texts(where: str, value: Any) -> Iterator[tuple[str, str]]:
+    yield where, where
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(f"{where}[{index}]", item)
 
 
 # --- entry points ----------------------------------------------------------------------------------
@@ -636,6 +673,12 @@ class _RowValidator:
 
     def check(self, line: int, raw: dict[str, Any], key_column: str, result: IntakeResult) -> TaskSpec | None:
         errors_before = result.error_count + sum(result.option_errors.values())
+        others = {name: value for name, value in raw.items() if name != key_column}  # the key: its own rule
+        bad_text = [RowError(line, where, reason) for where, reason in text_problems(others)]
+        if bad_text:  # before any other rule: such values must not reach paths, templates or the database
+            for error in bad_text:
+                result.add_error(error)
+            return None
         values = self._with_defaults(line, raw, key_column, result)
         if values is None:
             return None
@@ -796,6 +839,8 @@ class _RowValidator:
             input_images=images,
             content_hash=self._content_hash(spec.name, row, size, images),
             extra=extra,
+            input_root=str(self.allowed_root) if images else None,
+            input_sha256=tuple(self._file_digest(Path(p)) for p in images),
         )
 
     def _content_hash(self, model: str, row: ProductRow, size: str | None, images: Iterable[str]) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, text, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from nanobatch.models import transitions
@@ -142,14 +142,27 @@ class _Ids:
 def _get_or_create_batch(
     session: Session, options: BatchOptions, intake: IntakeOptions, source: str | None
 ) -> Batch:
+    """The batch of this name, created if it does not exist yet, idempotently.
+
+    ``INSERT … ON CONFLICT (name) DO NOTHING`` then a read: several processes submitting the same new
+    batch at once all end up with the one row (a concurrent insert waits for the first to commit, then
+    inserts nothing), instead of all but one failing with a unique violation.
+    """
     existing = session.scalars(select(Batch).where(Batch.name == options.name)).one_or_none()
-    if existing is not None:
-        if existing.status == BatchStatus.CANCELLED.value:
-            raise SubmitError(f"batch {options.name!r} was cancelled; submit under another --batch name")
-        if options.budget_usd is not None:
-            existing.budget_usd = options.budget_usd
-        return existing
-    batch = Batch(
+    if existing is None:
+        _insert_batch_if_absent(session, options, intake, source)
+        existing = session.scalars(select(Batch).where(Batch.name == options.name)).one()
+    if existing.status == BatchStatus.CANCELLED.value:
+        raise SubmitError(f"batch {options.name!r} was cancelled; submit under another --batch name")
+    if options.budget_usd is not None:
+        existing.budget_usd = options.budget_usd
+    return existing
+
+
+def _insert_batch_if_absent(
+    session: Session, options: BatchOptions, intake: IntakeOptions, source: str | None
+) -> None:
+    values = dict(
         id=new_id(),
         name=options.name,
         status=BatchStatus.OPEN.value,
@@ -169,9 +182,9 @@ def _get_or_create_batch(
         window_tz=options.window_tz if options.window else None,
         created_at=utcnow(),
     )
-    session.add(batch)
-    session.flush()
-    return batch
+    table = cast(Table, Batch.__table__)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=["name"]))
 
 
 def _insert_tasks(
@@ -296,6 +309,8 @@ def _row(
         "rate_waits": 0,
         "content_hash": spec.content_hash,
         "extra": spec.extra or None,
+        "input_root": spec.input_root,
+        "input_sha256": list(spec.input_sha256) if spec.input_images else None,
         "created_at": now,
         "dispatched_at": dispatched_at,
     }

@@ -25,6 +25,7 @@ from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.telemetry import Telemetry
 from nanobatch.workers.limiter import RateLimiter
 from nanobatch.workers.providers.base import Provider, ProviderConfig
+from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the Celery side builds runtimes; this module only describes them
@@ -77,6 +78,8 @@ class Runtime:
     policy: RetryPolicy
     telemetry: Telemetry
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: The process's decode slots (shared with the provider): every image decode takes one.
+    gate: BodyGate | None = None
 
     @property
     def output_dir(self) -> Path:

@@ -7,11 +7,13 @@ or pending with a reason and either a delayed message or a ``not_before`` for th
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
-import mimetypes
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -20,17 +22,30 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.catalog import CatalogError, ModelSpec
 from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
-from nanobatch.models.status import BatchStatus, ErrorCode
+from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
 from nanobatch.models.tables import GenerationTask
 from nanobatch.tasks.runtime import Runtime
+from nanobatch.workers import storage
 from nanobatch.workers.errors import DailyQuotaExhausted, ProviderError, RateLimited
-from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage
-from nanobatch.workers.redact import redact
+from nanobatch.workers.imagecheck import (
+    DEFAULT_MAX_PIXELS,
+    ExpectedSize,
+    ImageFacts,
+    ImageRejected,
+    SizeCheck,
+    check_image,
+)
+from nanobatch.workers.inputs import read_input_image
+from nanobatch.workers.providers.base import ImageRequest, ImageResult
+from nanobatch.workers.providers.body_gate import BodyGate
+from nanobatch.workers.providers.http import call_deadline
+from nanobatch.workers.redact import metric_label, redact
 from nanobatch.workers.retry import (
     NO_WAITS,
     Action,
@@ -40,13 +55,17 @@ from nanobatch.workers.retry import (
     decide,
     retry_or_give_up,
 )
-from nanobatch.workers.storage import StorageError, StoredImage, local_path, store_image
+from nanobatch.workers.storage import StagedImage, StorageError, Usage, local_path
 
 log = logging.getLogger("nanobatch.worker")
 T = TypeVar("T")
 
 #: Waits between tries of a final write while the database restarts (about half a minute in all).
 DB_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+#: The database errors a write waits out (a restart, a dropped connection, an exhausted pool).
+DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+#: Longest wait between tries of recording a paid result (retried for ``result_write_deadline``).
+RESULT_WRITE_MAX_DELAY = 10.0
 
 #: How long a task waits before looking at its batch budget again.
 BUDGET_RECHECK_SECONDS = 300.0
@@ -57,6 +76,7 @@ class Result(StrEnum):
 
     COMPLETED = "completed"
     REUSED = "reused"
+    RECOVERED = "recovered"  # completed from an image an earlier delivery paid for and staged
     FAILED = "failed"
     DEFERRED = "deferred"
     SKIPPED = "skipped"  # not claimable: done already, claimed by another copy, paused, not due
@@ -85,6 +105,9 @@ class Job:
     content_hash: str | None
     reuse: bool
     has_budget: bool = False
+    #: Recorded at submit, re-checked when the input images are read (``workers.inputs``).
+    input_root: str | None = None
+    input_sha256: tuple[str, ...] = ()
     #: The claim only succeeds for an open batch past its start time; the window is checked after it.
     gate: BatchGate = OPEN_BATCH
     #: The upstream 429 waits this task already sat through (bounded: ``workers.retry.WaitBounds``).
@@ -145,6 +168,8 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
         content_hash=row.content_hash,
         reuse=bool(row.batch_reuse),
         has_budget=row.batch_budget_usd is not None,
+        input_root=row.input_root,
+        input_sha256=tuple(row.input_sha256 or ()),
         gate=BatchGate(
             status=BatchStatus.OPEN.value,
             window_start=row.batch_window_start,
@@ -160,10 +185,12 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
 
 
 def run_claimed(rt: Runtime, job: Job) -> Result:
+    if (recovered := recover_staged(rt, job)) is not None:
+        return recovered
     try:
         spec = rt.catalog.resolve(choose_model(job, rt.settings.fallback_models))
-        request = build_request(job, spec)
-    except (CatalogError, OSError, ValueError) as exc:
+        request = build_request(job, spec, limits=ImageLimits.of(rt))
+    except (CatalogError, OSError, ValueError) as exc:  # ValueError: also a rejected input image
         return finish_failed(rt, job, ErrorCode.INVALID_TASK, str(exc))
     if job.reuse and (result := reuse_previous(rt, job)) is not None:
         return result
@@ -181,7 +208,7 @@ def run_claimed(rt: Runtime, job: Job) -> Result:
     try:
         return admit_call_store(rt, job, spec, request, prompt_tokens)
     finally:
-        _release_budget(rt, job, reserved)
+        best_effort("budget release", _release_budget, rt, job, reserved)
 
 
 def admit_call_store(
@@ -202,15 +229,29 @@ def admit_call_store(
         )
     started = time.monotonic()
     try:
-        result = rt.provider.generate(request)
+        with call_deadline(rt.settings.request_timeout):  # the whole call, a result link's fetch too
+            result = rt.provider.generate(request)
+        facts = result.facts or verify_output(rt, request, result.data)
     except ProviderError as error:
         return handle_error(rt, job, pool, error)
+    except ImageRejected as exc:  # paid for, but not a true image of what was asked: the upstream's fault
+        return retry_later(rt, job, ErrorCode.BAD_IMAGE, f"the upstream's image was rejected: {exc}")
     finally:
-        rt.limiter.release(pool, job.holder)
+        # Bookkeeping after the call must never cost its result: a Redis blip here is logged, and the
+        # limiter's leased slot frees itself when its lease runs out.
+        best_effort("limiter release", rt.limiter.release, pool, job.holder)
         rt.telemetry.observe_latency(pool, time.monotonic() - started)
     rt.telemetry.record_success(pool)
     latency_ms = int((time.monotonic() - started) * 1000)
-    return finish_completed(rt, job, spec, result, latency_ms, prompt_tokens)
+    return finish_completed(rt, job, spec, result, facts, latency_ms, prompt_tokens)
+
+
+def best_effort(what: str, action: Callable[..., object], *args: object) -> None:
+    """Run a bookkeeping step whose failure must not undo a paid result: log it and go on."""
+    try:
+        action(*args)
+    except Exception as exc:
+        log.warning("%s failed (%s: %s); carrying on", what, type(exc).__name__, exc)
 
 
 def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> float | None:
@@ -281,8 +322,9 @@ def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Resu
 
 def note_refusal(rt: Runtime, pool: str, error: RateLimited) -> None:
     """Count the 429 and keep the pool's "refused since"; warn once every call has been refused too long."""
-    unclassified = error.code is ErrorCode.UNCLASSIFIED_429
-    rt.telemetry.count_429(pool, next(iter(error.quota_ids), "") or (error.code if unclassified else ""))
+    unclassified = error.code == ErrorCode.UNCLASSIFIED_429
+    quota = metric_label(next(iter(error.quota_ids), ""), rt.settings.api_key_value)
+    rt.telemetry.count_429(pool, quota or (error.code if unclassified else ""))
     since = rt.telemetry.record_refusal(pool, _clean(rt, error.message), unclassified=unclassified)
     refused = time.time() - since if since is not None else 0.0
     if refused > rt.settings.pool_refused_alert_seconds:
@@ -372,54 +414,141 @@ def finish_failed(
 
 
 def finish_completed(
-    rt: Runtime, job: Job, spec: ModelSpec, result: ImageResult, latency_ms: int, prompt_estimate: int
+    rt: Runtime,
+    job: Job,
+    spec: ModelSpec,
+    result: ImageResult,
+    facts: ImageFacts,
+    latency_ms: int,
+    prompt_estimate: int,
 ) -> Result:
-    if not still_owned(rt, job):
-        log.warning(
-            "task %s lost its claim during the call (lease expired or cancelled); result dropped", job.id
-        )
-        return Result.SKIPPED
-    try:
-        stored = store_image(rt.output_dir, job.batch_name, job.key, result.data)
-    except StorageError as exc:
-        return handle_error_storage(rt, job, exc)
+    """Stage the paid image under this claim's own name, then let the row decide (docs/integrity.md)."""
     prompt_tokens = result.prompt_tokens if result.prompt_tokens is not None else prompt_estimate
-    record_completion(
-        rt,
-        job,
-        stored,
+    usage = Usage(
         prompt_tokens=prompt_tokens,
         output_tokens=result.output_tokens,
         cost_usd=spec.cost_usd(job.image_size, prompt_tokens),
         latency_ms=latency_ms,
         model_used=result.model_version or spec.name,
     )
+    try:
+        staged = storage.stage(rt.output_dir, job.batch_name, job.id, job.token, result.data, facts, usage)
+    except StorageError as exc:
+        return handle_error_storage(rt, job, exc)
+    return commit_staged(rt, job, staged)
+
+
+def commit_staged(rt: Runtime, job: Job, staged: StagedImage) -> Result:
+    """Record a staged image as the row's result if this claim still owns the row, then publish it.
+
+    The conditional UPDATE (claim token) decides; it is retried through a database outage for up to
+    ``result_write_deadline``. Only the winner publishes the file under the key's name; a loser removes
+    only its own staged file; a worker that gives up leaves it staged for the row's next delivery.
+    """
+    outcome = transitions.Outcome(
+        result_uri=staged.uri,
+        result_sha256=staged.sha256,
+        mime_type=staged.mime_type,
+        width=staged.width,
+        height=staged.height,
+        bytes=staged.bytes,
+        prompt_tokens=staged.usage.prompt_tokens,
+        output_tokens=staged.usage.output_tokens,
+        cost_usd=staged.usage.cost_usd,
+        latency_ms=staged.usage.latency_ms,
+        model_used=staged.usage.model_used,
+    )
+    won = write_result(rt, lambda connection: transitions.complete(connection, job.id, job.token, outcome))
+    if won is None:
+        log.error(
+            "task %s: could not record its paid result for %.0fs (database unavailable); the image stays "
+            "staged at %s and the task's next delivery records it without paying again",
+            job.id,
+            rt.settings.result_write_deadline,
+            staged.path,
+        )
+        return Result.DEFERRED
+    if not won and not _recorded_already(rt, job, staged):
+        log.warning("task %s lost its claim before its result was recorded; result not used", job.id)
+        return Result.SKIPPED
+    publish(rt, job, staged)
     return Result.COMPLETED
 
 
-def still_owned(rt: Runtime, job: Job) -> bool:
-    """Renew the claim right before writing the file, so a worker whose lease already expired (and
-    whose task may be another worker's now) never overwrites that worker's image."""
-    lease = rt.settings.effective_lease_seconds
-    return write_with_retry(
-        rt,
-        lambda connection: transitions.extend_lease(connection, job.id, job.token, lease_seconds=lease),
-        single_statement=True,
-    )
+def _recorded_already(rt: Runtime, job: Job, staged: StagedImage) -> bool:
+    """After a lost claim: was it ours after all (a commit whose reply was lost)? If not, remove our
+    staged file when the row is finished, or leave it for the row's current or next owner to take over.
+    """
+    try:
+        state = write_with_retry(
+            rt, lambda connection: transitions.result_state(connection, job.id), single_statement=True
+        )
+    except DB_UNAVAILABLE:
+        return False  # keep the file: whoever owns the row next finds it
+    if state is not None and state.status == TaskStatus.COMPLETED and state.result_uri == staged.uri:
+        return True
+    if state is None or TaskStatus(state.status).is_terminal:
+        storage.discard(staged)
+    return False
 
 
-def record_completion(rt: Runtime, job: Job, stored: StoredImage, **usage: Any) -> None:
-    """processing → completed with the stored file's facts and the call's usage."""
-    outcome = transitions.Outcome(
-        result_uri=stored.uri,
-        result_sha256=stored.sha256,
-        mime_type=stored.mime_type,
-        width=stored.width,
-        height=stored.height,
-        bytes=stored.bytes,
-        **usage,
-    )
-    write_with_retry(rt, lambda connection: transitions.complete(connection, job.id, job.token, outcome))
+def publish(rt: Runtime, job: Job, staged: StagedImage) -> None:
+    """Give a recorded result its name (``<batch>/<key>.<ext>``) and point the row at it.
+
+    Until this succeeds the row points at the staged file, which stays in place: the row always
+    names an existing file whose sha256 it records.
+    """
+    try:
+        final = storage.publish(rt.output_dir, job.batch_name, job.key, staged)
+        moved = write_with_retry(
+            rt,
+            lambda connection: transitions.move_result(
+                connection, job.id, staged.uri, storage.uri_for(final)
+            ),
+            single_statement=True,
+        )
+    except (StorageError, *DB_UNAVAILABLE) as exc:
+        log.warning("task %s: result kept at %s (%s)", job.id, staged.path, exc)
+        return
+    if moved:
+        storage.clear_staging(rt.output_dir, job.batch_name, job.id)
+
+
+def recover_staged(rt: Runtime, job: Job) -> Result | None:
+    """Record an image an earlier delivery of this row paid for but could not record (no second call)."""
+    for token in storage.staged_tokens(rt.output_dir, job.batch_name, job.id):
+        if token == job.token:
+            continue
+        staged = storage.take_over(rt.output_dir, job.batch_name, job.id, token, job.token)
+        if staged is None:
+            continue
+        log.info("task %s: recording the image claim %s paid for (staged at %s)", job.id, token, staged.path)
+        result = commit_staged(rt, job, staged)
+        return Result.RECOVERED if result is Result.COMPLETED else result
+    return None
+
+
+def write_result(rt: Runtime, write: Callable[[Connection], T]) -> T | None:
+    """Run the write that records a paid result, retrying through a database outage for up to
+    ``result_write_deadline`` seconds; ``None`` when the database stayed unavailable that long.
+
+    The write is conditional on the claim token, so a retry after a lost reply changes nothing.
+    """
+    deadline = time.monotonic() + rt.settings.result_write_deadline
+    delay = DB_RETRY_DELAYS[0]
+    while True:
+        try:
+            with rt.db.transaction() as connection:
+                return write(connection)
+        except DB_UNAVAILABLE as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            log.warning(
+                "database unavailable (%s); recording the result again in %.1fs", type(exc).__name__, delay
+            )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, RESULT_WRITE_MAX_DELAY)
 
 
 def write_with_retry(rt: Runtime, write: Callable[[Connection], T], *, single_statement: bool = False) -> T:
@@ -436,7 +565,7 @@ def write_with_retry(rt: Runtime, write: Callable[[Connection], T], *, single_st
         try:
             with begin() as connection:
                 return write(connection)
-        except (OperationalError, InterfaceError):
+        except DB_UNAVAILABLE:
             log.warning("database unavailable; retrying the write in %.1fs", delay)
             time.sleep(delay)
     with begin() as connection:  # the last try: its error propagates
@@ -469,7 +598,11 @@ def apply_decision(rt: Runtime, job: Job, decision: Decision) -> Result:
 
 
 def reuse_previous(rt: Runtime, job: Job) -> Result | None:
-    """Complete from an identical earlier result (same content hash) without a paid call."""
+    """Complete from an identical earlier result (same content hash) without a paid call.
+
+    The earlier file is used only if it still is what its row recorded (same sha256) and a complete
+    image; it is staged and committed like a generated one.
+    """
     with rt.db.session() as session:
         prior = session.scalars(
             select(GenerationTask)
@@ -484,20 +617,23 @@ def reuse_previous(rt: Runtime, job: Job) -> Result | None:
     if prior is None or prior.result_uri is None:
         return None
     source = Path(local_path(prior.result_uri) or "")
-    if not source.is_file():
+    limits = ImageLimits.of(rt)
+    try:
+        if source.stat().st_size > rt.settings.max_response_bytes:
+            return None
+        data = source.read_bytes()
+        if hashlib.sha256(data).hexdigest() != prior.result_sha256:
+            log.warning("task %s: earlier result %s changed on disk; not reused", job.id, source)
+            return None
+        facts = check_image(data, max_pixels=limits.max_pixels, decode_slot=limits.slot)
+        usage = Usage(
+            prompt_tokens=0, output_tokens=0, cost_usd=0.0, latency_ms=0, model_used=prior.model_used
+        )
+        staged = storage.stage(rt.output_dir, job.batch_name, job.id, job.token, data, facts, usage)
+    except (OSError, ImageRejected, StorageError):
         return None
-    stored = store_image(rt.output_dir, job.batch_name, job.key, source.read_bytes())
-    record_completion(
-        rt,
-        job,
-        stored,
-        prompt_tokens=0,
-        output_tokens=0,
-        cost_usd=0.0,
-        latency_ms=0,
-        model_used=prior.model_used,
-    )
-    return Result.REUSED
+    result = commit_staged(rt, job, staged)
+    return Result.REUSED if result is Result.COMPLETED else result
 
 
 def choose_model(job: Job, fallback_chain: list[str]) -> str:
@@ -508,23 +644,69 @@ def choose_model(job: Job, fallback_chain: list[str]) -> str:
     return fallback_chain[min(outages - 2, len(fallback_chain) - 1)]
 
 
-def build_request(job: Job, spec: ModelSpec) -> ImageRequest:
+@dataclass(frozen=True)
+class ImageLimits:
+    """The image bounds of this worker (settings), and its decode slots."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    size_check: SizeCheck = "exact"
+    max_input_bytes: int = 20 << 20
+    gate: BodyGate | None = None  # decodes take one of its slots
+
+    @classmethod
+    def of(cls, rt: Runtime) -> ImageLimits:
+        settings = rt.settings
+        return cls(
+            max_pixels=settings.max_image_pixels,
+            size_check=settings.image_size_check,
+            max_input_bytes=settings.max_input_image_bytes,
+            gate=rt.gate,
+        )
+
+    def slot(self) -> AbstractContextManager[object]:
+        """A decode slot (an unsized body's slot), or nothing when there is no gate."""
+        return self.gate.hold(None) if self.gate is not None else nullcontext()
+
+
+def build_request(job: Job, spec: ModelSpec, *, limits: ImageLimits | None = None) -> ImageRequest:
+    """The provider request, with its input images re-checked and read, and the check its answer's
+    image must pass (decoded in full, the catalog's size within the model's tolerance)."""
+    limits = limits or ImageLimits()
     width, height = spec.dimensions(job.image_size, job.aspect_ratio)
+    expected = ExpectedSize(width, height, tolerance=spec.size_tolerance, mode=limits.size_check)
+    digests: tuple[str | None, ...] = job.input_sha256 or (None,) * len(job.input_images)
+    inputs = tuple(
+        read_input_image(
+            path,
+            root=job.input_root,
+            sha256=digest,
+            max_bytes=limits.max_input_bytes,
+            max_pixels=limits.max_pixels,
+            decode_slot=limits.slot,
+        )
+        for path, digest in zip(job.input_images, digests, strict=True)
+    )
     return ImageRequest(
         model=spec.wire_id,
         prompt=job.prompt,
         aspect_ratio=job.aspect_ratio,
         image_size=spec.size_key(job.image_size) if spec.supports_image_size else None,
         output_format="jpeg" if job.output_format in {"jpeg", "jpg"} else "png",
-        input_images=tuple(_read_input(path) for path in job.input_images),
+        input_images=inputs,
         width=width,
         height=height,
+        check=functools.partial(
+            check_image, max_pixels=limits.max_pixels, expected=expected, decode_slot=limits.slot
+        ),
     )
 
 
-def _read_input(path: str) -> InputImage:
-    mime = mimetypes.guess_type(path)[0] or "image/png"
-    return InputImage(data=Path(path).read_bytes(), mime_type=mime)
+def verify_output(rt: Runtime, request: ImageRequest, data: bytes) -> ImageFacts:
+    """The check for a provider that ran none itself (every provider built by the runtime does)."""
+    if request.check is None:
+        limits = ImageLimits.of(rt)
+        return check_image(data, max_pixels=limits.max_pixels, decode_slot=limits.slot)
+    return request.check(data)
 
 
 def _reserve_budget(rt: Runtime, job: Job, amount: float) -> bool:
@@ -537,8 +719,11 @@ def _reserve_budget(rt: Runtime, job: Job, amount: float) -> bool:
 def _release_budget(rt: Runtime, job: Job, amount: float) -> None:
     if not job.has_budget:
         return
-    with rt.db.autocommit() as connection:  # one statement
-        transitions.release_budget(connection, job.batch_id, amount)
+    write_with_retry(  # one statement
+        rt,
+        lambda connection: transitions.release_budget(connection, job.batch_id, amount),
+        single_statement=True,
+    )
 
 
 def _requeue_after_crash(rt: Runtime, job: Job, exc: Exception) -> None:

@@ -48,11 +48,15 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("NANOBATCH_API_KEY", "GEMINI_API_KEY")
     )
+    # Bounds the whole call, connect to last byte (not each read): a byte-trickling upstream is cut off.
     request_timeout: float = Field(default=120.0, gt=0)
     # Input images by URL (and other outbound fetches): private, loopback, link-local and metadata
     # addresses are refused unless this is true (tests on loopback, private networks).
     allow_private_urls: bool = False
     connect_timeout: float = Field(default=10.0, gt=0)
+    # An answer larger than this (declared or streamed, after decompression) is a transient upstream
+    # fault; a 4K image is ~30 MB of base64 JSON.
+    max_response_bytes: int = Field(default=64 << 20, gt=0)
 
     # Defaults for rows that do not say.
     default_model: str = "gemini-nano-banana-2.1"  # GA 2026-10-06 (models/catalog.toml)
@@ -65,6 +69,17 @@ class Settings(BaseSettings):
     decode_slots: int = Field(default=4, gt=0, le=1000)
     # glibc mmap threshold pinned in workers so large freed blocks return to the OS (0: leave it).
     malloc_mmap_threshold: int = Field(default=1 << 20, ge=0, le=1 << 30)
+    # Every image (generated or input) is fully decoded before it counts; more pixels than this is
+    # refused before decoding (the largest 4K size is 6336x2688 = 17 Mpx).
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    # How a generated image's size is checked against the catalog: "exact" (within the model's
+    # size_tolerance), "aspect" (the ratio only: rehearsals against a thumbnail simulator), "off".
+    image_size_check: Literal["exact", "aspect", "off"] = "exact"
+    # Input images are re-checked where the worker reads them (size, symlinks, content, decode).
+    max_input_image_bytes: int = Field(default=20 << 20, gt=0)
+    # How long the final write of a paid result keeps retrying through a database outage; after
+    # that the image stays staged on disk and the next delivery records it (docs/integrity.md).
+    result_write_deadline: float = Field(default=900.0, gt=0)
     backoff_base: float = Field(default=2.0, gt=0)
     backoff_cap: float = Field(default=300.0, gt=0)
     max_inline_wait: float = Field(default=20.0, ge=0)  # wait for limiter capacity inside the task

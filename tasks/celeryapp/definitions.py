@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from celery.signals import task_received, worker_init, worker_process_init
+from celery.signals import task_received, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from nanobatch.tasks.celeryapp import app
 from nanobatch.tasks.celeryapp.app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
 from nanobatch.tasks.celeryapp.runtime import get_runtime, install_runtime
+from nanobatch.tasks.celeryapp.sweeper_thread import SweeperThread, start_sweeper_thread
 from nanobatch.tasks.inbox import process_inbox
 from nanobatch.tasks.serve import serve
 from nanobatch.tasks.settings import Settings
@@ -25,6 +26,21 @@ from nanobatch.workers.malloc_tuning import pin_mmap_threshold
 def _tune_memory(**_: Any) -> None:
     """Pinned before any task runs; prefork children inherit it (see ``workers.malloc_tuning``)."""
     pin_mmap_threshold(Settings().malloc_mmap_threshold)
+
+
+_sweeper: list[SweeperThread] = []
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """Recovery on a thread of its own, so a pool full of stuck calls cannot starve it."""
+    _sweeper.append(start_sweeper_thread(get_runtime, interval=get_runtime().settings.sweep_interval))
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    while _sweeper:
+        _sweeper.pop().stop()
 
 
 @worker_process_init.connect

@@ -21,6 +21,7 @@ from nanobatch.tasks.telemetry import Telemetry
 from nanobatch.workers.limiter import RateLimiter
 from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.providers.factory import make_http_client, make_provider
+from nanobatch.workers.providers.redacted import redacted
 from nanobatch.workers.retry import RetryPolicy
 
 
@@ -33,7 +34,10 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.request_timeout,
         max_connections=max(settings.concurrency * 2, 10),
+        total_timeout=settings.request_timeout,
+        max_response_bytes=settings.max_response_bytes,
     )
+    gate = BodyGate(settings.decode_slots)
     return Runtime(
         settings=settings,
         app=app,
@@ -42,7 +46,8 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         redis=redis,
         limiter=limiter,
         http=http,
-        provider=make_provider(provider_config(settings), http, BodyGate(settings.decode_slots)),
+        provider=redacted(make_provider(provider_config(settings), http, gate), settings.api_key_value),
+        gate=gate,
         dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),
         telemetry=Telemetry(redis, prefix=settings.limiter_prefix),
         policy=RetryPolicy(

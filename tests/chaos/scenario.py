@@ -65,6 +65,7 @@ from nanobatch.models.tables import GenerationTask
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.server import RunningSimulator, start_simulator
 from nanobatch.simulator.stats import Stats
+from nanobatch.workers.storage import STAGING_DIR, safe_name
 from tests.chaos.services import PrivatePostgres, PrivateRedis
 from tests.integration.conftest import Stack
 
@@ -335,6 +336,7 @@ class ChaosRun:
             "NANOBATCH_QUEUE": "chaos",
             "NANOBATCH_OUTPUT_DIR": str(self.workdir / "images"),
             "NANOBATCH_PROVIDER_BASE_URL": sim.url,
+            "NANOBATCH_IMAGE_SIZE_CHECK": "aspect",  # the simulator serves thumbnails here
             "NANOBATCH_REQUEST_TIMEOUT": str(p.request_timeout),
             "NANOBATCH_CONNECT_TIMEOUT": "2",
             "NANOBATCH_LEASE_SECONDS": str(p.lease_seconds),
@@ -620,12 +622,13 @@ class ChaosRun:
         for path in (self.workdir / "images").rglob("*"):
             if not path.is_file():
                 continue
-            if path.name.startswith(".tmp-"):
+            # temporaries, and claims' staged images (a killed worker's, not yet taken over or removed)
+            if path.name.startswith(".") or STAGING_DIR in path.parts:
                 r.temp_files += 1
                 continue
             files.setdefault(path.stem, []).append(path)
         r.files = sum(len(v) for v in files.values())
-        completed = {row.key: row for row in rows if row.status == "completed"}
+        completed = {safe_name(row.key): row for row in rows if row.status == "completed"}  # file stems
         r.duplicate_files = [key for key, paths in files.items() if len(paths) > 1]
         r.orphan_files = [key for key in files if key not in completed]
         for key, row in completed.items():

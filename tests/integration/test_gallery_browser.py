@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from nanobatch.workers.storage import safe_name
 from tests.conftest import IN_CI
 from tests.integration.conftest import REPO, write_csv
 
@@ -76,7 +77,7 @@ def test_the_report_renders_in_a_browser(simulator, stack, tmp_path: Path) -> No
     assert (summary.counts["completed"], summary.counts["failed"]) == (6, 1)
     # When its report is rendered by headless Chromium
     s.cli("report", "browser", check=True)
-    page = s.output_dir / "browser" / "report.html"
+    page = s.output_dir / safe_name("browser") / "report.html"
     shot = tmp_path / "gallery.png"
     run_chromium(binary, tmp_path / "profile-shot", page, f"--screenshot={shot}")
     dom = run_chromium(binary, tmp_path / "profile-dom", page, "--dump-dom").stdout

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.workers.storage import safe_name
 from tests.integration.conftest import DEFAULT_MODEL, Stack, write_csv
 
 pytestmark = pytest.mark.integration
@@ -220,6 +221,6 @@ def test_report_writes_the_gallery_next_to_the_images(simulator, stack, tmp_path
     s.submit_file(write_csv(tmp_path / "p.csv", "key,prompt", "A,mug", "B,forbidden mug"), "gallery")
     s.wait_terminal("gallery")
     out = s.cli("report", "gallery", check=True).stdout
-    page = (s.output_dir / "gallery" / "report.html").read_text(encoding="utf-8")
+    page = (s.output_dir / safe_name("gallery") / "report.html").read_text(encoding="utf-8")
     assert "1 of 1 images" in out
     assert page.count('<img src="data:image/jpeg;base64,') == 1 and "blocked" in page

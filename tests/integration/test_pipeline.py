@@ -10,6 +10,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.workers.storage import safe_name
 from tests.integration.conftest import Stack, write_csv
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def test_submitted_rows_become_images_of_the_exact_size(simulator, stack, tmp_pa
     # Then both complete with real images of the catalog's dimensions, recorded in the row
     assert s.wait_terminal("sizes").counts["completed"] == 2
     for key, size in {"SKU-1": (6336, 2688), "SKU-2": (1376, 768)}.items():  # 1K 16:9 of the Gemini 3 grid
-        with Image.open(s.output_dir / "sizes" / f"{key}.png") as image:
+        with Image.open(s.output_dir / safe_name("sizes") / f"{safe_name(key)}.png") as image:
             assert image.size == size and image.format == "PNG"
     tasks = tasks_of(s, "sizes")
     assert (tasks["SKU-1"].width, tasks["SKU-1"].height, tasks["SKU-1"].output_tokens) == (6336, 2688, 2000)

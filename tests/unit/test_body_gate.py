@@ -139,3 +139,11 @@ def test_a_read_response_is_freed_without_the_cycle_collector() -> None:
         assert freed() is None
     finally:
         gc.enable()
+
+
+def test_a_thread_holding_a_slot_decodes_inside_it_without_taking_a_second() -> None:
+    gate = BodyGate(1)
+    with gate.hold(None), gate.hold(None):  # the answer's slot, then its image's decode: no deadlock
+        assert gate.peak == 1
+    with gate.hold(None):  # released properly: the slot is free again
+        assert gate.peak == 1

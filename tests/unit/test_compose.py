@@ -199,6 +199,13 @@ def test_the_required_roles_are_wired(services: dict[str, Any]) -> None:
     assert services["simulator"]["profiles"] == ["rehearsal"]
 
 
+def test_operator_endpoints_are_published_on_loopback_only(services: dict[str, Any]) -> None:
+    # Flower (basic auth over plain HTTP, can revoke tasks) and the metrics endpoint (no auth) must not
+    # be reachable from the network by default; the README shows a TLS reverse proxy in front.
+    for role, port in (("flower", 5555), ("metrics", 9808)):
+        assert services[role]["ports"] == [f"127.0.0.1:{port}:{port}"], role
+
+
 def test_secrets_reach_only_the_services_that_need_them(services: dict[str, Any]) -> None:
     with_key = {n for n, s in services.items() if {"GEMINI_API_KEY", "NANOBATCH_API_KEY"} & set(env_of(s))}
     assert with_key == {"worker"}

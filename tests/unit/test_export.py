@@ -241,3 +241,36 @@ def test_an_export_file_appears_only_when_complete_and_with_normal_permissions(t
         os.umask(old)
     assert target.read_text() == "key,status\n"
     assert target.stat().st_mode & 0o777 == 0o644  # shareable, not mkstemp's 0600
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+2", "'+1+2"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tcell", "'\tcell"),
+        ("\rcell", "'\rcell"),
+        ("-5", "-5"),  # plain numbers are not formulas
+        ("+1.5e3", "+1.5e3"),
+        ("mug", "mug"),
+        ("a=b", "a=b"),
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(cell: str, written: str) -> None:
+    row = export_row(task(key="K", extra={"note": cell}))
+    out = io.StringIO()
+    write_csv([row], ["note"], out)
+    parsed = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert parsed[0]["note"] == written
+    out = io.StringIO()
+    write_jsonl([row], out)
+    assert json.loads(out.getvalue())["note"] == cell  # JSONL stays exact
+
+
+def test_csv_column_names_and_keys_are_neutralised_too() -> None:
+    out = io.StringIO()
+    write_csv([export_row(task(key="=1+1", extra={"@cmd": "x"}))], ["@cmd"], out)
+    header, row = list(csv.reader(io.StringIO(out.getvalue())))
+    assert header[-1] == "'@cmd" and row[0] == "'=1+1" and row[-1] == "x"

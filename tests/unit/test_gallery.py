@@ -28,6 +28,7 @@ from nanobatch.tasks.gallery import (
     with_thumbnails,
     write_report,
 )
+from nanobatch.workers.storage import safe_name
 
 HOSTILE = '<script>alert("x")</script>'
 ATTR_BREAKER = '"><img src=x onerror=alert(1)>'
@@ -219,7 +220,7 @@ def test_a_report_from_the_database(db: Database, tmp_path: Path) -> None:
     assert data.failures == [FailureGroup("blocked", 2, [("F1", "IMAGE_SAFETY"), ("F2", "IMAGE_SAFETY")])]
     assert data.summary.counts == {"pending": 1, "processing": 0, "completed": 3, "failed": 2, "cancelled": 0}
     path = default_report_path(tmp_path / "images", "shop")
-    assert path == tmp_path / "images" / "shop" / "report.html"
+    assert path == tmp_path / "images" / safe_name("shop") / "report.html"
     assert write_report(data, path) == path.stat().st_size
     assert path.read_text(encoding="utf-8").count('<img src="data:image/jpeg;base64,') == 2
 

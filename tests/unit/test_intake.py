@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,46 @@ def test_input_images_must_be_real_images_inside_the_allowed_dir(tmp_path: Path)
     assert "no such file" in reasons[0] and "not a readable image" in reasons[1]
     assert "outside the allowed directory" in reasons[2] and "outside the allowed directory" in reasons[3]
     assert "accepts at most 3 images" in reasons[4]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"key,prompt\nA,bad\x00mug\n", "line 2: prompt: contains a NUL byte"),
+        (b"key,prompt\nA,esc\x1b[31mred\n", "line 2: prompt: contains U+001B"),
+        (b"key,prompt,title\nA,mug,x\x7fy\n", "line 2: title: contains U+007F"),
+        (b"key,prompt\nA\x00B,mug\n", "line 2: key: Value error, key must not contain control characters"),
+        (b'key,prompt\n"A\tB",mug\n', "line 2: key: Value error, key must not contain control characters"),
+        (b"key,prompt,input_images\nA,mug,a\x00.png\n", "line 2: input_images: contains a NUL byte"),
+    ],
+)
+def test_control_characters_are_a_row_error(tmp_path: Path, body: bytes, expected: str) -> None:
+    result = read(write(tmp_path, "p.csv", body))
+    assert [e for e in errors(result) if e.startswith(expected)], errors(result)
+    assert result.tasks == []
+
+
+def test_nested_and_named_control_characters_in_jsonl_are_found(tmp_path: Path) -> None:
+    lines = [
+        '{"key": "A", "prompt": "mug", "tags": ["ok", "b\\u0000d"]}',
+        '{"key": "B", "prompt": "mug", "bad\\u0001name": "x"}',
+        '{"key": "C", "prompt": "mug", "lone": "\\ud800"}',
+        '{"key": "D", "prompt": "tab\\tand\\nnewline\\r\\nare fine", "note": "a\\tb"}',
+    ]
+    result = read(write(tmp_path, "p.jsonl", "\n".join(lines) + "\n"))
+    assert [str(e) for e in result.errors] == [
+        "line 1: tags[1]: contains a NUL byte; control characters are not allowed",
+        "line 2: bad?name: contains U+0001; control characters are not allowed",
+        "line 3: lone: contains U+D800; control characters are not allowed",
+    ]
+    assert [t.key for t in result.tasks] == ["D"] and result.tasks[0].prompt.startswith("tab\tand\n")
+
+
+def test_input_images_are_recorded_with_their_folder_and_digest(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    result = read(write(tmp_path, "p.csv", "key,prompt,input_images\nA,edit,a.png\nB,plain,\n"))
+    with_image, without = result.tasks
+    assert with_image.input_images == (str((tmp_path / "a.png").resolve()),)
+    assert with_image.input_root == str(tmp_path.resolve())
+    assert with_image.input_sha256 == (hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest(),)
+    assert (without.input_root, without.input_sha256) == (None, ())

@@ -7,8 +7,11 @@ tests can hand them an ``httpx.MockTransport`` and integration tests the simulat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
+
+from nanobatch.workers.imagecheck import ImageFacts
 
 AuthStyle = Literal["x-goog-api-key", "bearer"]
 
@@ -34,6 +37,10 @@ class ImageRequest:
     # Pixel size the catalog expects; OpenAI-compatible providers need it to pick a `size`.
     width: int | None = None
     height: int | None = None
+    #: Full decode-verification of the answer's image (``workers.imagecheck``), run by the provider
+    #: while it still holds the answer's body-gate slot, so the decode is bounded like the body
+    #: (see :func:`checked`).
+    check: Callable[[bytes], ImageFacts] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,19 @@ class ImageResult:
     response_id: str | None = None
     revised_prompt: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    #: Format and size read from the decoded pixels (``None`` when the request carried no check).
+    facts: ImageFacts | None = None
+
+
+def checked(request: ImageRequest, result: ImageResult) -> ImageResult:
+    """``result`` with the facts of its decoded image, when ``request`` carries a check.
+
+    Raises the check's :class:`~nanobatch.workers.imagecheck.ImageRejected` for a truncated, foreign,
+    oversized or wrongly sized image. Providers call it inside their decode slot.
+    """
+    if request.check is None:
+        return result
+    return replace(result, facts=request.check(result.data))
 
 
 @dataclass(frozen=True)

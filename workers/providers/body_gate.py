@@ -11,6 +11,11 @@ with every thread), and only then, before the body is read, a thread takes one o
 unread body waits in the socket: TCP flow control stops the server after a few hundred kilobytes,
 so the waiting costs kernel buffers, not heap. Small bodies (errors, thumbnails: a declared
 ``Content-Length`` below the threshold) skip the gate, so they never queue behind large ones.
+
+Decoding an image's pixels (``workers.imagecheck``) takes a slot too, also for a small body (a
+flat-colour 4K PNG is a few kilobytes but 50 MB of pixels). A thread that already holds a slot —
+decoding the answer whose body it holds — does not take a second one: holding is per thread and
+re-entrant, so the gate cannot deadlock.
 """
 
 from __future__ import annotations
@@ -35,20 +40,24 @@ class BodyGate:
         self._lock = threading.Lock()
         self._held = 0
         self._peak = 0
+        self._mine = threading.local()  # does this thread hold a slot already?
 
     @contextmanager
     def hold(self, content_length: str | None) -> Iterator[None]:
-        """Hold a slot for the ``with`` block unless the declared body is small."""
-        if _declared_size(content_length) <= self.small_body_bytes:
+        """Hold a slot for the ``with`` block unless the declared body is small (``None``: unsized, so
+        a slot), or this thread holds one already."""
+        if _declared_size(content_length) <= self.small_body_bytes or getattr(self._mine, "held", False):
             yield
             return
         with self._semaphore:
             with self._lock:
                 self._held += 1
                 self._peak = max(self._peak, self._held)
+            self._mine.held = True
             try:
                 yield
             finally:
+                self._mine.held = False
                 with self._lock:
                     self._held -= 1
 

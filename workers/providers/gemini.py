@@ -60,7 +60,7 @@ from nanobatch.workers.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
-from nanobatch.workers.providers.base import ImageRequest, ImageResult, ProviderConfig
+from nanobatch.workers.providers.base import ImageRequest, ImageResult, ProviderConfig, checked
 from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.providers.http import (
     as_dict,
@@ -182,7 +182,7 @@ class GeminiProvider:
             if not response.is_success:
                 raise error_from_response(response, key)
             payload = success_payload(response, key)
-            return parse_generate_response(payload, key)
+            return checked(request, parse_generate_response(payload, key))  # decoded inside the slot
 
     def url_for(self, model: str) -> str:
         """The generateContent URL for ``model`` (the catalog's ``upstream_id``, as the request carries)."""

@@ -19,6 +19,19 @@ Transport mapping (decisions, not accidents):
 * ``CookieConflict`` and the ``StreamError`` family are programming errors in *our* code; they are
   deliberately not translated so they surface with a full traceback.
 
+Resource bounds (decisions, not accidents):
+
+* **One deadline for the whole call.** httpx's read timeout is per read, so an upstream sending a
+  byte every few seconds would hold a worker thread forever. :class:`UpstreamTransport` gives every
+  request a deadline (``total_timeout``, i.e. ``NANOBATCH_REQUEST_TIMEOUT``), shared with an enclosing
+  :func:`call_deadline` (a result link fetched after the answer shares its call's deadline): waiting
+  for a pooled connection, connecting, writing and *every single read* get at most the time left, and
+  none once it is gone → ``httpx.TimeoutException`` → :class:`UpstreamTimeout`.
+* **A cap on an answer's size.** :func:`exchange` refuses a declared ``Content-Length`` above the
+  client's ``max_response_bytes`` before reading, and counts the bytes it reads (after decompression,
+  so a compressed bomb is cut off too) → :class:`UpstreamUnavailable` with code
+  ``response_too_large``: a transient upstream fault, retried a bounded number of times.
+
 Also here: the pooled client factory, ``Retry-After``/``retryDelay`` parsing, the status → class
 fallback table and image-format sniffing.
 """
@@ -28,14 +41,19 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+import time
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 
+from nanobatch.models.status import ErrorCode
 from nanobatch.workers.errors import (
     InvalidRequest,
     ProviderError,
@@ -83,19 +101,179 @@ NOT_TRANSLATED: tuple[type[Exception], ...] = (httpx.CookieConflict, httpx.Strea
 TRANSLATED: tuple[type[Exception], ...] = (httpx.HTTPError, httpx.InvalidURL)
 
 
-def make_http_client(*, connect_timeout: float, read_timeout: float, max_connections: int) -> httpx.Client:
+class UpstreamClient(httpx.Client):
+    """An ``httpx.Client`` that also knows the largest answer :func:`exchange` may read."""
+
+    def __init__(self, *, max_response_bytes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_response_bytes = max_response_bytes
+
+
+def make_http_client(
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    max_connections: int,
+    total_timeout: float | None = None,
+    max_response_bytes: int | None = None,
+) -> httpx.Client:
     """A pooled client meant to be shared by all threads of one worker process.
 
-    ``read_timeout`` also bounds writes and waiting for a pooled connection; keep-alive slots equal
-    the connection cap because a worker's threads reuse connections to one upstream host.
-    Redirects are not followed: an API endpoint that redirects is misconfigured.
+    ``read_timeout`` also bounds writes and waiting for a pooled connection; ``total_timeout`` bounds a
+    whole request, connect to last byte (see the module doc); ``max_response_bytes`` caps what
+    :func:`exchange` reads. Keep-alive slots equal the connection cap because a worker's threads reuse
+    connections to one upstream host. Redirects are not followed: an API endpoint that redirects is
+    misconfigured.
     """
-    return httpx.Client(
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return UpstreamClient(
+        max_response_bytes=max_response_bytes,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=limits,
+        transport=UpstreamTransport(limits=limits, total_timeout=total_timeout),
         follow_redirects=False,
         headers={"user-agent": USER_AGENT},
     )
+
+
+# --- the overall deadline ------------------------------------------------------------------------
+
+_deadline = threading.local()
+
+
+def current_deadline() -> float | None:
+    """This thread's deadline (``time.monotonic()`` value) for the call it is making, if any."""
+    return typing.cast(float | None, getattr(_deadline, "at", None))
+
+
+@contextmanager
+def call_deadline(seconds: float | None) -> Iterator[None]:
+    """Everything this thread sends or reads inside the block must end within ``seconds`` (nested
+    deadlines keep the earlier one)."""
+    previous = current_deadline()
+    if seconds is not None:
+        at = time.monotonic() + seconds
+        _deadline.at = at if previous is None else min(previous, at)
+    try:
+        yield
+    finally:
+        _deadline.at = previous
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` shortened to the time left before this thread's deadline; ``expired`` once past it."""
+    at = current_deadline()
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise expired("the call's overall deadline passed (NANOBATCH_REQUEST_TIMEOUT)")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits at most until the calling thread's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync network backend, with connects bounded by the calling thread's deadline."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, left, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineBody(httpx.SyncByteStream):
+    """A response body read under its request's deadline (the body is read after ``handle_request``)."""
+
+    def __init__(self, inner: typing.Any, at: float) -> None:
+        self._inner = inner
+        self._at = at
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._inner)
+        while True:
+            with call_deadline(max(0.0, self._at - time.monotonic())):
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class UpstreamTransport(httpx.HTTPTransport):
+    """httpx's transport whose connections honour an overall deadline per request (module doc).
+
+    httpx does not expose httpcore's ``network_backend``; the pool is rebuilt with the same settings
+    httpx uses for a direct connection (no proxy, TLS verified).
+    """
+
+    def __init__(self, *, limits: httpx.Limits, total_timeout: float | None = None) -> None:
+        super().__init__(limits=limits)
+        self.total_timeout = total_timeout
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with call_deadline(self.total_timeout):
+            at = current_deadline()
+            if at is not None:  # waiting for a pooled connection counts too
+                timeouts = dict(request.extensions.get("timeout", {}))
+                pool = timeouts.get("pool")
+                left = max(0.0, at - time.monotonic())
+                timeouts["pool"] = left if pool is None else min(pool, left)
+                request.extensions = {**request.extensions, "timeout": timeouts}
+            response = super().handle_request(request)
+        if at is not None:
+            response.stream = _DeadlineBody(response.stream, at)
+        return response
 
 
 # --- transport errors -----------------------------------------------------------------------------
@@ -116,6 +294,9 @@ def translate_httpx_error(exc: Exception, *secrets: str | None) -> ProviderError
         return status_error_class(status)(redact(str(exc), *secrets), status_code=status)
     name = type(exc).__name__
     detail = str(exc) or "no detail"
+    at = current_deadline()
+    if isinstance(exc, httpx.TimeoutException) and at is not None and time.monotonic() >= at:
+        detail = f"no complete answer before the call's deadline (NANOBATCH_REQUEST_TIMEOUT): {detail}"
     return error_class_for(type(exc))(redact(detail, *secrets), provider_status=name)
 
 
@@ -137,20 +318,50 @@ def exchange(
     ``base_url`` raises ``InvalidURL`` there. ``kwargs`` go to ``client.build_request`` (``json``,
     ``data``, ``files``, ``headers``).
     """
+    cap = getattr(client, "max_response_bytes", None)
     try:
         response = client.send(client.build_request(method, url, **kwargs), stream=True)
     except TRANSLATED as exc:
         raise translate_httpx_error(exc, secret) from exc
     try:
-        with gate.hold(response.headers.get("content-length")) if gate else nullcontext():
+        declared = response.headers.get("content-length")
+        if cap is not None and declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            raise too_large(response, f"declares {int(declared):,} bytes (Content-Length)", cap)
+        with gate.hold(declared) if gate else nullcontext():
             try:
-                response.read()
+                read_capped(response, cap)
             except TRANSLATED as exc:
                 raise translate_httpx_error(exc, secret) from exc
             yield response
     finally:
         response.close()
         release_response(response)
+
+
+def read_capped(response: httpx.Response, cap: int | None) -> bytes:
+    """``response.read()``, stopping with :func:`too_large` as soon as more than ``cap`` bytes arrived
+    (counted after decompression). The body ends up in ``response.content`` as with ``read``."""
+    if cap is None:
+        return response.read()
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if total > cap:
+            raise too_large(response, f"sent more than {cap:,} bytes", cap)
+        chunks.append(chunk)
+    # What ``Response.read`` itself does: the joined body becomes ``response.content``.
+    response._content = b"".join(chunks)
+    return response._content
+
+
+def too_large(response: httpx.Response, what: str, cap: int) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"the answer {what}: over the {cap:,}-byte limit (NANOBATCH_MAX_RESPONSE_BYTES)",
+        status_code=response.status_code,
+        provider_status="response_too_large",
+        code=ErrorCode.RESPONSE_TOO_LARGE,
+    )
 
 
 def release_response(response: httpx.Response) -> None:

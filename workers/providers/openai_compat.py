@@ -50,7 +50,7 @@ from nanobatch.workers.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
-from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage, ProviderConfig
+from nanobatch.workers.providers.base import ImageRequest, ImageResult, InputImage, ProviderConfig, checked
 from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.providers.http import (
     as_dict,
@@ -134,10 +134,11 @@ class OpenAICompatProvider:
             payload = success_payload(response, key)
             item = first_dict(payload.get("data"))
             if not is_result_link(item):
-                return build_result(payload, item, self._image_bytes(item), request.output_format)
+                result = build_result(payload, item, self._image_bytes(item), request.output_format)
+                return checked(request, result)  # decoded inside the slot
         # A result link is fetched after this answer's gate slot is given back: a thread never holds two
-        # slots, so the gate cannot deadlock.
-        return build_result(payload, item, self._image_bytes(item), request.output_format)
+        # slots, so the gate cannot deadlock. (The check takes a decode slot of its own.)
+        return checked(request, build_result(payload, item, self._image_bytes(item), request.output_format))
 
     def request_parts(self, request: ImageRequest) -> tuple[str, dict[str, Any]]:
         """URL and body: ``generations`` (JSON) without reference images, ``edits`` (multipart) with."""

@@ -1,7 +1,7 @@
 """per-task wait counters for the wait bounds (issue #12)
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-29
 
 ``upstream_waits`` / ``upstream_wait_seconds``: the task's own 429 waits and their total seconds
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision = '0003'
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
