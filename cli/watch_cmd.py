@@ -9,7 +9,7 @@ works from any machine that can reach it, with or without Redis.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import typer
 from rich.console import Group, RenderableType
@@ -20,11 +20,13 @@ from rich.table import Table
 from rich.text import Text
 
 from nanobatch.cli.context import console, database, fail, load_settings
+from nanobatch.cli.status_cmd import recovery_line
 from nanobatch.models.db import Database
 from nanobatch.models.queries import BatchSummary, batch_summaries, find_batch
 from nanobatch.models.status import TaskStatus
 from nanobatch.tasks.estimate import human_duration
 from nanobatch.tasks.export import reason_counts
+from nanobatch.tasks.settings import Settings
 
 EXIT_INTERRUPTED = 130
 
@@ -34,6 +36,7 @@ class Snapshot:
     summary: BatchSummary
     failed: dict[str, int]  # error_code → failed tasks
     retrying: dict[str, int]  # error_code → pending tasks waiting out an error
+    recovery: Text | None = None  # when the recovery sweep last ran (``status_cmd.recovery_line``)
 
     @property
     def finished(self) -> bool:
@@ -45,16 +48,19 @@ class Snapshot:
         return 1 if counts[TaskStatus.FAILED] or counts[TaskStatus.CANCELLED] else 0
 
 
-def take_snapshot(db: Database, name: str) -> Snapshot | None:
+def take_snapshot(db: Database, name: str, settings: Settings | None = None) -> Snapshot | None:
     with db.session() as session:
         batch = find_batch(session, name)
         if batch is None:
             return None
-        return Snapshot(
+        snapshot = Snapshot(
             summary=batch_summaries(session, name)[0],
             failed=reason_counts(session, batch.id, TaskStatus.FAILED),
             retrying=reason_counts(session, batch.id, TaskStatus.PENDING),
         )
+    if settings is None or snapshot.finished:
+        return snapshot
+    return replace(snapshot, recovery=recovery_line(settings))
 
 
 def watch_command(
@@ -65,25 +71,25 @@ def watch_command(
     """Follow a batch live: progress, rate, ETA, cost and failures by reason."""
     settings = load_settings()
     with database(settings) as db:
-        snapshot = take_snapshot(db, batch)
+        snapshot = take_snapshot(db, batch, settings)
         if snapshot is None:
             raise fail(f"no batch named {batch!r} (see `nanobatch status` for the list)", 1)
         if once:
             console.print(render(snapshot))
             return
         try:
-            snapshot = _follow(db, batch, snapshot, interval)
+            snapshot = _follow(db, batch, snapshot, interval, settings)
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(snapshot.exit_code)
 
 
-def _follow(db: Database, name: str, snapshot: Snapshot, interval: float) -> Snapshot:
+def _follow(db: Database, name: str, snapshot: Snapshot, interval: float, settings: Settings) -> Snapshot:
     """Refresh until the batch is finished; returns the final snapshot (which stays on screen)."""
     with Live(render(snapshot), console=console, auto_refresh=False) as live:
         while not snapshot.finished:
             time.sleep(interval)  # pacing the refresh, not synchronisation
-            snapshot = take_snapshot(db, name) or snapshot
+            snapshot = take_snapshot(db, name, settings) or snapshot
             live.update(render(snapshot), refresh=True)
     return snapshot
 
@@ -96,6 +102,8 @@ def render(snapshot: Snapshot) -> RenderableType:
         parts.append(_reasons("Failed by reason", snapshot.failed, "red"))
     if snapshot.retrying:
         parts.append(_reasons("Retrying after", snapshot.retrying, "yellow"))
+    if snapshot.recovery is not None:
+        parts.append(snapshot.recovery)
     state = "finished" if snapshot.finished else s.status
     return Panel(Group(*parts), title=f"[bold]{s.name}[/bold] · {state}", title_align="left", expand=False)
 

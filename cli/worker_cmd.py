@@ -19,7 +19,10 @@ def worker_command(
         None, "--concurrency", "-c", help="Threads (default NANOBATCH_CONCURRENCY)"
     ),
     beat: bool = typer.Option(
-        False, "--beat", "-B", help="Also run the beat scheduler (exactly one per cluster)"
+        False,
+        "--beat",
+        "-B",
+        help="Also run the beat scheduler (nightly inbox only; recovery needs no beat). One per cluster",
     ),
     loglevel: str = typer.Option("info", "--loglevel", "-l"),
     hostname: str | None = typer.Option(None, "--hostname", "-n", help="Celery node name"),
@@ -60,7 +63,7 @@ def worker_command(
 
 
 def beat_command(loglevel: str = typer.Option("info", "--loglevel", "-l")) -> None:
-    """Run the beat scheduler (sweeper every NANOBATCH_SWEEP_INTERVAL s). Run exactly one."""
+    """Run the beat scheduler: the nightly inbox. Recovery needs no beat (every worker sweeps)."""
     settings = load_settings()
     if settings.embedded:
         raise fail("beat needs NANOBATCH_REDIS_URL (the embedded worker sweeps by itself)", 2)
@@ -69,16 +72,20 @@ def beat_command(loglevel: str = typer.Option("info", "--loglevel", "-l")) -> No
 
 
 def sweep_command() -> None:
-    """Run one sweep now: reclaim expired leases, re-dispatch pending rows without a live message."""
+    """Run one sweep now: reclaim tasks of dead workers, re-dispatch pending rows without a live message."""
     settings = load_settings()
     runtime = runtime_for(settings)
     try:
         report = sweep(runtime)
     finally:
         runtime.close()
+    if not report.ran:
+        console.print("another process is sweeping right now; nothing done")
+        return
     console.print(
-        f"reclaimed {report.reclaimed}, dispatched {report.dispatched}, "
-        f"already queued {report.skipped_live}, batches outside their window {report.held_by_window}"
+        f"reclaimed {report.reclaimed} ({report.reclaimed_silent} from workers without a heartbeat), "
+        f"dispatched {report.dispatched}, already queued {report.skipped_live}, "
+        f"batches outside their window {report.held_by_window}"
     )
 
 

@@ -420,6 +420,8 @@ def reuse_previous(rt: Runtime, job: Job) -> Result | None:
     source = Path(local_path(prior.result_uri) or "")
     if not source.is_file():
         return None
+    if not still_owned(rt, job):  # a paused worker woken up: the task is someone else's now
+        return Result.SKIPPED
     stored = store_image(rt.output_dir, job.batch_name, job.key, source.read_bytes())
     record_completion(
         rt,

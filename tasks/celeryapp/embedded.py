@@ -21,8 +21,8 @@ from celery.worker import state as worker_state
 from nanobatch.tasks.celeryapp import definitions
 from nanobatch.tasks.celeryapp.app import control_queue
 from nanobatch.tasks.celeryapp.runtime import install_runtime
+from nanobatch.tasks.celeryapp.sweeper_thread import start_sweeper_thread
 from nanobatch.tasks.runtime import Runtime
-from nanobatch.tasks.sweep import sweep
 
 log = logging.getLogger("nanobatch.embedded")
 
@@ -71,22 +71,14 @@ class EmbeddedWorker:
         worker_thread = threading.Thread(target=self._worker.start, name="celery-worker", daemon=True)
         worker_thread.start()
         self._worker.ensure_started()
-        sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
-        sweeper.start()
+        sweeper = start_sweeper_thread(lambda: self.runtime, self.sweep_interval, self._stop)
         self._threads = [worker_thread, sweeper]
-
-    def _sweep_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sweep(self.runtime)
-            except Exception:  # keep sweeping: the next round retries whatever failed
-                log.exception("sweep failed")
-            self._stop.wait(self.sweep_interval)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         worker_state.should_terminate = 0
         for thread in self._threads:
             thread.join(timeout)
+        definitions.LIVENESS.stop()  # a terminated WorkController sends no worker_shutdown
         worker_state.should_terminate = None
         install_runtime(None)

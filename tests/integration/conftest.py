@@ -73,7 +73,8 @@ class Stack:
     def start_worker(
         self, concurrency: int = 4, *, beat: bool = False, **env: str
     ) -> subprocess.Popen[bytes]:
-        """A real ``celery worker`` process on this stack (``beat=True`` embeds the scheduler: sweeps)."""
+        """A real ``celery worker`` process on this stack; it sweeps by itself (``beat=True`` embeds the
+        scheduler too, which only sends the nightly inbox)."""
         queues = f"{self.env['NANOBATCH_QUEUE']},{self.env['NANOBATCH_QUEUE']}.control"
         number = len(self.workers)
         cmd = [
