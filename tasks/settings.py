@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=5.0, gt=0)
     # A worker silent this long is dead (or paused): the sweeper reclaims its tasks.
     heartbeat_ttl: float = Field(default=20.0, gt=0)
+    # Reconnects before the Celery worker gives up on the broker (Celery's default, ~45 min of
+    # backoff); `nanobatch worker` then starts it again after a pause. None: retry forever.
+    broker_connection_max_retries: int | None = Field(default=100, ge=0)
     redispatch_after: float = Field(default=600.0, gt=0)
     timezone: str = "UTC"  # for batch windows and --at
     inbox_dir: Path | None = None

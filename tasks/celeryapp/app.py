@@ -45,6 +45,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=settings.broker_connection_max_retries,
         broker_transport_options={"visibility_timeout": 3600},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
