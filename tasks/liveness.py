@@ -148,10 +148,8 @@ def silent_workers(redis: Redis, prefix: str, names: list[str], *, ttl: float) -
         now_pair, since, *exists = pipe.execute()
     now = int(now_pair[0]) + int(now_pair[1]) / 1_000_000
     if since is None:
-        redis.set(keys.since, repr(now), nx=True)
-        log.info(
-            "liveness: no heartbeat history in Redis (new, restarted or flushed); leases only for %gs", ttl
-        )
+        if redis.set(keys.since, repr(now), nx=True):
+            log.info("liveness: no heartbeat history in Redis (new or flushed); leases only for %gs", ttl)
         return None
     if now - float(since) < ttl:
         return None

@@ -100,9 +100,8 @@ def reclaim_silent(rt: Runtime, now: datetime) -> int:
     """
     with rt.db.session() as session:
         holders = transitions.processing_holders(session, claimed_before=now)
-    if not holders:
-        return 0
     ttl = rt.settings.heartbeat_ttl
+    # Asked even without holders: it starts the heartbeat history after Redis lost it.
     silent = liveness.silent_workers(rt.redis, rt.settings.limiter_prefix, holders, ttl=ttl)
     if not silent:
         return 0
