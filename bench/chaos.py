@@ -1,5 +1,9 @@
 """The long chaos run, one command: ``python bench/chaos.py --tasks 1000``.
 
+``--plan no-beat`` (a worker SIGKILLed while the broker is FLUSHDBed, two workers, no replacement)
+and ``--plan paused`` (a worker SIGSTOPped mid-call, then SIGCONTed) run the liveness plans of
+``pytest -m chaos`` at any size.
+
 Same scenario as ``pytest -m chaos`` (tests/chaos/scenario.py): a batch against a simulator serving
 30 % 429s, 5 % 5xx and 1 % timeouts, while three workers are SIGKILLed, Redis is wiped and
 PostgreSQL restarted — on private Redis/PostgreSQL servers started here on free loopback ports, so
@@ -19,7 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.chaos.scenario import ChaosPlan, run_chaos  # noqa: E402
+import dataclasses  # noqa: E402
+
+from tests.chaos.scenario import NO_BEAT_PLAN, PAUSED_PLAN, ChaosPlan, run_chaos  # noqa: E402
+
+PLANS = {"main": ChaosPlan(), "no-beat": NO_BEAT_PLAN, "paused": PAUSED_PLAN}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--plan", choices=sorted(PLANS), default="main", help="which faults (main)")
     parser.add_argument("--tasks", type=int, default=1000, help="tasks in the batch (default 1000)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="threads per worker")
@@ -41,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tasks < 20:
         parser.error("--tasks must be at least 20 (faults are injected at 10 %..70 % progress)")
-    plan = ChaosPlan(
+    base = PLANS[args.plan]
+    plan = dataclasses.replace(
+        base,
         tasks=args.tasks,
-        workers=args.workers,
-        threads=args.threads,
-        seed=args.seed,
+        workers=args.workers if args.workers != defaults.workers else base.workers,
+        threads=args.threads if args.threads != defaults.threads else base.threads,
+        seed=args.seed if args.seed != defaults.seed else base.seed,
         redispatch_after=args.redispatch_after or None,
     )
     workdir = Path(tempfile.mkdtemp(prefix="nbchaos-"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from redis.exceptions import RedisError
 from rich.table import Table
 from rich.text import Text
 
@@ -13,6 +14,8 @@ from nanobatch.models.db import Database
 from nanobatch.models.queries import BatchSummary, batch_summaries, models_by_batch
 from nanobatch.tasks import alerts
 from nanobatch.tasks.estimate import human_duration
+from nanobatch.tasks.liveness import recovery_health_for
+from nanobatch.tasks.settings import Settings
 
 
 def status_command(
@@ -33,15 +36,38 @@ def status_command(
         db.dispose()
     if batch is not None and not summaries:
         raise fail(f"no batch named {batch!r}", 1)
+    recovery = recovery_line(settings)
     if as_json:
         payload = summaries[0].as_json() if batch is not None else [s.as_json() for s in summaries]
         typer.echo(json.dumps(payload))
         for warning in warnings:  # stdout stays the documented JSON
             err_console.print(f"warning: {warning}", markup=False, highlight=False)
+        if recovery is not None and recovery.style != RECOVERY_OK:  # a warning, kept off stdout
+            err_console.print(recovery, soft_wrap=True)
         return
     console.print(status_table(summaries))
     for warning in warnings:
         console.print(Text.assemble((f"⚠ {warning.subject}: ", "yellow"), warning.text))
+    if recovery is not None:
+        console.print(recovery, soft_wrap=True)
+
+
+RECOVERY_OK = "dim"
+RECOVERY_WARN = "bold yellow"
+
+
+def recovery_line(settings: Settings) -> Text | None:
+    """When the recovery sweep last ran (from Redis), a warning when none ran for two intervals;
+    ``None`` in embedded mode, where the one worker process sweeps for itself."""
+    try:
+        health = recovery_health_for(settings)
+    except (RedisError, OSError) as exc:
+        return Text(f"recovery: cannot read Redis to tell ({type(exc).__name__}: {exc})", style=RECOVERY_WARN)
+    if health is None:
+        return None
+    if health.overdue:
+        return Text(f"warning: {health.describe()}", style=RECOVERY_WARN)
+    return Text(f"recovery: {health.describe()}", style=RECOVERY_OK)
 
 
 def status_table(summaries: list[BatchSummary]) -> Table:

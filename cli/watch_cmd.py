@@ -9,7 +9,7 @@ from any machine that can reach it; with Redis it also shows stalled pools (``ta
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import typer
 from rich.console import Group, RenderableType
@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nanobatch.cli.context import console, database, fail, load_settings
+from nanobatch.cli.status_cmd import recovery_line
 from nanobatch.models.catalog import Catalog
 from nanobatch.models.db import Database
 from nanobatch.models.queries import BatchSummary, batch_summaries, find_batch, models_by_batch
@@ -38,6 +39,7 @@ class Snapshot:
     failed: dict[str, int]  # error_code → failed tasks
     retrying: dict[str, int]  # error_code → pending tasks waiting out an error
     alerts: list[alerts.Alert] = field(default_factory=list)  # shutdowns, unrecognised 429s, stalled pools
+    recovery: Text | None = None  # when the recovery sweep last ran (``status_cmd.recovery_line``)
 
     @property
     def finished(self) -> bool:
@@ -61,12 +63,15 @@ def take_snapshot(
         if settings is not None:
             pools = models_by_batch(session, [name]).get(name, [])
             warnings = alerts.collect(session, settings, catalog, [name], pools=pools)
-        return Snapshot(
+        snapshot = Snapshot(
             summary=batch_summaries(session, name)[0],
             failed=reason_counts(session, batch.id, TaskStatus.FAILED),
             retrying=reason_counts(session, batch.id, TaskStatus.PENDING),
             alerts=warnings,
         )
+    if settings is None or snapshot.finished:
+        return snapshot
+    return replace(snapshot, recovery=recovery_line(settings))
 
 
 def watch_command(
@@ -113,6 +118,8 @@ def render(snapshot: Snapshot) -> RenderableType:
         parts.append(_reasons("Retrying after", snapshot.retrying, "yellow"))
     for alert in snapshot.alerts:
         parts.append(Text.assemble((f"⚠ {alert.subject}: ", "bold yellow"), alert.text))
+    if snapshot.recovery is not None:
+        parts.append(snapshot.recovery)
     state = "finished" if snapshot.finished else s.status
     return Panel(Group(*parts), title=f"[bold]{s.name}[/bold] · {state}", title_align="left", expand=False)
 

@@ -362,11 +362,64 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
     ``failed``, not loop forever.
     """
     now = now or utcnow()
-    expired = and_(GenerationTask.status == PROCESSING, GenerationTask.lease_expires_at < now)
+    return _reclaim(
+        session,
+        and_(GenerationTask.status == PROCESSING, GenerationTask.lease_expires_at < now),
+        max_attempts=max_attempts,
+        now=now,
+        why="worker stopped responding while holding the task (lease expired)",
+    )
+
+
+def processing_holders(session: Session, *, claimed_before: datetime) -> list[str]:
+    """The workers holding ``processing`` rows they claimed before ``claimed_before``."""
+    stmt = (
+        select(GenerationTask.worker)
+        .where(
+            GenerationTask.status == PROCESSING,
+            GenerationTask.worker.is_not(None),
+            GenerationTask.started_at < claimed_before,
+        )
+        .distinct()
+    )
+    return [worker for worker in session.scalars(stmt) if worker]
+
+
+def reclaim_from_workers(
+    session: Session,
+    workers: Sequence[str],
+    *,
+    claimed_before: datetime,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> int:
+    """Return the processing rows of ``workers`` (whose heartbeat stopped) to pending, or fail them.
+
+    Only rows claimed before ``claimed_before`` (when the heartbeats were looked at): a worker that
+    claims afterwards is evidently running. Counts an attempt, like an expired lease. If the worker
+    was only paused, every write it makes when it wakes up fails on the cleared claim token.
+    """
+    if not workers:
+        return 0
+    return _reclaim(
+        session,
+        and_(
+            GenerationTask.status == PROCESSING,
+            GenerationTask.worker.in_(list(workers)),
+            GenerationTask.started_at < claimed_before,
+        ),
+        max_attempts=max_attempts,
+        now=now or utcnow(),
+        why="worker stopped heartbeating while holding the task (died or paused)",
+    )
+
+
+def _reclaim(session: Session, which: Any, *, max_attempts: int, now: datetime, why: str) -> int:
+    """processing → failed (out of attempts) or pending for the rows ``which`` selects."""
     failed = _rowcount(
         session.execute(
             update(GenerationTask)
-            .where(expired, out_of_attempts(GenerationTask.attempts + 1, max_attempts))
+            .where(which, out_of_attempts(GenerationTask.attempts + 1, max_attempts))
             .values(
                 status=FAILED,
                 finished_at=now,
@@ -374,14 +427,14 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
                 lease_expires_at=None,
                 claim_token=None,
                 error_code=ErrorCode.LEASE_EXPIRED.value,
-                error_message="worker stopped responding while holding the task (lease expired) too often",
+                error_message=f"{why}, too often",
             )
         )
     )
     requeued = _rowcount(
         session.execute(
             update(GenerationTask)
-            .where(expired)
+            .where(which)
             .values(
                 status=PENDING,
                 attempts=GenerationTask.attempts + 1,
@@ -390,7 +443,7 @@ def reclaim_expired(session: Session, *, max_attempts: int, now: datetime | None
                 dispatched_at=None,
                 not_before=None,
                 error_code=ErrorCode.LEASE_EXPIRED.value,
-                error_message="worker stopped responding while holding the task; retrying",
+                error_message=f"{why}; retrying",
             )
         )
     )

@@ -40,6 +40,7 @@ from nanobatch.models.queries import THROUGHPUT_WINDOW
 from nanobatch.models.status import TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks.celeryapp.app import control_queue
+from nanobatch.tasks.liveness import RecoveryHealth, recovery_health
 from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.telemetry import Telemetry, TelemetrySnapshot
 from nanobatch.workers.limiter import PoolState, RateLimiter
@@ -56,6 +57,7 @@ class MetricsSources:
     queues: tuple[str, ...]
     prefix: str
     pool_refused_alert_seconds: float = 1800.0  # NANOBATCH_POOL_REFUSED_ALERT_SECONDS
+    sweep_interval: float = 10.0  # what the recovery sweep's age is judged against
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricsSources:
@@ -65,6 +67,7 @@ class MetricsSources:
             queues=(settings.queue, control_queue(settings)),
             prefix=settings.limiter_prefix,
             pool_refused_alert_seconds=settings.pool_refused_alert_seconds,
+            sweep_interval=settings.sweep_interval,
         )
 
     def close(self) -> None:
@@ -106,7 +109,12 @@ class NanobatchCollector(Collector):
     def _sections(self) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
         sections: list[tuple[str, Callable[[], Iterable[Metric]]]] = [("database", self._batches)]
         if self.sources.redis is not None:
-            sections += [("queues", self._queues), ("limiter", self._limiter), ("telemetry", self._telemetry)]
+            sections += [
+                ("queues", self._queues),
+                ("limiter", self._limiter),
+                ("telemetry", self._telemetry),
+                ("recovery", self._recovery),
+            ]
         return sections
 
     def _batches(self) -> list[Metric]:
@@ -132,6 +140,12 @@ class NanobatchCollector(Collector):
         return telemetry_metrics(
             self.telemetry.snapshot(), stalled_after=self.sources.pool_refused_alert_seconds
         )
+
+    def _recovery(self) -> list[Metric]:
+        sources = self.sources
+        assert sources.redis is not None
+        health = recovery_health(sources.redis, sources.prefix, interval=sources.sweep_interval)
+        return recovery_metrics(health)
 
 
 # -- database -------------------------------------------------------------------------------------
@@ -307,6 +321,29 @@ def pool_health_metrics(snapshot: TelemetrySnapshot, now: float | None, stalled_
         if health.last_success is not None:
             success.add_metric([pool], health.last_success)
     return [refused, stalled, success]
+
+
+# -- Redis: recovery (tasks.liveness) ------------------------------------------------------------
+
+
+def recovery_metrics(health: RecoveryHealth) -> list[Metric]:
+    """When the recovery sweep last ran and how many workers heartbeat (alert on ``overdue``)."""
+    alive = GaugeMetricFamily("nanobatch_workers_alive", "Worker processes with a live heartbeat")
+    alive.add_metric([], health.workers_alive)
+    overdue = GaugeMetricFamily(
+        "nanobatch_sweep_overdue", "1 when no recovery sweep ran for two sweep intervals (or ever)"
+    )
+    overdue.add_metric([], 1 if health.overdue else 0)
+    families: list[Metric] = [alive, overdue]
+    if health.last is not None:
+        last = GaugeMetricFamily(
+            "nanobatch_sweep_last_timestamp_seconds", "When the last recovery sweep ran (Redis clock)"
+        )
+        last.add_metric([], health.last.at)
+        age = GaugeMetricFamily("nanobatch_sweep_age_seconds", "Seconds since the last recovery sweep")
+        age.add_metric([], health.age or 0.0)
+        families += [last, age]
+    return families
 
 
 # -- serving --------------------------------------------------------------------------------------

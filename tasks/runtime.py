@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,21 @@ def redis_for(settings: Settings) -> Redis:
     return embedded_redis()
 
 
+_PROCESS_NAME: tuple[int, str] | None = None
+
+
+def process_name() -> str:
+    """``host:pid:nonce``, one per process: what its claims write into ``generation_tasks.worker``
+    and the name it heartbeats under. The nonce tells apart a restarted container that got the same
+    host name and pid (``restart: unless-stopped``): its heartbeat must not keep its predecessor's
+    tasks alive. A forked child gets a name of its own."""
+    global _PROCESS_NAME
+    pid = os.getpid()
+    if _PROCESS_NAME is None or _PROCESS_NAME[0] != pid:
+        _PROCESS_NAME = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}")
+    return _PROCESS_NAME[1]
+
+
 def provider_config(settings: Settings) -> ProviderConfig:
     return ProviderConfig(
         kind=settings.provider,
@@ -77,7 +93,7 @@ class Runtime:
     dispatcher: Dispatcher
     policy: RetryPolicy
     telemetry: Telemetry
-    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    worker_name: str = field(default_factory=process_name)
     #: The process's decode slots (shared with the provider): every image decode takes one.
     gate: BodyGate | None = None
 

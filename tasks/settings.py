@@ -96,8 +96,14 @@ class Settings(BaseSettings):
     limits: dict[str, PoolLimits] = {}  # seeds for pools that have no live limits in Redis yet
     limiter_prefix: str = "nanobatch"
 
-    # Sweeper / beat.
-    sweep_interval: float = Field(default=15.0, gt=0)
+    # Recovery: every worker runs the sweeper (one at a time cluster-wide) and heartbeats in Redis.
+    sweep_interval: float = Field(default=10.0, gt=0)
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    # A worker silent this long is dead (or paused): the sweeper reclaims its tasks.
+    heartbeat_ttl: float = Field(default=20.0, gt=0)
+    # Reconnects before the Celery worker gives up on the broker (Celery's default, ~45 min of
+    # backoff); `nanobatch worker` then starts it again after a pause. None: retry forever.
+    broker_connection_max_retries: int | None = Field(default=100, ge=0)
     redispatch_after: float = Field(default=600.0, gt=0)
     timezone: str = "UTC"  # for batch windows and --at
     inbox_dir: Path | None = None
@@ -134,6 +140,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"lease_seconds ({self.lease_seconds:g}) must exceed "
                 f"request_timeout + max_inline_wait ({floor:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> Settings:
+        """A TTL that one late beat could outlast would hand a healthy worker's tasks to another."""
+        if self.heartbeat_ttl < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_ttl ({self.heartbeat_ttl:g}) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval:g})"
             )
         return self
 

@@ -4,12 +4,14 @@ See docs/architecture.md, "Celery configuration".
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1: a killed worker's message is
   redelivered instead of lost; the database claim makes a redelivery harmless.
-- ``visibility_timeout`` 1 h: longer than any call. Killed work is recovered within minutes by the
-  sweeper through the database lease, not by Redis redelivery.
+- ``visibility_timeout`` 1 h: longer than any call. Killed work is recovered within seconds by the
+  sweeper every worker runs (heartbeats, database leases), not by Redis redelivery.
 - ``task_ignore_result``: results live in the database and on disk, never in a result backend.
 - threads pool: the generate task waits on HTTP; prefork would spend a process per wait.
 - No Celery ``rate_limit``: it is per worker instance. The global limiter in Redis is used instead.
-- The sweep task has its own queue so it is never stuck behind a 100k-message backlog.
+- Recovery needs no beat: every worker process sweeps in a thread of its own (``sweeper_thread``).
+  Beat only sends the nightly inbox; the sweep task stays for a manual ``celery call``, on its own
+  queue so it is never stuck behind a 100k-message backlog.
 - Events on: Flower shows task states; task arguments are a task id only, never a prompt or key.
 """
 
@@ -45,6 +47,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=settings.broker_connection_max_retries,
         broker_transport_options={"visibility_timeout": 3600},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -73,14 +76,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     from celery.schedules import crontab
 
-    schedule: dict[str, dict[str, object]] = {
-        # A sweep nobody ran in time is worthless (the next one is coming): let it expire.
-        "sweep": {
-            "task": SWEEP_TASK,
-            "schedule": settings.sweep_interval,
-            "options": {"expires": max(settings.sweep_interval * 2, 5.0)},
-        },
-    }
+    # No sweep here: every worker runs it (tasks/celeryapp/sweeper_thread.py), so recovery never
+    # depends on the one beat process being up.
+    schedule: dict[str, dict[str, object]] = {}
     if settings.inbox_dir:
         hour, minute = settings.inbox_time.split(":")
         schedule["inbox"] = {"task": INBOX_TASK, "schedule": crontab(hour=int(hour), minute=int(minute))}

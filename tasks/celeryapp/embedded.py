@@ -23,7 +23,7 @@ from celery.worker import state as worker_state
 from nanobatch.tasks.celeryapp import definitions
 from nanobatch.tasks.celeryapp.app import control_queue
 from nanobatch.tasks.celeryapp.runtime import install_runtime
-from nanobatch.tasks.celeryapp.sweeper_thread import SweeperThread, start_sweeper_thread
+from nanobatch.tasks.celeryapp.sweeper_thread import start_sweeper_thread
 from nanobatch.tasks.runtime import Runtime
 
 log = logging.getLogger("nanobatch.embedded")
@@ -38,8 +38,8 @@ class EmbeddedWorker:
         self.runtime = runtime
         self.concurrency = concurrency or runtime.settings.concurrency
         self.sweep_interval = sweep_interval
+        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._sweeper: SweeperThread | None = None
         self._worker: TestWorkController | None = None
 
     def __enter__(self) -> EmbeddedWorker:
@@ -73,14 +73,14 @@ class EmbeddedWorker:
         worker_thread = threading.Thread(target=self._worker.start, name="celery-worker", daemon=True)
         worker_thread.start()
         self._worker.ensure_started()
-        self._sweeper = start_sweeper_thread(lambda: self.runtime, interval=self.sweep_interval)
-        self._threads = [worker_thread]
+        sweeper = start_sweeper_thread(lambda: self.runtime, self.sweep_interval, self._stop)
+        self._threads = [worker_thread, sweeper]
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.stop(timeout)
+        self._stop.set()
         worker_state.should_terminate = 0
         for thread in self._threads:
             thread.join(timeout)
+        definitions.LIVENESS.stop()  # a terminated WorkController sends no worker_shutdown
         worker_state.should_terminate = None
         install_runtime(None)

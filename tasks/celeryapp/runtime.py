@@ -69,6 +69,12 @@ def get_runtime() -> Runtime:
         return _current
 
 
+def installed_runtime() -> Runtime | None:
+    """This process's runtime if it was built or installed already (never builds one)."""
+    with _lock:
+        return _current
+
+
 def install_runtime(runtime: Runtime | None) -> None:
     """Replace this process's runtime (embedded mode, tests, after a fork); ``None`` forgets it.
 

@@ -5,17 +5,22 @@ One run (DESIGN §11 "Chaos"):
 * the simulator answers 30 % of calls with a bare 429 (a random fault: no RetryInfo, so the worker
   falls back to its default wait and cools the whole pool down), 5 % with 500/502/503 and holds 1 %
   until the client's short ``NANOBATCH_REQUEST_TIMEOUT`` gives up;
-* several real Celery worker processes (threads pool) serve the batch; one embeds beat, i.e. the
-  sweeper, with short leases and a 1 s sweep interval;
+* several real ``nanobatch worker`` processes (threads pool) serve the batch, with short leases and
+  a 1 s sweep interval; there is no beat: every worker runs the recovery sweep itself;
 * at fixed fractions of progress the harness SIGKILLs a worker three times (starting a replacement
-  each time; the third victim is the sweeper's worker), wipes Redis (kill + fresh empty server on
-  the same port: queue, "queued" bookkeeping and limiter state are gone, only the database knows
-  what is left) and restarts PostgreSQL.
+  each time; the third victim is the worker that ran the last sweep), wipes Redis (kill + fresh
+  empty server on the same port: queue, "queued" bookkeeping, heartbeats and limiter state are
+  gone, only the database knows what is left) and restarts PostgreSQL.
+
+Two shorter plans (``NO_BEAT_PLAN``, ``PAUSED_PLAN``) run with long leases (300 s) and the product's
+heartbeat and sweep settings, so only heartbeats can take a victim's tasks from it quickly: two
+workers, one SIGKILLed while Redis is FLUSHDBed (no replacement is started), or one SIGSTOPped
+mid-call until its tasks were completed by the other, then SIGCONTed.
 
 Faults are injected one at a time: each waits for its progress threshold and for the previous
-fault's asserted recovery figures (below), so every recovery is measured on its own. The harness
-acts as the process supervisor production has (compose ``restart: unless-stopped``): a worker that
-exits by itself is restarted and reported. Synchronisation is polling with deadlines only. Progress
+fault's asserted recovery figures (below), so every recovery is measured on its own. A worker that
+exits by itself is restarted (as a supervisor would) but counted as a failure: ``nanobatch worker``
+must survive broker restarts without one. Synchronisation is polling with deadlines only. Progress
 thresholds and simulator seeds make runs comparable, not bit-identical: thread scheduling decides
 which request meets which fault.
 
@@ -28,9 +33,13 @@ What is measured per fault:
   restart) is back in the queue (published again after the fault), claimed again, or ended — the
   sweeper's (or the worker's own) recovery, independent of how long the backlog ahead of it is;
 * **reclaimed**: seconds until each of them has actually been claimed again (or ended); this one
-  includes waiting behind the backlog, so it is reported, not bounded.
+  includes waiting behind the backlog, so it is reported, not bounded;
+* **released** (kills and pauses): seconds until the victim holds none of the tasks it held (the
+  sweeper took them back: expired lease or missing heartbeat).
 
-"Recovery within 2 minutes" is asserted on *resumed* and *requeued*.
+"Recovery within 2 minutes" is asserted on *resumed* and *requeued*; *released* on the plan's
+``release_bound`` when it has one (60 s for the heartbeat plans). A paused worker that wakes up must
+change nothing: the rows it held are compared before it wakes and at the end.
 
 "Called twice" is defined as *stored twice*: more than one result file for a key, or a result file
 rewritten after its row was completed (mtime later than ``finished_at``: a stale worker overwrote the
@@ -56,6 +65,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -65,6 +75,7 @@ from nanobatch.models.tables import GenerationTask
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.server import RunningSimulator, start_simulator
 from nanobatch.simulator.stats import Stats
+from nanobatch.tasks.liveness import last_sweep
 from nanobatch.workers.storage import STAGING_DIR, safe_name
 from tests.chaos.services import PrivatePostgres, PrivateRedis
 from tests.integration.conftest import Stack
@@ -93,7 +104,8 @@ class ChaosPlan:
     latency: tuple[float, float] = (0.2, 0.8)
     request_timeout: float = 3.0
     lease_seconds: float = 10.0
-    sweep_interval: float = 1.0
+    #: ``None``: the product default (like the heartbeat settings, which chaos never changes).
+    sweep_interval: float | None = 1.0
     #: Above the 5 s a bare 429 cools the pool down for (a task waits it out instead of bouncing) and
     #: below lease - request timeout (a healthy task never outlives its own lease).
     max_inline_wait: float = 5.5
@@ -102,13 +114,17 @@ class ChaosPlan:
     #: worker are tracked as "held" until shortly after their ETA, so the default recovers them too.
     redispatch_after: float | None = None
     recovery_bound: float = 120.0
+    #: Seconds within which a killed or paused worker must have lost its tasks (``None``: reported only).
+    release_bound: float | None = None
+    #: Start a new worker for each killed one (a fixed fleet); ``False``: the survivors must cope.
+    replace_killed: bool = True
     #: (fault, fraction of the batch completed before it is injected)
     faults: tuple[tuple[str, float], ...] = (
         ("kill worker", 0.10),
         ("wipe redis", 0.22),
         ("kill worker", 0.34),
         ("restart postgres", 0.46),
-        ("kill sweeper worker", 0.58),
+        ("kill sweeping worker", 0.58),
     )
     extra_env: tuple[tuple[str, str], ...] = ()
 
@@ -127,6 +143,42 @@ class ChaosPlan:
         )
 
 
+#: Two workers, no beat, long leases and the product's heartbeat and sweep settings: one worker is
+#: SIGKILLed mid-batch and the broker's Redis database FLUSHDBed; nobody replaces the dead worker.
+NO_BEAT_PLAN = ChaosPlan(
+    tasks=100,
+    workers=2,
+    threads=6,
+    seed=11,
+    rate_429=0.10,
+    rates_5xx=((503, 0.03),),
+    timeout_rate=0.0,
+    latency=(0.5, 1.5),
+    lease_seconds=300.0,
+    sweep_interval=None,
+    release_bound=60.0,
+    replace_killed=False,
+    faults=(("kill worker + flush redis", 0.30),),
+)
+
+#: Two workers, long leases: one is SIGSTOPped mid-call until the other completed its tasks, then
+#: SIGCONTed; its late answers must change nothing.
+PAUSED_PLAN = ChaosPlan(
+    tasks=80,
+    workers=2,
+    threads=6,
+    seed=13,
+    rate_429=0.10,
+    rates_5xx=((503, 0.03),),
+    timeout_rate=0.0,
+    latency=(1.0, 2.0),
+    lease_seconds=300.0,
+    sweep_interval=None,
+    release_bound=60.0,
+    faults=(("pause worker", 0.25),),
+)
+
+
 @dataclass
 class FaultRecord:
     name: str
@@ -136,6 +188,7 @@ class FaultRecord:
     resumed: float | None = None
     requeued: float | None = None
     reclaimed: float | None = None
+    released: float | None = None
     note: str = ""
 
 
@@ -164,6 +217,8 @@ class ChaosReport:
     error_codes: dict[str, int] = field(default_factory=dict)
     worker_tracebacks: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
+    changed_after_wake: list[str] = field(default_factory=list)  # rows a woken paused worker changed
+    stale_results_dropped: int = 0  # "lost its claim … result dropped" in the workers' logs
     stragglers: list[str] = field(default_factory=list)  # rows still not terminal at the end
     tail: float | None = None  # last fault → every task terminal
     aborted: str | None = None
@@ -197,12 +252,20 @@ class ChaosReport:
         if self.log_truncated:
             found.append("the simulator request log was truncated: wasted-200 figures are unreliable")
         for fault in self.faults:
-            for what, value in (("resumed", fault.resumed), ("requeued", fault.requeued)):
-                if value is None or value > self.plan.recovery_bound:
+            bounds = [("resumed", fault.resumed, self.plan.recovery_bound)]
+            bounds.append(("requeued", fault.requeued, self.plan.recovery_bound))
+            if self.plan.release_bound is not None and _has_victim(fault.name):
+                bounds.append(("released", fault.released, self.plan.release_bound))
+            for what, value, bound in bounds:
+                if value is None or value > bound:
                     found.append(
-                        f"{fault.name} at {fault.at:.0f}s: not {what} within "
-                        f"{self.plan.recovery_bound:.0f}s ({fault.note or 'no note'})"
+                        f"{fault.name} at {fault.at:.0f}s: not {what} within {bound:.0f}s "
+                        f"({fault.note or 'no note'})"
                     )
+        if self.changed_after_wake:
+            found.append(f"rows changed after the paused worker woke up: {self.changed_after_wake[:10]}")
+        if self.unexpected_exits:
+            found.append(f"{len(self.unexpected_exits)} worker(s) exited by themselves")
         if self.by_status.get("429", 0) == 0 or not any(s.startswith("5") for s in self.by_status):
             found.append(f"the upstream faults were not exercised: {self.by_status}")
         return found
@@ -210,18 +273,21 @@ class ChaosReport:
     def table(self) -> str:
         """The figures as a plain-text table (printed by the test with ``-s`` and by bench/chaos.py)."""
         p = self.plan
+        sweep = f"{p.sweep_interval:g}s" if p.sweep_interval else "default"
         lines = [
             f"chaos run: {p.tasks} tasks, {p.workers} workers x {p.threads} threads, seed {p.seed}, "
-            f"lease {p.lease_seconds:g}s, request timeout {p.request_timeout:g}s, redispatch after "
-            f"{p.redispatch_after or 600:g}s — {self.duration:.1f}s total",
+            f"lease {p.lease_seconds:g}s, sweep every {sweep}, request timeout "
+            f"{p.request_timeout:g}s, redispatch after {p.redispatch_after or 600:g}s, no beat — "
+            f"{self.duration:.1f}s total",
             "",
-            f"{'fault':<22}{'at (s)':>8}{'done before':>13}{'affected':>10}{'resumed (s)':>13}"
-            f"{'requeued (s)':>14}{'reclaimed (s)':>15}  note",
+            f"{'fault':<26}{'at (s)':>8}{'done before':>13}{'affected':>10}{'resumed (s)':>13}"
+            f"{'requeued (s)':>14}{'reclaimed (s)':>15}{'released (s)':>14}  note",
         ]
         for f in self.faults:
             lines.append(
-                f"{f.name:<22}{f.at:>8.1f}{f.completed_before:>13}{f.affected:>10}"
-                f"{_fmt(f.resumed):>13}{_fmt(f.requeued):>14}{_fmt(f.reclaimed):>15}  {f.note}"
+                f"{f.name:<26}{f.at:>8.1f}{f.completed_before:>13}{f.affected:>10}"
+                f"{_fmt(f.resumed):>13}{_fmt(f.requeued):>14}{_fmt(f.reclaimed):>15}{_fmt(f.released):>14}"
+                f"  {f.note}"
             )
         status = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v)
         lines += [
@@ -235,9 +301,11 @@ class ChaosReport:
             "(a call answered 200 whose result nobody stored: killed worker, lost DB or lease)",
             f"{'attempts / rate waits':<22}{self.attempts_total} / {self.rate_waits_total}; error codes "
             f"of the final rows {self.error_codes}",
+            f"{'stale results':<22}{self.stale_results_dropped} dropped by workers that had lost their "
+            f"claim; rows changed after a paused worker woke: {len(self.changed_after_wake)}",
             f"{'worker tracebacks':<22}{self.worker_tracebacks} (in worker*.log)",
             f"{'unexpected exits':<22}{len(self.unexpected_exits)} (workers that died without being killed; "
-            "restarted like restart: unless-stopped)",
+            "restarted, and counted as a failure)",
             *(f"{'':<22}{line}" for line in self.unexpected_exits),
         ]
         if self.stragglers:
@@ -248,6 +316,10 @@ class ChaosReport:
         problems = self.problems()
         lines += ["", "RESULT: " + ("OK" if not problems else "FAILED"), *(f"  - {x}" for x in problems)]
         return "\n".join(lines)
+
+
+def _has_victim(fault: str) -> bool:
+    return fault.startswith("kill") or fault == "pause worker"
 
 
 def _fmt(value: float | None) -> str:
@@ -261,15 +333,16 @@ def _ago(earlier: datetime | None, later: datetime | None) -> str:
 @dataclass
 class _Worker:
     proc: subprocess.Popen[bytes]
-    beat: bool
     label: str
     log: Path
     killed: bool = False
+    paused: bool = False
 
     @property
     def name(self) -> str:
-        """The worker name the runtime writes into ``generation_tasks.worker``."""
-        return f"{socket.gethostname()}:{self.proc.pid}"
+        """How the names this process writes into ``generation_tasks.worker`` begin (``host:pid:``;
+        a nonce follows)."""
+        return f"{socket.gethostname()}:{self.proc.pid}:"
 
     @property
     def alive(self) -> bool:
@@ -291,6 +364,7 @@ class ChaosRun:
         self.report = ChaosReport(plan)
         self.workers: list[_Worker] = []
         self._watching: list[_Watch] = []
+        self._before_wake: dict[str, tuple[Any, ...]] = {}
         self._started = 0.0
 
     # -- the run -------------------------------------------------------------------------------
@@ -318,6 +392,8 @@ class ChaosRun:
             self.report.duration = time.time() - self._started
             self._collect(sim)
         finally:
+            for worker in self.workers:
+                self._resume(worker)  # never leave a stopped process behind
             stack.stop()
             sim.stop()
         return self.report
@@ -340,7 +416,7 @@ class ChaosRun:
             "NANOBATCH_REQUEST_TIMEOUT": str(p.request_timeout),
             "NANOBATCH_CONNECT_TIMEOUT": "2",
             "NANOBATCH_LEASE_SECONDS": str(p.lease_seconds),
-            "NANOBATCH_SWEEP_INTERVAL": str(p.sweep_interval),
+            **({"NANOBATCH_SWEEP_INTERVAL": str(p.sweep_interval)} if p.sweep_interval else {}),
             "NANOBATCH_MAX_INLINE_WAIT": str(p.max_inline_wait),
             "NANOBATCH_MAX_ATTEMPTS": str(p.max_attempts),
             "NANOBATCH_BACKOFF_BASE": "0.2",
@@ -358,14 +434,13 @@ class ChaosRun:
         return path
 
     def _start_workers(self) -> None:
-        for number in range(self.plan.workers):
-            self._spawn(beat=number == 0)
+        for _ in range(self.plan.workers):
+            self._spawn()
 
-    def _spawn(self, *, beat: bool) -> _Worker:
+    def _spawn(self) -> _Worker:
         number = len(self.stack.workers)
-        proc = self.stack.start_worker(self.plan.threads, beat=beat)
-        label = f"w{number}{'+beat' if beat else ''}"
-        worker = _Worker(proc, beat, label, self.workdir / f"worker{number}.log")
+        proc = self.stack.start_worker(self.plan.threads, cli=True)
+        worker = _Worker(proc, f"w{number}", self.workdir / f"worker{number}.log")
         self.workers.append(worker)
         return worker
 
@@ -382,7 +457,7 @@ class ChaosRun:
             lines = [x for x in worker.log.read_text(errors="replace").splitlines() if "CRITICAL" in x]
             why = lines[-1].split("]", 1)[-1].strip() if lines else f"exit code {worker.proc.returncode}"
             at = time.time() - self._started
-            replacement = self._spawn(beat=worker.beat)
+            replacement = self._spawn()
             self.report.unexpected_exits.append(
                 f"{worker.label} exited by itself at {at:.0f}s ({why[:160]}); {replacement.label} started"
             )
@@ -412,21 +487,30 @@ class ChaosRun:
             self.plan.finish_deadline,
         )
         note = ""
-        if name.startswith("kill"):
-            victim = self._victim(sweeper=name == "kill sweeper worker")
-            # A kill proves most when the victim is mid-call: give it a moment to hold a task.
-            if not self._poll(lambda: self._held_by(victim.name), 60.0):
-                note = "victim held no task when killed"
+        victim: _Worker | None = None
+        if _has_victim(name):
+            victim = self._victim(last_sweeper=name == "kill sweeping worker")
+            name_prefix = victim.name
+            # A kill (or pause) proves most when the victim is mid-call: give it a moment to hold a task.
+            if not self._poll(lambda: self._held_by(name_prefix), 60.0):
+                note = "victim held no task"
             affected = self._held_by(victim.name)
             started = time.time()
-            self._kill(victim)
-            replacement = self._spawn(beat=victim.beat)
-            note = note or f"{victim.label} killed, {replacement.label} started"
+            if name == "pause worker":
+                self._pause(victim)
+                note = note or f"{victim.label} paused (SIGSTOP)"
+            else:
+                self._kill(victim)
+                if name == "kill worker + flush redis":
+                    self.redis.flush()
+                note = note or f"{victim.label} killed" + (", redis flushed" if "flush" in name else "")
+                if self.plan.replace_killed:
+                    note += f", {self._spawn().label} started"
         elif name == "wipe redis":
             affected = self._ids_with_status("pending")
             started = time.time()
             self.redis.wipe()
-            note = "queue, queued-set and limiter state gone"
+            note = "queue, queued-set, heartbeats and limiter state gone"
         elif name == "restart postgres":
             affected = self._ids_with_status("processing")
             started = time.time()
@@ -436,8 +520,11 @@ class ChaosRun:
             raise ValueError(f"unknown fault {name!r}")
         record = FaultRecord(name, started - self._started, done, len(affected), note=note)
         self.report.faults.append(record)
-        watch = _Watch(record, started, affected)
+        watch = _Watch(record, started, affected, victim.name if victim is not None else None)
         self._watching.append(watch)
+        if name == "pause worker":
+            assert victim is not None
+            self._wake_when_taken_over(victim, watch)
         # The next fault waits for this one's asserted figures; "reclaimed" goes on in the background.
         self._poll(
             lambda: (
@@ -447,14 +534,45 @@ class ChaosRun:
             self.plan.recovery_bound + 5,
         )
 
-    def _victim(self, *, sweeper: bool) -> _Worker:
-        candidates = [w for w in self.workers if w.alive and w.beat == sweeper]
+    def _wake_when_taken_over(self, victim: _Worker, watch: _Watch) -> None:
+        """Keep the victim stopped until every task it held was completed (or ended) by someone
+        else, remember those rows, then SIGCONT it: whatever it does next must change none of them."""
+        ids = watch.affected
+        self._poll(lambda: self._count_of(ids, *TERMINAL) == len(ids), self.plan.recovery_bound)
+        self._before_wake.update(self._rows(ids))
+        self._resume(victim)
+        watch.record.note += f"; SIGCONT after {time.time() - watch.started:.0f}s"
+
+    def _victim(self, *, last_sweeper: bool) -> _Worker:
+        candidates = [w for w in self.workers if w.alive and not w.paused]
+        if last_sweeper:
+            swept = self._last_sweeper()
+            candidates = [w for w in candidates if swept.startswith(w.name)] or candidates
         if not candidates:
             raise _Abort("no live worker to kill")
         return candidates[0]
 
+    def _last_sweeper(self) -> str:
+        """The worker that recorded the last sweep in Redis ("" when none is recorded)."""
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        try:
+            record = last_sweep(client, "chaos")
+        finally:
+            client.close()
+        return record.worker if record is not None else ""
+
+    def _pause(self, worker: _Worker) -> None:
+        """SIGSTOP the worker: every thread stops (its heartbeat too), its sockets stay open."""
+        worker.paused = True
+        worker.proc.send_signal(signal.SIGSTOP)
+
+    def _resume(self, worker: _Worker) -> None:
+        if worker.paused and worker.alive:
+            worker.proc.send_signal(signal.SIGCONT)
+        worker.paused = False
+
     def _kill(self, worker: _Worker) -> None:
-        """SIGKILL the worker and its children (the embedded beat is a child process): a dead host."""
+        """SIGKILL the worker and any children it has: a dead host."""
         try:
             children = psutil.Process(worker.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -485,6 +603,10 @@ class ChaosRun:
             record.requeued = elapsed
         if record.reclaimed is None and self._still_stuck(watch.affected, since, requeued_counts=False) == 0:
             record.reclaimed = elapsed
+        victim = watch.victim
+        if record.released is None and victim is not None:
+            still_held = set(watch.affected) & set(self._held_by(victim))
+            record.released = None if still_held else elapsed
 
     def _still_stuck(self, ids: list[str], since: datetime, *, requeued_counts: bool) -> int:
         """Affected rows that have not ended, not been claimed again and (optionally) not been requeued."""
@@ -560,16 +682,44 @@ class ChaosRun:
     def _count(self, *statuses: str) -> int:
         return sum(n for status, n in self._counts().items() if status in statuses)
 
-    def _held_by(self, worker: str) -> list[str]:
+    def _held_by(self, name_prefix: str) -> list[str]:
+        """Processing rows claimed by the worker process whose names begin with ``name_prefix``."""
         return list(
             self._db(
                 lambda s: s.scalars(
                     select(GenerationTask.id).where(
-                        GenerationTask.status == "processing", GenerationTask.worker == worker
+                        GenerationTask.status == "processing",
+                        GenerationTask.worker.startswith(name_prefix, autoescape=True),
                     )
                 ).all()
             )
         )
+
+    def _count_of(self, ids: list[str], *statuses: str) -> int:
+        if not ids:
+            return 0
+        return int(
+            self._db(
+                lambda s: s.scalar(
+                    select(func.count())
+                    .select_from(GenerationTask)
+                    .where(GenerationTask.id.in_(ids), GenerationTask.status.in_(statuses))
+                )
+            )
+            or 0
+        )
+
+    def _rows(self, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        """What a woken worker must not change: status, result, finish time and owner of each row."""
+        t = GenerationTask
+        rows = self._db(
+            lambda s: s.execute(
+                select(t.key, t.status, t.result_sha256, t.finished_at, t.worker, t.attempts).where(
+                    t.id.in_(ids)
+                )
+            ).all()
+        )
+        return {row.key: tuple(row[1:]) for row in rows}
 
     def _ids_with_status(self, status: str) -> list[str]:
         return list(
@@ -612,9 +762,12 @@ class ChaosRun:
             for row in rows
             if row.status not in TERMINAL
         ]
-        r.worker_tracebacks = sum(
-            p.read_text(errors="replace").count("Traceback") for p in self.workdir.glob("worker*.log")
-        )
+        logs = [p.read_text(errors="replace") for p in self.workdir.glob("worker*.log")]
+        r.worker_tracebacks = sum(text.count("Traceback") for text in logs)
+        r.stale_results_dropped = sum(text.count("lost its claim") for text in logs)
+        if self._before_wake:
+            after = self._rows(self._db(lambda s: list(s.scalars(select(GenerationTask.id)).all())))
+            r.changed_after_wake = [key for key, row in self._before_wake.items() if after.get(key) != row]
 
     def _judge_files(self, rows: Iterable[Any]) -> None:
         r = self.report
@@ -668,10 +821,14 @@ class _Watch:
     record: FaultRecord
     started: float
     affected: list[str]
+    victim: str | None = None  # name prefix of the killed or paused worker
 
     @property
     def done(self) -> bool:
-        return None not in (self.record.resumed, self.record.requeued, self.record.reclaimed)
+        figures = [self.record.resumed, self.record.requeued, self.record.reclaimed]
+        if self.victim is not None:
+            figures.append(self.record.released)
+        return None not in figures
 
 
 class _Abort(Exception):

@@ -110,6 +110,14 @@ class PrivateRedis:
         self.kill()
         self.start()
 
+    def flush(self) -> None:
+        """Data loss without a restart: FLUSHDB (clients stay connected to an empty database)."""
+        client = redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
     def stop(self) -> None:
         self.kill()
 

@@ -73,11 +73,17 @@ class Stack:
         return self._runtime
 
     def start_worker(
-        self, concurrency: int = 4, *, beat: bool = False, **env: str
+        self, concurrency: int = 4, *, beat: bool = False, cli: bool = False, **env: str
     ) -> subprocess.Popen[bytes]:
-        """A real ``celery worker`` process on this stack (``beat=True`` embeds the scheduler: sweeps)."""
+        """A real ``celery worker`` process on this stack; it sweeps by itself (``beat=True`` embeds the
+        scheduler too, which only sends the nightly inbox). ``cli=True`` runs ``nanobatch worker``
+        instead (the product's command: it restarts its Celery worker after an unrecoverable error)."""
         queues = f"{self.env['NANOBATCH_QUEUE']},{self.env['NANOBATCH_QUEUE']}.control"
         number = len(self.workers)
+        if cli:
+            cmd = [sys.executable, "-m", "nanobatch.cli", "worker", "-c", str(concurrency), "-l", "info"]
+            cmd += ["-n", f"w{number}-{os.getpid()}@%h", *(["--beat"] if beat else [])]
+            return self._launch(cmd, number, env)
         cmd = [
             sys.executable,
             "-m",
@@ -101,6 +107,9 @@ class Stack:
         ]
         if beat:
             cmd += ["-B", "-s", str(self.output_dir.parent / f"beat-schedule-{number}")]
+        return self._launch(cmd, number, env)
+
+    def _launch(self, cmd: list[str], number: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.output_dir.parent / f"worker{number}.log").open("wb")
         proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **self.env, **env}, stdout=log, stderr=log)
         self.workers.append(proc)

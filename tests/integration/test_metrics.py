@@ -192,7 +192,7 @@ def test_metrics_equal_the_database_redis_and_limiter_truth(simulator, stack, ex
         labels(pool=POOL): state.day_resets_at.timestamp()
     }
     assert all(v == 1 for v in of(after, "nanobatch_exporter_source_up").values())
-    assert len(of(after, "nanobatch_exporter_source_up")) == 4
+    assert len(of(after, "nanobatch_exporter_source_up")) == 5
 
 
 def test_cooldowns_and_recorded_telemetry_are_exported(simulator, stack, exporter) -> None:  # type: ignore[no-untyped-def]
@@ -240,7 +240,7 @@ def test_a_source_that_is_down_does_not_hide_the_others(simulator, stack, export
         labels(batch="down", status="pending"): 1
     }
     up = {dict(lab)["source"]: v for lab, v in of(samples, "nanobatch_exporter_source_up").items()}
-    assert up == {"database": 1, "queues": 0, "limiter": 0, "telemetry": 0}
+    assert up == {"database": 1, "queues": 0, "limiter": 0, "telemetry": 0, "recovery": 0}
     assert not of(samples, "nanobatch_queue_depth")
 
 

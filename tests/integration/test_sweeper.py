@@ -23,10 +23,10 @@ def test_messages_lost_with_redis_are_dispatched_again(simulator, stack, tmp_pat
     queue = s.env["NANOBATCH_QUEUE"]
     lost = [*s.runtime.redis.scan_iter(f"{queue}*"), s.runtime.dispatcher.queued_key]
     assert s.runtime.redis.delete(*lost) >= 2
-    # When a worker with the sweeper (beat) starts, after the dispatch grace period has passed
+    # When a worker starts (it sweeps by itself, no beat), after the dispatch grace period has passed
     with s.runtime.db.session() as session:
         session.execute(update(GenerationTask).values(dispatched_at=datetime.now(UTC) - timedelta(minutes=5)))
-    s.start_worker(beat=True)
+    s.start_worker()
     # Then every task completes anyway
     assert s.wait_terminal("lost", timeout=120).counts["completed"] == 3
 
