@@ -300,8 +300,14 @@ def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Resu
                 message=decision.message,
                 day_park=True,
             )
-    elif isinstance(error, RateLimited):  # the pool cools down for the wait the 429 asked
-        rt.limiter.cooldown(pool, decision.delay, reason=f"429 {','.join(error.quota_ids) or error.code}")
+    elif isinstance(error, RateLimited):
+        # The pool cools down for the wait the server asked. A 429 that names no wait cools it down
+        # for the base wait only: this task's own backoff grows with its waits, but one task's growing
+        # backoff must not stall every task of the pool.
+        pool_wait = decision.delay
+        if error.retry_after is None:
+            pool_wait = min(pool_wait, rt.settings.rate_limit_wait)
+        rt.limiter.cooldown(pool, pool_wait, reason=f"429 {','.join(error.quota_ids) or error.code}")
         if decision.action is Action.WAIT:
             log.info("pool %s rate limited; %s waits %.2fs (no attempt used)", pool, job.id, decision.delay)
             return defer(

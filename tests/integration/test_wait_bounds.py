@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -250,3 +251,18 @@ def test_status_warns_for_a_model_within_14_days_of_shutdown(simulator, stack, t
     assert f"soon-image shuts down on {soon.isoformat()} (in 5 days)" in status
     assert "use gemini-nano-banana-2.1" in status
     assert "batch soon" in status and "batch fine" not in status
+
+
+def test_a_hintless_429_cools_the_pool_for_the_base_wait_only(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Regression: one task's growing backoff (base x 2^waits) became the pool's cooldown, so a single
+    # unlucky task stalled every task of the pool for minutes (seen in the chaos run: 289 s).
+    sim = simulator(fail_rates={429: 1.0})
+    s = stack(sim, NANOBATCH_RATE_LIMIT_WAIT="1", NANOBATCH_MAX_RATE_WAITS="5", NANOBATCH_MAX_COUNTDOWN="60")
+    s.start_worker(concurrency=1)
+    s.submit_file(products(tmp_path, 1), "hintless")
+    wait_until(lambda: tasks_of(s, "hintless")[0].upstream_waits >= 4, timeout=90, message="four 429 waits")
+    (task,) = tasks_of(s, "hintless")
+    assert task.upstream_wait_seconds >= 1 + 2 + 4  # the task's own waits grow
+    state = s.runtime.limiter.state(DEFAULT_MODEL)
+    left = (state.cooldown_until.timestamp() - time.time()) if state.cooldown_until else 0.0
+    assert left <= 1.5, left  # but the pool cools down for the base wait only
