@@ -42,9 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.harness import (
+from harness import (
     REDIS_URL,
     REPO,
     RESULTS_DIR,
@@ -61,8 +59,8 @@ from bench.harness import (
     write_products_csv,
     write_results,
 )
-from bench.harness import finished_times as db_finished_times
-from bench.tracking import parse_latency, publish_baseline
+from harness import finished_times as db_finished_times
+from tracking import parse_latency, publish_baseline
 
 POOL = "gemini-2.5-flash-image"
 SYSTEMS = {
@@ -152,7 +150,7 @@ def run_celery(bench: Bench, args: argparse.Namespace, timeout: float) -> dict[s
     }
     workers = [
         bench.start_worker(
-            app="bench.baseline_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="celery"
+            app="baseline_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="celery"
         )
         for _ in range(args.workers)
     ]

@@ -34,8 +34,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python bench/x.py` as well as `python -m bench.x`
-    sys.path.insert(0, str(REPO))
+#: This folder: worker subprocesses import the benchmark apps (``baseline_app``…) from it.
+BENCH_DIR = REPO / "bench"
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -361,7 +361,7 @@ class Bench:
             for k, v in os.environ.items()
             if not k.startswith(("NANOBATCH_", "BENCH_")) and k not in {"GEMINI_API_KEY"}
         }
-        full_env = {**clean_env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+        full_env = {**clean_env, "PYTHONPATH": str(BENCH_DIR), "PYTHONUNBUFFERED": "1", **env}
         handle = log.open("wb")
         proc = subprocess.Popen(
             cmd, cwd=self.tmp, env=full_env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -408,7 +408,7 @@ class Bench:
                 cwd=self.tmp,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                env={**os.environ, "PYTHONPATH": str(BENCH_DIR), **(env or {})},
                 start_new_session=True,
             )
             try:

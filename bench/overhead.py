@@ -29,15 +29,12 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.harness import (
+from harness import (
     REDIS_URL,
     Bench,
     console,
@@ -111,8 +108,7 @@ class WaitEventSampler:
 
     def _run(self) -> None:
         import psycopg
-
-        from bench.harness import PG_ADMIN_URL
+        from harness import PG_ADMIN_URL
 
         with psycopg.connect(
             PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
@@ -145,7 +141,7 @@ class WaitEventSampler:
 def publish_noop(app: Any, queue: str, count: int) -> None:
     import uuid
 
-    from bench.noop_app import NOOP_TASK
+    from noop_app import NOOP_TASK
 
     with app.producer_or_acquire() as producer, producer.batch(1000):
         for _ in range(count):
@@ -177,7 +173,7 @@ def throughput(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     with phase(f"raw Celery no-op: {args.noop_tasks:,} messages, 1 worker x {args.concurrency} threads"):
         publish_noop(producer_app, ns.queue, args.noop_tasks)
         worker = bench.start_worker(
-            app="bench.noop_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="noop"
+            app="noop_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="noop"
         )
         with QueueSampler(redis, ns.queue) as sampler:
             bench.wait_ready([worker])
@@ -211,7 +207,7 @@ def throughput(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             args,
             sim,
             redis,
-            app_module="bench.whatif_app",
+            app_module="whatif_app",
             label="what-if: no per-task batches-row updates",
             profile=args.py_spy,
         )

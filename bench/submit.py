@@ -27,14 +27,10 @@ import cProfile
 import io
 import pstats
 import resource
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.harness import (
+from harness import (
     RESULTS_DIR,
     Bench,
     console,

@@ -27,14 +27,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.harness import (
+from harness import (
     REDIS_URL,
     Bench,
     console,
@@ -130,7 +126,7 @@ def run_celery(bench: Bench, args: argparse.Namespace, rate_limit: str, tasks: i
     publish_baseline(env, tasks)
     workers = [
         bench.start_worker(
-            app="bench.baseline_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="celery"
+            app="baseline_app", queues=[ns.queue], concurrency=args.concurrency, env=env, label="celery"
         )
         for _ in range(args.workers)
     ]

@@ -1,1 +1,0 @@
-"""Benchmarks: one command each (see bench/README.md). Not part of the installed package."""
