@@ -272,4 +272,4 @@ def test_an_input_image_gone_at_run_time_fails_the_task_with_the_reason(  # type
     s.start_worker()
     assert s.wait_terminal("gone").counts["failed"] == 1
     task = tasks_of(s, "gone")["A"]
-    assert task.error_code == "invalid_task" and "No such file" in (task.error_message or "")
+    assert task.error_code == "invalid_task" and "no such file" in (task.error_message or "").lower()
