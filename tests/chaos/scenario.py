@@ -256,8 +256,9 @@ class ChaosReport:
         if self.log_truncated:
             found.append("the simulator request log was truncated: wasted-200 figures are unreliable")
         for fault in self.faults:
-            bounds = [("resumed", fault.resumed, self.plan.recovery_bound)]
-            bounds.append(("requeued", fault.requeued, self.plan.recovery_bound))
+            bounds = [("requeued", fault.requeued, self.plan.recovery_bound)]
+            if fault.completed_before < self.plan.tasks:  # after the last completion nothing can resume
+                bounds.insert(0, ("resumed", fault.resumed, self.plan.recovery_bound))
             if self.plan.release_bound is not None and _has_victim(fault.name):
                 bounds.append(("released", fault.released, self.plan.release_bound))
             for what, value, bound in bounds:
