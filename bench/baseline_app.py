@@ -13,6 +13,8 @@ writes the image to a file, and records its completion time in Redis (for the be
   times — the documented recipe. ``retryDelay`` in Google's 429 body is not read (the recipe does not).
 - Otherwise Celery's defaults: prefetch multiplier 4, early ack, json, results ignored.
 
+A task may name its model (third argument; the night scenario's two pools), else ``BENCH_MODEL``.
+
 Environment: ``BENCH_BROKER_URL`` (required), ``BENCH_QUEUE``, ``BENCH_PREFIX`` (Redis keys for the
 completion records), ``BENCH_SIM_URL``, ``BENCH_RATE_LIMIT``, ``BENCH_MAX_RETRIES``, ``BENCH_OUTPUT_DIR``,
 ``BENCH_MODEL``.
@@ -98,12 +100,12 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
     max_retries=MAX_RETRIES,
     ignore_result=True,
 )
-def generate(key: str, prompt: str) -> None:
+def generate(key: str, prompt: str, model: str | None = None) -> None:
     body = {
         "contents": [{"role": "user", "parts": [{"text": prompt}]}],
         "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "1:1"}},
     }
-    response = client().post(f"{SIM_URL}/v1beta/models/{MODEL}:generateContent", json=body)
+    response = client().post(f"{SIM_URL}/v1beta/models/{model or MODEL}:generateContent", json=body)
     if response.status_code == 429 or response.status_code >= 500:
         raise UpstreamError(response.status_code)
     if response.status_code != 200:

@@ -2,6 +2,7 @@
 
     python bench/compare.py                       # 1,000 tasks, R=120 rpm (the spec's), ~30 minutes
     python bench/compare.py --rpm 600 --systems a,c   # quicker: R scaled up 5x, ~5 minutes
+    python bench/compare.py --scenario night --rpm 600   # the "real night" (bench/night.py), ~7 min
 
 Same simulator settings for every system, each on a fresh simulator with the same seed: R requests
 per sliding 60 s (real time, 429 with QuotaFailure + RetryInfo above it), latency uniform 8-20 s x
@@ -42,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import night
 from harness import (
     REDIS_URL,
     REPO,
@@ -385,22 +387,52 @@ def main() -> None:
         default="share",
         help="system b's rate_limit per worker: R/workers (share) or R (total)",
     )
-    parser.add_argument("--systems", default="a,b,c", help="comma list of a,b,c (all)")
+    parser.add_argument(
+        "--systems", default="a,b,c", help="comma list of a,b,c (all); night: also d (nanobatch, share off)"
+    )
     parser.add_argument(
         "--timeout", type=float, default=0.0, help="seconds per system (default: max(600, 8 x floor + 120))"
     )
     parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--name", default="compare", help="results file name (bench/results/NAME.json)")
+    parser.add_argument(
+        "--scenario",
+        choices=["default", "night"],
+        default="default",
+        help="default: the issue-6 comparison; night: neighbour, two pools, daily cap, 2->6->3 workers "
+        "(bench/night.py)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="night: window W in seconds (default 72000/R, >= 120)"
+    )
+    parser.add_argument("--no-adapt", action="store_true", help="night: nanobatch without the adaptive share")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="night: extra environment of nanobatch workers (e.g. NANOBATCH_LIMITER_ADAPT_HOLD=120)",
+    )
+    parser.add_argument(
+        "--name", default=None, help="results file name (bench/results/NAME.json; compare / compare-night)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, images)")
     args = parser.parse_args()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if [s for s in args.systems if s not in SYSTEMS]:
-        parser.error(f"systems must be among {', '.join(SYSTEMS)}")
+    known = night.SYSTEMS if args.scenario == "night" else SYSTEMS
+    if [s for s in args.systems if s not in known]:
+        parser.error(f"systems must be among {', '.join(known)}")
     if args.tasks <= 0:
         parser.error("--tasks must be positive")
     if not 0.0 <= args.fail_503 < 1.0:  # also refuses NaN
         parser.error("--fail-503 must be in [0, 1)")
-    write_results(args.name, run(args))
+    if [item for item in args.worker_env if "=" not in item]:
+        parser.error("--worker-env takes KEY=VALUE")
+    if args.scenario == "night":
+        if args.duration is not None and args.duration < 60:
+            parser.error("--duration must be at least 60 seconds")
+        write_results(args.name or "compare-night", night.run(args))
+    else:
+        write_results(args.name or "compare", run(args))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 #: This folder: worker subprocesses import the benchmark apps (``baseline_app``…) from it.
 BENCH_DIR = REPO / "bench"
+#: Worker subprocesses import the bench apps (siblings) and *this checkout's* nanobatch: without REPO
+#: they would run whatever nanobatch is installed (another checkout's code, measured silently).
+SUBPROCESS_PYTHONPATH = os.pathsep.join([str(BENCH_DIR), str(REPO)])
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -361,7 +364,7 @@ class Bench:
             for k, v in os.environ.items()
             if not k.startswith(("NANOBATCH_", "BENCH_")) and k not in {"GEMINI_API_KEY"}
         }
-        full_env = {**clean_env, "PYTHONPATH": str(BENCH_DIR), "PYTHONUNBUFFERED": "1", **env}
+        full_env = {**clean_env, "PYTHONPATH": SUBPROCESS_PYTHONPATH, "PYTHONUNBUFFERED": "1", **env}
         handle = log.open("wb")
         proc = subprocess.Popen(
             cmd, cwd=self.tmp, env=full_env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -408,7 +411,7 @@ class Bench:
                 cwd=self.tmp,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": str(BENCH_DIR), **(env or {})},
+                env={**os.environ, "PYTHONPATH": SUBPROCESS_PYTHONPATH, **(env or {})},
                 start_new_session=True,
             )
             try:

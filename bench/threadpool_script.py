@@ -7,6 +7,10 @@ What common tutorials and gists do for a few hundred or thousand Gemini images, 
 up to 5 retries with exponential backoff (1, 2, 4, 8, 16 s) on 429/5xx/transport errors, httpx, and
 each image written to a file. Nothing survives a crash; nothing reads ``retryDelay``. Used by
 bench/compare.py as system (a). Completion and failure times go to ``--times`` as JSON.
+
+``--models A,B`` spreads the tasks over several models in turn (the night scenario's two pools);
+``--deadline S`` ends the script S seconds after its start, as the end of the night does: what is not
+done or failed by then was held in memory only, and is reported as ``unfinished``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import httpx
@@ -33,9 +38,12 @@ def main() -> None:
     parser.add_argument("--backoff", type=float, default=1.0, help="first backoff, doubled each retry")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--times", type=Path, required=True)
+    parser.add_argument("--models", default=MODEL, help="comma list; task i uses model i mod n")
+    parser.add_argument("--deadline", type=float, default=0.0, help="seconds; 0 = run to the end")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    url = f"{args.url.rstrip('/')}/v1beta/models/{MODEL}:generateContent"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    urls = [f"{args.url.rstrip('/')}/v1beta/models/{model}:generateContent" for model in models]
     client = httpx.Client(
         timeout=httpx.Timeout(120.0, connect=10.0), limits=httpx.Limits(max_connections=args.workers * 2)
     )
@@ -49,7 +57,7 @@ def main() -> None:
         }
         for attempt in range(args.retries + 1):
             try:
-                response = client.post(url, json=body)
+                response = client.post(urls[i % len(urls)], json=body)
                 if response.status_code == 200:
                     parts = response.json()["candidates"][0]["content"]["parts"]
                     data = next(p["inlineData"]["data"] for p in parts if "inlineData" in p)
@@ -65,12 +73,22 @@ def main() -> None:
         failed.append(time.time())
 
     started = time.time()
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        for i in range(args.tasks):
-            pool.submit(generate, i)
-            time.sleep(args.spacing)
+    end = started + args.deadline if args.deadline > 0 else float("inf")
+    pool = ThreadPoolExecutor(max_workers=args.workers)
+    futures = []
+    for i in range(args.tasks):
+        if time.time() >= end:
+            break
+        futures.append(pool.submit(generate, i))
+        time.sleep(args.spacing)
+    wait(futures, timeout=None if end == float("inf") else max(0.0, end - time.time()))
+    record = {"started": started, "done": list(done), "failed": list(failed)}
+    record["unfinished"] = args.tasks - len(record["done"]) - len(record["failed"])
+    args.times.write_text(json.dumps(record))
+    if record["unfinished"]:
+        os._exit(0)  # the night is over: threads still sleeping in a backoff die with the process
+    pool.shutdown()
     client.close()
-    args.times.write_text(json.dumps({"started": started, "done": done, "failed": failed}))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,21 @@ def resume_command(batch: str = typer.Argument(..., help="Batch name")) -> None:
     console.print(f"Batch [bold]{batch}[/bold] resumed; {plural(result.dispatched)} dispatched.")
     if result.not_dispatched_because:
         console.print(result.not_dispatched_because)
+
+
+def priority_command(
+    batch: str = typer.Argument(..., help="Batch name"),
+    priority: int = typer.Argument(..., help="Dispatch priority: higher first (submit default 0)"),
+    weight: int | None = typer.Option(
+        None, "--weight", help="Share of the window among batches of equal priority, 1-100"
+    ),
+) -> None:
+    """Change a batch's dispatch priority; its tasks not yet dispatched follow it at once."""
+    result = _act(lambda rt: operations.set_priority(rt, batch, priority, weight=weight))
+    console.print(
+        f"Batch [bold]{batch}[/bold] now has priority {priority}"
+        + (f" and weight {weight}" if weight is not None else "")
+        + f"; {plural(result.dispatched)} dispatched."
+    )
+    if result.not_dispatched_because:
+        console.print(result.not_dispatched_because)

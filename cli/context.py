@@ -22,6 +22,7 @@ from nanobatch.tasks import operations
 from nanobatch.tasks.celeryapp.runtime import connect
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.settings import Settings
+from nanobatch.workers.store import Store, StoreConfigError, open_store
 
 # Piped output (CI logs, `| tee`) gets a wide console so tables are not squeezed to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -50,6 +51,19 @@ def load_settings(**overrides: object) -> Settings:
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def image_store(settings: Settings, *, check: bool = False) -> Store:
+    """The image store ``NANOBATCH_OUTPUT_DIR`` names; exit 2 with one line when it is unusable
+    (unknown scheme, missing bucket, refused credentials, unreachable endpoint: ``check`` contacts it)."""
+    try:
+        store = open_store(settings.output_dir)
+        if check:
+            store.check()
+    except StoreConfigError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    return store
 
 
 def runtime_for(settings: Settings) -> Runtime:

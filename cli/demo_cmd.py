@@ -21,6 +21,7 @@ from nanobatch.models.queries import BatchSummary, batch_summaries
 from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.server import start_simulator
 from nanobatch.tasks.celeryapp.embedded import EmbeddedWorker
+from nanobatch.tasks.gallery import default_report_path
 from nanobatch.tasks.intake import IntakeError, IntakeOptions, read_file
 from nanobatch.tasks.producer import BatchOptions, submit
 from nanobatch.tasks.runtime import Runtime
@@ -63,7 +64,7 @@ def demo_command(
         stats = sim.stats()
     console.print(status_table([summary]))
     console.print(
-        f"images: {(settings.output_dir / name).resolve()}  "
+        f"images: {default_report_path(settings.output_dir, name).parent}  "
         f"(simulator served {stats.get('images_served', '?')} images, "
         f"{stats.get('rate_limited', 0)} rate-limited)"
     )

@@ -123,11 +123,13 @@ def state_as_json(state: PoolState) -> dict[str, Any]:
         "day_resets_at_local": resets.astimezone().isoformat(),
         "cooldown_until": state.cooldown_until.isoformat() if state.cooldown_until else None,
         "cooldown_reason": state.cooldown_reason,
+        "share": state.share,
+        "share_drops": state.share_drops,
     }
 
 
 def state_table(states: list[PoolState]) -> Table:
-    """One section per pool, one row per limit, then the pool's cooldown."""
+    """One section per pool, one row per limit, then the pool's cooldown and adaptive share."""
     table = Table(title="Rate limits (used: last 60 s; rpd: today, Pacific day)")
     for column in ("pool", "limit", "set", "used", "remaining", "window / reset"):
         numeric = column in ("set", "used", "remaining")
@@ -135,7 +137,8 @@ def state_table(states: list[PoolState]) -> Table:
     for state in states:
         for row_index, name in enumerate(LIMIT_FIELDS):
             table.add_row(state.pool if row_index == 0 else "", name, *_limit_cells(state, name))
-        table.add_row("", "cooldown", "", "", "", _cooldown_cell(state), end_section=True)
+        table.add_row("", "cooldown", "", "", "", _cooldown_cell(state))
+        table.add_row("", "share", f"{state.share:.0%}", "", "", _share_cell(state), end_section=True)
     return table
 
 
@@ -168,6 +171,12 @@ def _cooldown_cell(state: PoolState) -> str:
         return "none"
     until = state.cooldown_until.astimezone()
     return f"until {until:%Y-%m-%d %H:%M:%S %Z} ({state.cooldown_reason or 'no reason'})"
+
+
+def _share_cell(state: PoolState) -> str:
+    if state.share >= 1.0:
+        return "whole limits apply"
+    return f"rpm/ipm/tpm x {state.share:.2f} after {state.share_drops} unpredicted 429(s); recovering"
 
 
 def _describe(limits: PoolLimits) -> str:

@@ -7,6 +7,7 @@ import typer
 from nanobatch.cli.batch_cmd import (
     cancel_command,
     pause_command,
+    priority_command,
     regenerate_command,
     resume_command,
     retry_command,
@@ -17,6 +18,7 @@ from nanobatch.cli.export_cmd import export_command
 from nanobatch.cli.flower_cmd import flower_command
 from nanobatch.cli.limits_cmd import limits_app
 from nanobatch.cli.metrics_cmd import metrics_command
+from nanobatch.cli.purge_cmd import purge_command
 from nanobatch.cli.report_cmd import report_command
 from nanobatch.cli.simulator_cmd import simulator_command
 from nanobatch.cli.status_cmd import status_command
@@ -43,11 +45,13 @@ app.command("regenerate")(regenerate_command)
 app.command("cancel")(cancel_command)
 app.command("pause")(pause_command)
 app.command("resume")(resume_command)
+app.command("priority")(priority_command)
 app.command("export")(export_command)
 app.command("report")(report_command)
 app.command("flower")(flower_command)
 app.command("metrics")(metrics_command)
 app.command("simulator")(simulator_command)
+app.command("purge")(purge_command)
 app.add_typer(db_app, name="db")
 app.add_typer(limits_app, name="limits")
 

@@ -83,6 +83,8 @@ def status_table(summaries: list[BatchSummary]) -> Table:
         "cost (USD)",
         "per min",
         "ETA",
+        "lane",
+        "standard (USD)",
     ):
         table.add_column(column, justify="right" if column not in {"batch", "state"} else "left")
     for s in summaries:
@@ -94,5 +96,7 @@ def status_table(summaries: list[BatchSummary]) -> Table:
             f"{s.cost_usd:.3f}",
             f"{s.per_minute:.1f}",
             human_duration(s.eta_seconds),
+            s.lane_mix,
+            f"{s.standard_cost_usd:.3f}",
         )
     return table

@@ -8,14 +8,23 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nanobatch.cli.context import console, err_console, fail, load_settings, runtime_for
+from nanobatch.cli.context import console, err_console, fail, image_store, load_settings, runtime_for
 from nanobatch.models.catalog import Catalog, CatalogError, load_catalog
 from nanobatch.tasks.estimate import estimate, human_duration
 from nanobatch.tasks.intake import IntakeError, IntakeOptions, IntakeResult
+from nanobatch.tasks.planner import Plan
 from nanobatch.tasks.producer import BatchOptions, SubmitError, SubmitReport, submit
 from nanobatch.tasks.runtime import redis_for
 from nanobatch.tasks.settings import Settings
-from nanobatch.tasks.submission import SubmitChoices, batch_options, intake_options, read_source
+from nanobatch.tasks.submission import (
+    SubmitChoices,
+    batch_options,
+    intake_options,
+    plan_inputs,
+    preview_plan,
+    read_source,
+    with_plan,
+)
 from nanobatch.workers.limiter import PoolLimits, RateLimiter
 
 MAX_ERRORS_SHOWN = 50
@@ -68,9 +77,26 @@ def submit_command(
         help="Re-submit into an existing batch: rows whose content changed go back to pending "
         "(the previous image stays until the new one is stored)",
     ),
+    lane: str = typer.Option(
+        "standard",
+        "--lane",
+        help="standard, flex (half price, slower), priority (dearer, faster), batch (Batch API, half "
+        "price, within 24 h) or auto (the cheapest mix that meets --deadline)",
+    ),
+    deadline: str | None = typer.Option(
+        None, "--deadline", help="Finish by HH:MM (NANOBATCH_TIMEZONE) or an ISO 8601 time; with --lane auto"
+    ),
+    priority: int | None = typer.Option(
+        None, "--priority", help="Dispatch order: higher first (default 0; `nanobatch priority` changes it)"
+    ),
+    weight: int | None = typer.Option(
+        None, "--weight", help="Share of the window among batches of equal priority, 1-100 (default 1)"
+    ),
 ) -> None:
     """Validate a product file and enqueue one image task per row."""
     settings = load_settings()
+    if not dry_run:  # input images are uploaded to the store: a bad store is one line, exit 2
+        image_store(settings, check=True)
     catalog = _catalog(settings)
     choices = SubmitChoices(
         model=model,
@@ -88,7 +114,15 @@ def submit_command(
         preset=preset,
         per=per,
         update=update,
+        lane=lane,
+        deadline=deadline,
+        priority=priority,
+        weight=weight,
     )
+    try:
+        options_for_batch = batch_options(batch or file.stem, choices, settings)
+    except SubmitError as exc:
+        raise fail(str(exc), 2) from None
     try:
         options = intake_options(choices, catalog, settings, dry_run=dry_run)
         intake = read_source(file, catalog, options)
@@ -96,18 +130,18 @@ def submit_command(
         raise fail(str(exc), 2) from None
     _print_errors(intake)
     _print_intake(intake)
+    lane_plan = _lane_plan(intake, options, options_for_batch, catalog, settings)
     if dry_run:
         _print_dry_run(intake)
         _print_estimate(intake, settings)
+        _print_plan(lane_plan, options_for_batch)
         raise typer.Exit(1 if intake.error_count else 0)
     if intake.error_count and not skip_invalid:
         raise fail(
             f"{intake.error_count} invalid row(s); nothing was written (use --skip-invalid to write the rest)"
         )
-    try:
-        options_for_batch = batch_options(batch or file.stem, choices, settings)
-    except SubmitError as exc:
-        raise fail(str(exc), 2) from None
+    if lane_plan is not None and options_for_batch.lane == "auto":
+        options_for_batch = with_plan(options_for_batch, lane_plan)
     try:
         report = _write(settings, intake, options_for_batch, options, str(file), skip_invalid, update)
     except IntakeError as exc:  # the file changed between the validating and the writing pass
@@ -243,4 +277,50 @@ def _print_report(report: SubmitReport, settings: Settings) -> None:
             "embedded mode (no NANOBATCH_REDIS_URL): `nanobatch worker` will dispatch the pending rows"
         )
     elif report.new and not report.dispatched:
-        console.print("the batch is scheduled: the sweeper dispatches it when its start time or window opens")
+        console.print(
+            "the batch is scheduled: the dispatcher sends its rows when its start time or window opens "
+            "and the dispatch window has room"
+        )
+
+
+def _lane_plan(
+    intake: IntakeResult, options: IntakeOptions, batch: BatchOptions, catalog: Catalog, settings: Settings
+) -> Plan | None:
+    """The deadline planner's mix for ``--lane auto`` (from the pool's live limits), the chosen lane's
+    cost and finish for the other non-standard lanes; ``None`` for standard."""
+    if batch.lane == "standard":
+        return None
+    limits = _live_limits(settings, {options.model}).get(options.model)
+    inputs = plan_inputs(
+        intake.valid,
+        options.model,
+        options.image_size,
+        catalog,
+        settings,
+        deadline=batch.deadline,
+        limits=limits,
+    )
+    return preview_plan(batch, inputs)
+
+
+def _print_plan(lane_plan: Plan | None, batch: BatchOptions) -> None:
+    """``--lane auto``: tasks, cost and expected finish per lane, beside standard-only."""
+    if lane_plan is None:
+        return
+    table = Table(title=f"lane plan (--lane {batch.lane})")
+    for column in ("lane", "tasks", "cost (USD)", "expected finish (UTC)"):
+        table.add_column(column)
+    for share in lane_plan.shares:
+        table.add_row(share.lane, str(share.tasks), f"{share.cost_usd:.2f}", f"{share.finish:%Y-%m-%d %H:%M}")
+    base = lane_plan.standard_only
+    table.add_row("standard only", str(base.tasks), f"{base.cost_usd:.2f}", f"{base.finish:%Y-%m-%d %H:%M}")
+    console.print(table)
+    deadline = f"{batch.deadline:%Y-%m-%d %H:%M} UTC" if batch.deadline else "none"
+    ratio = lane_plan.cost_usd / base.cost_usd if base.cost_usd else 1.0
+    verdict = "meets it" if lane_plan.feasible else "CANNOT meet it"
+    console.print(
+        f"deadline {deadline}: the plan {verdict}; cost ${lane_plan.cost_usd:.2f} "
+        f"({ratio:.0%} of standard-only ${base.cost_usd:.2f})"
+    )
+    for note in lane_plan.notes:
+        console.print(f"note: {note}")

@@ -147,7 +147,11 @@ def _figures(s: BatchSummary) -> RenderableType:
         f"pending {counts[TaskStatus.PENDING]:,}",
     )
     grid.add_row(
-        f"{s.per_minute:.1f}/min", f"ETA {human_duration(s.eta_seconds)}", f"cost ${s.cost_usd:,.3f}{budget}"
+        f"{s.per_minute:.1f}/min",
+        f"ETA {human_duration(s.eta_seconds)}",
+        f"cost ${s.cost_usd:,.3f}{budget}",
+        f"standard ${s.standard_cost_usd:,.3f}",
+        f"lane {s.lane_mix}",
     )
     return grid
 

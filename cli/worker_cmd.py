@@ -20,7 +20,7 @@ import typer
 from celery.signals import worker_init, worker_shutting_down
 from celery.worker import state as worker_state
 
-from nanobatch.cli.context import console, fail, load_settings, runtime_for, setup_logging
+from nanobatch.cli.context import console, fail, image_store, load_settings, runtime_for, setup_logging
 from nanobatch.tasks.celeryapp import app as celery_app
 from nanobatch.tasks.celeryapp.app import control_queue
 from nanobatch.tasks.celeryapp.embedded import EmbeddedWorker
@@ -44,6 +44,7 @@ def worker_command(
     """Start a worker (threads pool). Without NANOBATCH_REDIS_URL it runs embedded, in this process."""
     settings = load_settings(**({"concurrency": concurrency} if concurrency else {}))
     _refuse_paid_upstream_without_key(settings)
+    image_store(settings, check=True)  # a bad store is one line and exit 2, not a failure per task
     setup_logging(loglevel)
     runtime = runtime_for(settings)
     runtime.db.upgrade()

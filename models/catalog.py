@@ -42,6 +42,16 @@ class SizeSpec:
     price_usd: float
     batch_price_usd: float
     pixels: dict[str, tuple[int, int]]
+    #: Per lane (``flex``, ``priority``; ``standard`` and ``batch`` are the fields above).
+    lane_prices: dict[str, float] = field(default_factory=dict)
+
+    def price_in(self, lane: str | None) -> float:
+        """USD per image in ``lane`` (``None``/``standard``: the standard price)."""
+        if lane in (None, "", "standard"):
+            return self.price_usd
+        if lane == "batch":
+            return self.batch_price_usd
+        return self.lane_prices.get(lane, self.price_usd)
 
 
 @dataclass(frozen=True)
@@ -121,11 +131,17 @@ class ModelSpec:
         """A cheap, deliberately generous estimate (4 characters a token) for limiter admission."""
         return max(1, len(prompt) // 4) + input_images * self.input_image_tokens
 
-    def cost_usd(self, size: str | None, prompt_tokens: int = 0, *, batch_api: bool = False) -> float:
-        """Price of one image plus its prompt tokens."""
+    def cost_usd(
+        self, size: str | None, prompt_tokens: int = 0, *, batch_api: bool = False, lane: str | None = None
+    ) -> float:
+        """Price of one image plus its prompt tokens, in ``lane`` (default standard; ``batch_api`` is
+        ``lane="batch"``). Prompt tokens get the lane's discount or premium too (the Batch API and
+        flex halve every token, not only the image's)."""
         spec = self.spec_for(size)
-        image = spec.batch_price_usd if batch_api else spec.price_usd
-        return round(image + prompt_tokens * self.prompt_price_per_mtok / 1_000_000, 6)
+        lane = "batch" if batch_api else lane
+        image = spec.price_in(lane)
+        factor = image / spec.price_usd if spec.price_usd else 1.0
+        return round(image + prompt_tokens * self.prompt_price_per_mtok * factor / 1_000_000, 6)
 
 
 @dataclass(frozen=True)
@@ -221,16 +237,29 @@ def _date(value: object, model: str) -> date | None:
         raise CatalogError(f"catalog model {model!r}: shutdown {value!r} is not a YYYY-MM-DD date") from None
 
 
-def _parse_model(raw: dict) -> ModelSpec:
-    sizes = {
-        key: SizeSpec(
-            output_tokens=int(spec["output_tokens"]),
-            price_usd=float(spec["price_usd"]),
-            batch_price_usd=float(spec.get("batch_price_usd", spec["price_usd"])),
-            pixels={ratio: (int(wh[0]), int(wh[1])) for ratio, wh in spec["pixels"].items()},
-        )
-        for key, spec in raw["size"].items()
-    }
+#: Lane prices as a share of the standard price, for sizes that name no ``<lane>_price_usd``
+#: (overridden by the catalog's ``[lane_price_factors]`` table).
+DEFAULT_LANE_FACTORS = {"batch": 0.5, "flex": 0.5, "priority": 2.0}
+
+
+def _size_spec(spec: dict, factors: dict[str, float]) -> SizeSpec:
+    price = float(spec["price_usd"])
+
+    def lane_price(lane: str) -> float:
+        return float(spec.get(f"{lane}_price_usd", round(price * factors[lane], 6)))
+
+    return SizeSpec(
+        output_tokens=int(spec["output_tokens"]),
+        price_usd=price,
+        batch_price_usd=lane_price("batch"),
+        pixels={ratio: (int(wh[0]), int(wh[1])) for ratio, wh in spec["pixels"].items()},
+        lane_prices={"flex": lane_price("flex"), "priority": lane_price("priority")},
+    )
+
+
+def _parse_model(raw: dict, factors: dict[str, float] | None = None) -> ModelSpec:
+    factors = factors or DEFAULT_LANE_FACTORS
+    sizes = {key: _size_spec(spec, factors) for key, spec in raw["size"].items()}
     declared = tuple(str(s) for s in raw.get("sizes", ()))
     missing = [s for s in (declared or (NO_SIZE,)) if s not in sizes]
     if missing:
@@ -258,9 +287,12 @@ def _parse_model(raw: dict) -> ModelSpec:
 def parse_catalog(*texts: str) -> Catalog:
     """Build a catalog from TOML texts; later texts override earlier models of the same name."""
     models: dict[str, ModelSpec] = {}
+    factors = dict(DEFAULT_LANE_FACTORS)
     for text in texts:
-        for raw in tomllib.loads(text).get("model", []):
-            spec = _parse_model(raw)
+        data = tomllib.loads(text)
+        factors |= {lane: float(v) for lane, v in data.get("lane_price_factors", {}).items()}
+        for raw in data.get("model", []):
+            spec = _parse_model(raw, factors)
             models[spec.name] = spec
     aliases = {alias: spec.name for spec in models.values() for alias in spec.aliases}
     # The upstream id resolves too (rows and relays use it), unless it is another model's name.

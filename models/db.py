@@ -7,7 +7,7 @@ CLI writing at once; PostgreSQL gets a pre-ping pool so a database restart costs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine tuned for the backend the URL names."""
+def _idle_transaction_limit(seconds: float) -> Callable[[Any, Any], None]:
+    """A connect hook: PostgreSQL ends this session's transaction once it idles ``seconds``.
+
+    Why: a worker process paused mid-transaction (SIGSTOP, a long GC, a VM freeze) keeps its row
+    locks while its TCP connection stays open, and every other worker that updates those rows (the
+    dispatcher stamping the next rows, a reclaim) waits for it: the whole pool stalls until the
+    paused process wakes. With the limit the server rolls the transaction back and frees the locks;
+    the paused process finds its connection gone when it wakes, and its write fails like any other
+    lost connection (retried, then refused by the claim token if its task was reclaimed).
+    ``SET`` rather than a startup ``options`` parameter, which transaction-pooling PgBouncer refuses.
+    """
+    milliseconds = max(1, round(seconds * 1000))
+
+    def hook(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # no transaction left open by the SET itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+        cursor.close()
+        dbapi_connection.autocommit = autocommit
+
+    return hook
+
+
+def make_engine(url: str, *, pool_size: int = 10, idle_transaction_limit: float | None = None) -> Engine:
+    """An engine tuned for the backend the URL names; ``idle_transaction_limit`` (seconds, PostgreSQL
+    only) ends a transaction left idle that long (:func:`_idle_transaction_limit`)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -36,7 +61,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    if idle_transaction_limit:
+        event.listen(engine, "connect", _idle_transaction_limit(idle_transaction_limit))
+    return engine
 
 
 class Database:
@@ -48,9 +76,9 @@ class Database:
     ``COMMIT`` round trips).
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, idle_transaction_limit: float | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = make_engine(url, pool_size=pool_size, idle_transaction_limit=idle_transaction_limit)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 

@@ -1,4 +1,5 @@
-"""The lifecycle rules, each written once: the attempt cap, "may this batch run now", and dispatch.
+"""The lifecycle rules, each written once: the attempt cap, "may this batch run now", dispatch, and
+which lane a task goes through (and to which lane it moves when its lane let it down).
 
 Everything that moves a task consults these (the worker, the sweeper, the producer, the operator
 actions, the Python API), so a rule changes in one place. Nothing here knows Celery: dispatching
@@ -10,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Select, Table, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, or_, select, update
 from sqlalchemy.orm import Session
 
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database
 from nanobatch.models.schedule import outside_window
-from nanobatch.models.status import BatchStatus
+from nanobatch.models.status import CELERY_LANES, BatchStatus, Lane
 from nanobatch.models.tables import Batch, GenerationTask
 
 _TASKS = cast(Table, GenerationTask.__table__)
@@ -96,6 +97,48 @@ def batches_outside_window(session: Session, now: datetime) -> list[str]:
     return [bid for bid, start, end, tz in rows if outside_window(now, start, end, tz or "UTC")]
 
 
+# --- lanes ---------------------------------------------------------------------------------------
+
+
+def dispatched_by_celery(lane_column: Any = None) -> ColumnElement[bool]:
+    """:data:`CELERY_LANES` as SQL, on ``generation_tasks.lane`` (or the given column)."""
+    column = _TASKS.c.lane if lane_column is None else lane_column
+    return cast(ColumnElement[bool], column.in_(sorted(lane.value for lane in CELERY_LANES)))
+
+
+def goes_through_celery(lane: str) -> bool:
+    """:data:`CELERY_LANES` on one value (the producer's rows before they are written)."""
+    return lane in CELERY_LANES
+
+
+#: Failed tries on flex after which a task with a deadline near moves to standard.
+FLEX_FAILURES_BEFORE_STANDARD = 2
+#: "Near": the batch's deadline is less than this far away.
+FLEX_DEADLINE_SLACK = timedelta(hours=1)
+
+
+def lane_after_failure(
+    lane: str,
+    *,
+    attempts_used: int,
+    deadline: datetime | None,
+    now: datetime | None = None,
+    slack: timedelta = FLEX_DEADLINE_SLACK,
+) -> str:
+    """The lane a task tries next after its lane let it down (an error, a job that ended unfinished).
+
+    A batch job that failed, expired or was cancelled hands its tasks to flex: the same price, an
+    answer in minutes. A task that keeps failing on flex (capacity errors) moves to standard when its
+    batch's deadline needs it; without a deadline it stays on the cheap lane.
+    """
+    if lane == Lane.BATCH:
+        return Lane.FLEX.value
+    keeps_failing = lane == Lane.FLEX and attempts_used >= FLEX_FAILURES_BEFORE_STANDARD
+    if keeps_failing and deadline is not None and deadline - (now or utcnow()) < slack:
+        return Lane.STANDARD.value
+    return lane
+
+
 # --- dispatch --------------------------------------------------------------------------------------
 
 
@@ -103,6 +146,17 @@ class Publisher(Protocol):
     """Whatever carries task ids to workers (Celery in production)."""
 
     def publish(self, task_ids: Sequence[str], *, countdown: float | None = None) -> int: ...
+
+
+class Dispatch(Publisher, Protocol):
+    """A publisher that also keeps the broker's window full from the database (``tasks.dispatch``)."""
+
+    #: The previous design (bench only): submit publishes every row at once instead of a window.
+    publish_all: bool
+
+    def fill(self) -> int:
+        """Top up every pool's window; returns how many messages were published."""
+        ...
 
 
 STAMP_CHUNK = 1000

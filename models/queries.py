@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from nanobatch.models import counts
 from nanobatch.models.base import utcnow
 from nanobatch.models.status import ErrorCode, TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
@@ -16,6 +17,24 @@ from nanobatch.models.tables import Batch, GenerationTask
 THROUGHPUT_WINDOW = timedelta(minutes=5)
 #: ``error_code`` of a pending task that waits for its batch's budget to be raised.
 BUDGET_REACHED = ErrorCode.BUDGET_REACHED
+
+
+@dataclass(frozen=True)
+class LaneSpend:
+    """One lane's share of a batch: tasks, completed, USD spent, and that work at the standard price."""
+
+    tasks: int
+    completed: int
+    cost_usd: float
+    standard_cost_usd: float
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "tasks": self.tasks,
+            "completed": self.completed,
+            "cost_usd": round(self.cost_usd, 6),
+            "standard_cost_usd": round(self.standard_cost_usd, 6),
+        }
 
 
 @dataclass(frozen=True)
@@ -28,6 +47,21 @@ class BatchSummary:
     per_minute: float  # completions per minute over the last five minutes
     created_at: datetime
     budget_waiting: int = 0  # pending tasks held back because the next call would exceed the budget
+    lane: str = "standard"  # what the submitter chose (auto included)
+    by_lane: dict[str, LaneSpend] | None = None  # the lanes its tasks are in / ran in
+
+    @property
+    def lane_mix(self) -> str:
+        """``auto: batch 180, flex 20`` — the chosen lane and, when it differs, where the tasks are."""
+        spread = ", ".join(f"{lane} {spend.tasks}" for lane, spend in (self.by_lane or {}).items())
+        if not spread or spread == f"{self.lane} {self.total}":
+            return self.lane
+        return f"{self.lane}: {spread}"
+
+    @property
+    def standard_cost_usd(self) -> float:
+        """What the work done so far would have cost at the standard price."""
+        return sum(spend.standard_cost_usd for spend in (self.by_lane or {}).values())
 
     @property
     def total(self) -> int:
@@ -49,30 +83,34 @@ class BatchSummary:
 
     def as_json(self) -> dict[str, object]:
         """The stable ``status --json`` shape (a public interface: extend with care)."""
-        return {"batch": self.name, "counts": dict(self.counts), "cost_usd": round(self.cost_usd, 6)}
+        return {
+            "batch": self.name,
+            "counts": dict(self.counts),
+            "cost_usd": round(self.cost_usd, 6),
+            "lane": self.lane,
+            "standard_cost_usd": round(self.standard_cost_usd, 6),
+            "by_lane": {lane: spend.as_json() for lane, spend in (self.by_lane or {}).items()},
+        }
 
 
 def batch_summaries(
     session: Session, name: str | None = None, *, now: datetime | None = None
 ) -> list[BatchSummary]:
+    """Every batch's (or the named one's) summary: a constant number of index reads per batch.
+
+    Counts and cost come from the trigger-kept counts (:mod:`models.counts`), the recent completions
+    and the budget-held tasks from indexes that reach only those rows (docs/architecture.md, "Counts").
+    """
     now = now or utcnow()
     stmt = select(Batch).order_by(Batch.created_at)
     if name is not None:
         stmt = stmt.where(Batch.name == name)
-    return [_summary(session, batch, now) for batch in session.scalars(stmt)]
+    batches = list(session.scalars(stmt))
+    found = counts.tallies(session, [batch.id for batch in batches] if name is not None else None)
+    return [_summary(session, batch, found.get(batch.id) or counts.Tally(), now) for batch in batches]
 
 
-def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
-    counts = {status.value: 0 for status in TaskStatus}
-    rows = session.execute(
-        select(GenerationTask.status, func.count(), func.coalesce(func.sum(GenerationTask.cost_usd), 0.0))
-        .where(GenerationTask.batch_id == batch.id)
-        .group_by(GenerationTask.status)
-    )
-    cost = 0.0
-    for status, count, spent in rows:
-        counts[status] = int(count)
-        cost += float(spent or 0.0)
+def _summary(session: Session, batch: Batch, tally: counts.Tally, now: datetime) -> BatchSummary:
     recent = session.scalar(
         select(func.count()).where(
             GenerationTask.batch_id == batch.id,
@@ -80,21 +118,25 @@ def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
             GenerationTask.finished_at >= now - THROUGHPUT_WINDOW,
         )
     )
-    budget_waiting = session.scalar(
-        select(func.count()).where(
-            GenerationTask.batch_id == batch.id,
-            GenerationTask.status == TaskStatus.PENDING.value,
-            GenerationTask.error_code == BUDGET_REACHED,
+    budget_waiting: int | None = 0
+    if tally.counts[TaskStatus.PENDING]:
+        budget_waiting = session.scalar(
+            select(func.count()).where(
+                GenerationTask.batch_id == batch.id,
+                GenerationTask.status == TaskStatus.PENDING.value,
+                GenerationTask.error_code == BUDGET_REACHED,
+            )
         )
-    )
     window_minutes = min(THROUGHPUT_WINDOW, max(now - batch.created_at, timedelta(seconds=1))) / timedelta(
         minutes=1
     )
     return BatchSummary(
+        lane=batch.lane,
+        by_lane=lane_spend(tally),
         name=batch.name,
         status=batch.status,
-        counts=counts,
-        cost_usd=cost,
+        counts=dict(tally.counts),
+        cost_usd=tally.cost_usd,
         budget_usd=batch.budget_usd,
         per_minute=float(recent or 0) / window_minutes,
         created_at=batch.created_at,
@@ -107,18 +149,15 @@ def find_batch(session: Session, name: str) -> Batch | None:
 
 
 def models_by_batch(session: Session, names: Sequence[str]) -> dict[str, list[str]]:
-    """The models each named batch's tasks ask for (one aggregate query)."""
-    rows = session.execute(
-        select(Batch.name, GenerationTask.model)
-        .join(GenerationTask, GenerationTask.batch_id == Batch.id)
-        .where(Batch.name.in_(list(names)))
-        .distinct()
-        .order_by(Batch.name, GenerationTask.model)
-    )
-    found: dict[str, list[str]] = {}
-    for name, model in rows:
-        found.setdefault(name, []).append(model)
-    return found
+    """The models each named batch's tasks ask for (from the counts: no scan of the tasks)."""
+    rows = session.execute(select(Batch.id, Batch.name).where(Batch.name.in_(list(names))))
+    ids: dict[str, str] = {batch_id: name for batch_id, name in rows}
+    found = counts.tallies(session, list(ids))
+    return {
+        ids[batch_id]: sorted(t.models)
+        for batch_id, t in sorted(found.items(), key=lambda i: ids[i[0]])
+        if t.models
+    }
 
 
 def pending_with_code(
@@ -136,3 +175,13 @@ def pending_with_code(
         .group_by(Batch.name)
     )
     return {name: (int(count), message) for name, count, message in rows}
+
+
+def lane_spend(tally: counts.Tally) -> dict[str, LaneSpend]:
+    """Per lane of one batch, in lane order: tasks, completed, spent, and the same work at the
+    standard price (a task finished before lanes existed counts its own cost as standard); from the
+    trigger-kept counts, so no scan of the batch's tasks."""
+    return {
+        lane: LaneSpend(share.tasks, share.completed, share.cost_usd, share.standard_cost_usd)
+        for lane, share in sorted(tally.lanes.items())
+    }

@@ -54,3 +54,24 @@ def next_occurrence(at: str, tz: str, *, now: datetime | None = None) -> datetim
     if target <= local_now:
         target = datetime.combine(local_now.date() + timedelta(days=1), parse_hhmm(at), tzinfo=zone)
     return target.astimezone(UTC)
+
+
+def parse_deadline(text: str, tz: str, *, now: datetime | None = None) -> datetime:
+    """``--deadline``: an ISO 8601 time (without an offset: in ``tz``) or ``HH:MM`` (its next
+    occurrence in ``tz``), in UTC; a ``ValueError`` naming both forms otherwise, or for a past time."""
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if len(text) <= 5 and ":" in text:
+        return next_occurrence(text, tz, now=now)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--deadline expects HH:MM or an ISO 8601 time (2026-12-01T06:00), got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo(tz))
+    when = when.astimezone(UTC)
+    if when <= now:
+        raise ValueError(f"--deadline {text!r} is in the past")
+    return when

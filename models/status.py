@@ -42,6 +42,37 @@ class BatchStatus(StrEnum):
     DONE = "done"
 
 
+class Lane(StrEnum):
+    """How a task reaches the upstream (docs/lanes.md): a service tier of ``generateContent``
+    (``standard``, ``flex``, ``priority``) or the Batch API (``batch``). ``auto`` is a batch's choice
+    only: the deadline planner gives each of its tasks one of the others."""
+
+    STANDARD = "standard"
+    FLEX = "flex"
+    PRIORITY = "priority"
+    BATCH = "batch"
+    AUTO = "auto"
+
+
+#: The lanes whose tasks travel as Celery messages (one ``generateContent`` call each, with the lane's
+#: ``serviceTier``). Batch-lane tasks never do: the Batch API lane (``tasks/batch_lane.py``) groups them
+#: into upstream jobs. Every place that chooses rows to publish applies it (``models.lifecycle``
+#: ``dispatched_by_celery``, and the queue's partial indexes in ``models.tables``).
+CELERY_LANES = frozenset({Lane.STANDARD, Lane.FLEX, Lane.PRIORITY})
+
+#: The lanes a task can be in (``auto`` is resolved at submit).
+TASK_LANES = (Lane.STANDARD, Lane.FLEX, Lane.PRIORITY, Lane.BATCH)
+
+
+def parse_lane(text: str) -> Lane:
+    """``text`` as a :class:`Lane`, or a ``ValueError`` that lists the valid lanes."""
+    try:
+        return Lane(text.strip().lower())
+    except ValueError:
+        valid = ", ".join(lane.value for lane in Lane)
+        raise ValueError(f"unknown lane {text!r}; valid lanes: {valid}") from None
+
+
 class ErrorCode(StrEnum):
     """Why a task failed, or why it is waiting: the ``error_code`` column and ``retry --reason CODE``.
 
@@ -76,12 +107,16 @@ class ErrorCode(StrEnum):
     INVALID_TASK = "invalid_task"  # the row cannot be served (unknown model, unreadable input image)
     LIMIT_TOO_SMALL = "limit_too_small"  # one request needs more tokens than the pool's tokens/minute
     STORAGE = "storage"  # the image could not be stored
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the image store did not answer: waits, not counted
     INTERNAL = "internal"  # a bug or an infrastructure fault while serving the task
     LEASE_EXPIRED = "lease_expired"  # the worker holding the task stopped responding
     # Reasons a pending task waits (not failures).
     RATE_WAIT = "rate_wait"  # waiting for the global limiter to admit the call
     OUTSIDE_WINDOW = "outside_window"  # the batch's time window is closed
     BUDGET_REACHED = "budget_reached"  # the batch's budget is spent; waiting for it to be raised
+    # Lanes.
+    BATCH_JOB_ENDED = "batch_job_ended"  # its Batch API job failed, expired or was cancelled: next lane
+    LANE_CHANGED = "lane_changed"  # moved to a faster lane to meet the batch's deadline
 
     @property
     def retryable(self) -> bool:

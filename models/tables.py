@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -20,11 +21,22 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from nanobatch.models.base import Base, UTCDateTime, utcnow
-from nanobatch.models.status import BatchStatus, TaskStatus
+from nanobatch.models.status import CELERY_LANES, BatchStatus, Lane, TaskStatus
+
+#: Rows Celery carries (``models.status.CELERY_LANES``): batch-lane rows wait in the queue's indexes
+#: for no message, so a refill never publishes one (the Batch API lane takes them).
+CELERY_LANE_SQL = "lane IN ({})".format(", ".join(f"'{lane.value}'" for lane in sorted(CELERY_LANES)))
+#: The predicates of the queue's partial indexes; a query must repeat one to use its index.
+QUEUED_FRESH = f"status = 'pending' AND dispatched_at IS NULL AND not_before IS NULL AND {CELERY_LANE_SQL}"
+QUEUED_LATER = (
+    f"status = 'pending' AND dispatched_at IS NULL AND not_before IS NOT NULL AND {CELERY_LANE_SQL}"
+)
+IN_FLIGHT = "status = 'pending' AND dispatched_at IS NOT NULL"
 
 
 def new_id() -> str:
@@ -51,7 +63,14 @@ class Batch(Base):
     window_start: Mapped[str | None] = mapped_column(String(5))  # "HH:MM" in window_tz
     window_end: Mapped[str | None] = mapped_column(String(5))
     window_tz: Mapped[str | None] = mapped_column(String(64))
+    # Dispatch order (docs/architecture.md, "Dispatch"): higher priority first; equal priorities
+    # share the window by weighted round robin.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Lanes (docs/lanes.md): what the submitter chose (``auto`` included) and the time to finish by.
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.STANDARD.value, server_default="standard")
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     tasks: Mapped[list[GenerationTask]] = relationship(back_populates="batch", passive_deletes=True)
 
@@ -60,9 +79,45 @@ class GenerationTask(Base):
     __tablename__ = "generation_tasks"
     __table_args__ = (
         UniqueConstraint("batch_id", "key", name="uq_generation_tasks_batch_key"),
-        Index("ix_generation_tasks_batch_status", "batch_id", "status"),
+        # Serves every (batch, status) read and status's recent completions (migration 0006).
+        Index("ix_generation_tasks_batch_status_finished", "batch_id", "status", "finished_at"),
         Index("ix_generation_tasks_status_not_before", "status", "not_before"),
         Index("ix_generation_tasks_content_hash", "content_hash"),
+        # A small partial index over pending rows waiting with a code (status's alerts, budget;
+        # docs/architecture.md, "Counts").
+        Index(
+            "ix_generation_tasks_pending_code",
+            "batch_id",
+            "status",  # redundant, but then SQLite's planner prefers this index (three equalities)
+            "error_code",
+            postgresql_where=text("status = 'pending' AND error_code IS NOT NULL"),
+            sqlite_where=text("status = 'pending' AND error_code IS NOT NULL"),
+        ),
+        Index("ix_generation_tasks_batch_job_id", "batch_job_id"),
+        # The queue of record (models/queue.py), each a partial index small or ordered as its query
+        # needs: undispatched rows in id order per pool and batch; retries parked until not_before;
+        # rows with a message out (the window: bounded by its size).
+        Index(
+            "ix_generation_tasks_queue_fresh",
+            "model",
+            "batch_id",
+            "id",
+            postgresql_where=text(QUEUED_FRESH),
+            sqlite_where=text(QUEUED_FRESH),
+        ),
+        Index(
+            "ix_generation_tasks_queue_later",
+            "not_before",
+            postgresql_where=text(QUEUED_LATER),
+            sqlite_where=text(QUEUED_LATER),
+        ),
+        Index(
+            "ix_generation_tasks_in_flight",
+            "model",
+            "dispatched_at",
+            postgresql_where=text(IN_FLIGHT),
+            sqlite_where=text(IN_FLIGHT),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -110,9 +165,80 @@ class GenerationTask(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     model_used: Mapped[str | None] = mapped_column(String(100))  # differs from model after a fallback
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the row's other columns, kept for export
+    # The lane the task runs in (once finished: ran in), never ``auto``; its upstream batch job if any;
+    # what its call would have cost at the standard price (the saving status and export show).
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.STANDARD.value, server_default="standard")
+    batch_job_id: Mapped[str | None] = mapped_column(String(36))
+    standard_cost_usd: Mapped[float | None] = mapped_column(Float)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
+
+
+class BatchCount(Base):
+    """Tasks of a batch per (model, lane, status), and the sums of their ``cost_usd`` and standard cost.
+
+    Kept by database triggers on ``generation_tasks`` (migration 0006), never written by our code
+    except :func:`models.counts.compact`; read through :mod:`models.counts` (docs/architecture.md,
+    "Counts"). No foreign key: a batch's delete cascades to its tasks, whose triggers bring its
+    counts to zero, and the compaction drops rows of batches that are gone.
+    """
+
+    __tablename__ = "batch_counts"
+
+    batch_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    lane: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: The same tasks at the standard price (``coalesce(standard_cost_usd, cost_usd)`` of each).
+    standard_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
+class BatchCountDelta(Base):
+    """PostgreSQL only: the insert-only log its statement triggers append to (no hot counter row);
+    folded into :class:`BatchCount` by the sweeper. Empty on SQLite."""
+
+    __tablename__ = "batch_count_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(36), index=True)
+    model: Mapped[str] = mapped_column(String(100))
+    lane: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    standard_cost_usd: Mapped[float] = mapped_column(Float)
+
+
+class BatchJob(Base):
+    """One job submitted to the Gemini Batch API: the source of truth for work that left our queue.
+
+    Written (state ``creating``) before the remote create, so a crash between the two is found by
+    the poller (it adopts the remote job by its display name, which is this row's id).
+    """
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = (Index("ix_batch_jobs_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))  # upstream "batches/…", once created
+    model: Mapped[str] = mapped_column(String(100))
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.BATCH.value, server_default="batch")
+    state: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(8))  # inline | file
+    input_file: Mapped[str | None] = mapped_column(String(200))
+    responses_file: Mapped[str | None] = mapped_column(String(200))
+    request_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    succeeded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -22,9 +22,11 @@ from sqlalchemy import (
     Integer,
     Label,
     Row,
+    String,
     Table,
     and_,
     bindparam,
+    func,
     or_,
     select,
     update,
@@ -32,8 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from nanobatch.models.base import UTCDateTime, utcnow
-from nanobatch.models.lifecycle import out_of_attempts, runnable_batch_ids
-from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
+from nanobatch.models.lifecycle import dispatched_by_celery, out_of_attempts, runnable_batch_ids
+from nanobatch.models.status import BatchStatus, ErrorCode, Lane, TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 
 PENDING = TaskStatus.PENDING.value
@@ -62,6 +64,21 @@ def _rowcount(result: Any) -> int:
 
 def _is_due(now: datetime | BindParameter[datetime]) -> Any:
     return or_(_TASKS.c.not_before.is_(None), _TASKS.c.not_before <= now)
+
+
+def _claimed_fields() -> tuple[Any, ...]:
+    """What serving a claimed row needs: its own :data:`CLAIMED_COLUMNS` and its batch's facts (a
+    Celery claim returns them; the Batch API lane reads them for the rows its job holds)."""
+    return (
+        *(_TASKS.c[name] for name in CLAIMED_COLUMNS),
+        _batch_fact(_BATCHES.c.name, "batch_name"),
+        _batch_fact(_BATCHES.c.reuse, "batch_reuse"),
+        _batch_fact(_BATCHES.c.budget_usd, "batch_budget_usd"),
+        _batch_fact(_BATCHES.c.window_start, "batch_window_start"),
+        _batch_fact(_BATCHES.c.window_end, "batch_window_end"),
+        _batch_fact(_BATCHES.c.window_tz, "batch_window_tz"),
+        _batch_fact(_BATCHES.c.deadline, "batch_deadline"),
+    )
 
 
 def _batch_fact(column: Any, label: str) -> Label[Any]:
@@ -98,6 +115,7 @@ CLAIMED_COLUMNS = (
     "day_parks",
     "input_root",
     "input_sha256",
+    "lane",
 )
 _CLAIM = (
     update(_TASKS)
@@ -106,6 +124,7 @@ _CLAIM = (
         _TASKS.c.status == PENDING,
         _is_due(_NOW),
         _TASKS.c.batch_id.in_(runnable_batch_ids(_NOW)),
+        dispatched_by_celery(),  # a batch-lane row is the Batch API lane's, whatever message arrives
     )
     .values(
         status=PROCESSING,
@@ -115,15 +134,7 @@ _CLAIM = (
         lease_expires_at=bindparam("p_lease_expires_at"),
         started_at=_NOW,
     )
-    .returning(
-        *(_TASKS.c[name] for name in CLAIMED_COLUMNS),
-        _batch_fact(_BATCHES.c.name, "batch_name"),
-        _batch_fact(_BATCHES.c.reuse, "batch_reuse"),
-        _batch_fact(_BATCHES.c.budget_usd, "batch_budget_usd"),
-        _batch_fact(_BATCHES.c.window_start, "batch_window_start"),
-        _batch_fact(_BATCHES.c.window_end, "batch_window_end"),
-        _batch_fact(_BATCHES.c.window_tz, "batch_window_tz"),
-    )
+    .returning(*_claimed_fields())
 )
 
 
@@ -139,7 +150,8 @@ def claim(
     """pending → processing, if due and its batch is runnable; ``None`` when someone else has it.
 
     Returns the row's :data:`CLAIMED_COLUMNS` and its batch's ``batch_name``, ``batch_reuse``,
-    ``batch_budget_usd``, ``batch_window_start``, ``batch_window_end`` and ``batch_window_tz``, read in
+    ``batch_budget_usd``, ``batch_window_start``, ``batch_window_end``, ``batch_window_tz`` and
+    ``batch_deadline``, read in
     the same statement (one round trip).
     """
     now = now or utcnow()
@@ -198,6 +210,7 @@ class Outcome:
     cost_usd: float = 0.0
     latency_ms: int | None = None
     model_used: str | None = None
+    standard_cost_usd: float | None = None  # the same call at the standard price (lanes)
 
 
 _OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
@@ -313,6 +326,7 @@ _REQUEUE = (
         upstream_wait_seconds=_TASKS.c.upstream_wait_seconds
         + bindparam("p_upstream_seconds_added", type_=Float()),
         day_parks=_TASKS.c.day_parks + bindparam("p_day_parks_added", type_=Integer()),
+        lane=func.coalesce(bindparam("p_lane", type_=String()), _TASKS.c.lane),
     )
     .returning(_TASKS.c.id)
 )
@@ -330,12 +344,13 @@ def requeue(
     redispatched: bool = False,
     upstream_wait: float | None = None,
     day_park: bool = False,
+    lane: str | None = None,
 ) -> bool:
-    """processing → pending, to be tried again no earlier than ``not_before``.
+    """processing → pending, to be tried again no earlier than ``not_before`` (in ``lane`` if given).
 
     ``count_attempt`` is ``False`` for rate-limit waits: they increment ``rate_waits`` instead, so
     a 429 storm never exhausts a task's error budget. ``redispatched`` says the caller publishes a
-    (delayed) message itself; otherwise the sweeper dispatches the row once it is due.
+    message itself; otherwise the dispatcher publishes the row once it is due (``tasks.dispatch``).
     ``upstream_wait`` (seconds) records a wait the upstream's own 429 asked of this task, ``day_park``
     a park until the daily quota reset: the counters the wait bounds read (``workers.retry``).
     """
@@ -351,6 +366,7 @@ def requeue(
         "p_upstream_waits_added": 1 if upstream_wait is not None else 0,
         "p_upstream_seconds_added": float(upstream_wait or 0.0),
         "p_day_parks_added": 1 if day_park else 0,
+        "p_lane": lane,
     }
     return session.execute(_REQUEUE, params).first() is not None
 
@@ -448,44 +464,6 @@ def _reclaim(session: Session, which: Any, *, max_attempts: int, now: datetime, 
         )
     )
     return failed + requeued
-
-
-def due_for_dispatch(
-    session: Session,
-    *,
-    older_than: datetime,
-    now: datetime | None = None,
-    limit: int = 2000,
-    exclude_batches: Sequence[str] = (),
-    batch_id: str | None = None,
-    after_id: str | None = None,
-) -> list[str]:
-    """Due pending rows of runnable batches whose last dispatch is missing or older than ``older_than``.
-
-    Oldest dispatch first, so rows that never had a message (or lost it longest ago) go first; or,
-    with ``after_id``, pages in id order (the rows with an id above it), to walk a whole batch.
-    """
-    now = now or utcnow()
-    conditions = [
-        GenerationTask.status == PENDING,
-        _is_due(now),
-        GenerationTask.batch_id.in_(runnable_batch_ids(now)),
-        or_(GenerationTask.dispatched_at.is_(None), GenerationTask.dispatched_at < older_than),
-    ]
-    if exclude_batches:
-        conditions.append(GenerationTask.batch_id.not_in(list(exclude_batches)))
-    if batch_id is not None:
-        conditions.append(GenerationTask.batch_id == batch_id)
-    order: tuple[Any, ...] = (
-        GenerationTask.dispatched_at.is_not(None),
-        GenerationTask.dispatched_at,
-        GenerationTask.id,
-    )
-    if after_id is not None:
-        conditions.append(GenerationTask.id > after_id)
-        order = (GenerationTask.id,)
-    stmt = select(GenerationTask.id).where(*conditions).order_by(*order).limit(limit)
-    return list(session.scalars(stmt))
 
 
 def cancel_batch(session: Session, batch_id: str) -> int:
@@ -608,3 +586,175 @@ def reserve_budget(session: Executor, batch_id: str, amount: float) -> bool:
 
 def release_budget(session: Executor, batch_id: str, amount: float) -> None:
     session.execute(_RELEASE_BUDGET, {"p_batch_id": batch_id, "p_amount": amount})
+
+
+# --- the Batch API lane (tasks/batch_lane.py) ------------------------------------------------------
+
+#: A task in an upstream job is held this long before the sweeper may reclaim it: the Batch API's
+#: 48 h expiry plus a margin (the poller normally hands it back long before).
+BATCH_JOB_LEASE = timedelta(hours=50)
+
+
+def claim_for_batch_job(
+    session: Session,
+    *,
+    batch_id: str,
+    model: str,
+    job_id: str,
+    limit: int,
+    now: datetime | None = None,
+) -> list[str]:
+    """pending → processing for up to ``limit`` due batch-lane rows of one batch and model, owned by
+    the upstream job ``job_id`` (its id is their claim token). Ids in order (the order sent)."""
+    now = now or utcnow()
+    # Chosen first (locked, skipping rows another builder holds), then moved: an ``IN (SELECT … LIMIT
+    # … FOR UPDATE SKIP LOCKED)`` inside the UPDATE may be evaluated more than once and move more.
+    chosen = list(
+        session.scalars(
+            select(_TASKS.c.id)
+            .where(
+                _TASKS.c.batch_id == batch_id,
+                _TASKS.c.model == model,
+                _TASKS.c.status == PENDING,
+                _TASKS.c.lane == Lane.BATCH.value,
+                _is_due(now),
+            )
+            .order_by(_TASKS.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not chosen:
+        return []
+    stmt = (
+        update(_TASKS)
+        .where(_TASKS.c.id.in_(chosen), _TASKS.c.status == PENDING)
+        .values(
+            status=PROCESSING,
+            batch_job_id=job_id,
+            claim_token=job_id,
+            worker=None,  # no worker holds it: the heartbeat reclaim must leave it alone
+            lease_expires_at=now + BATCH_JOB_LEASE,
+            started_at=now,
+        )
+        .returning(_TASKS.c.id)
+    )
+    return sorted(session.scalars(stmt))
+
+
+def due_batch_lane_groups(
+    session: Session, *, now: datetime, exclude_batches: Sequence[str] = ()
+) -> list[Row[Any]]:
+    """``(batch_id, model, n)`` of due pending batch-lane rows of runnable batches."""
+    conditions = [
+        _TASKS.c.status == PENDING,
+        _TASKS.c.lane == Lane.BATCH.value,
+        _is_due(now),
+        _TASKS.c.batch_id.in_(runnable_batch_ids(now)),
+    ]
+    if exclude_batches:
+        conditions.append(_TASKS.c.batch_id.not_in(list(exclude_batches)))
+    stmt = (
+        select(_TASKS.c.batch_id, _TASKS.c.model, func.count().label("n"))
+        .where(*conditions)
+        .group_by(_TASKS.c.batch_id, _TASKS.c.model)
+    )
+    return list(session.execute(stmt))
+
+
+def job_task_rows(session: Executor, job_id: str, task_ids: Sequence[str]) -> list[Row[Any]]:
+    """The rows of ``task_ids`` still held by upstream job ``job_id``, with the columns and batch facts
+    a claim returns (so the worker's finishing path can serve them)."""
+    stmt = select(*_claimed_fields()).where(
+        _TASKS.c.id.in_(list(task_ids)),
+        _TASKS.c.batch_job_id == job_id,
+        _TASKS.c.status == PROCESSING,
+        _TASKS.c.claim_token == job_id,
+    )
+    return list(session.execute(stmt))
+
+
+def job_task_ids(session: Executor, job_id: str, *, only_held: bool = False) -> list[str]:
+    """The ids of upstream job ``job_id``'s tasks, in the order sent (``only_held``: still waiting)."""
+    conditions = [_TASKS.c.batch_job_id == job_id]
+    if only_held:
+        conditions += [_TASKS.c.status == PROCESSING, _TASKS.c.claim_token == job_id]
+    return list(session.scalars(select(_TASKS.c.id).where(*conditions).order_by(_TASKS.c.id)))
+
+
+def release_job_tasks(
+    session: Session,
+    job_id: str,
+    *,
+    lane: str,
+    max_attempts: int,
+    count_attempt: bool,
+    code: str,
+    message: str,
+    now: datetime | None = None,
+    task_ids: Sequence[str] | None = None,
+) -> int:
+    """processing → pending in ``lane`` for the tasks upstream job ``job_id`` still holds (it ended
+    without answering them); with ``count_attempt``, a task out of attempts ends ``failed`` instead."""
+    now = now or utcnow()
+    which = and_(
+        _TASKS.c.batch_job_id == job_id, _TASKS.c.status == PROCESSING, _TASKS.c.claim_token == job_id
+    )
+    if task_ids is not None:
+        which = and_(which, _TASKS.c.id.in_(list(task_ids)))
+    added = 1 if count_attempt else 0
+    failed = 0
+    if count_attempt:
+        failed = _rowcount(
+            session.execute(
+                update(_TASKS)
+                .where(which, out_of_attempts(_TASKS.c.attempts + 1, max_attempts))
+                .values(
+                    status=FAILED,
+                    finished_at=now,
+                    attempts=_TASKS.c.attempts + 1,
+                    lease_expires_at=None,
+                    claim_token=None,
+                    error_code=code,
+                    error_message=f"{message}, too often"[:2000],
+                )
+            )
+        )
+    moved = _rowcount(
+        session.execute(
+            update(_TASKS)
+            .where(which)
+            .values(
+                status=PENDING,
+                lane=lane,
+                attempts=_TASKS.c.attempts + added,
+                lease_expires_at=None,
+                claim_token=None,
+                dispatched_at=None,
+                not_before=None,
+                error_code=code,
+                error_message=message[:2000],
+            )
+        )
+    )
+    return failed + moved
+
+
+def move_lane(
+    session: Session, batch_id: str, *, from_lane: str, to_lane: str, limit: int | None = None
+) -> int:
+    """Pending tasks of a batch from one lane to another (the deadline planner re-planning)."""
+    chosen = select(_TASKS.c.id).where(
+        _TASKS.c.batch_id == batch_id, _TASKS.c.status == PENDING, _TASKS.c.lane == from_lane
+    )
+    if limit is not None:
+        chosen = chosen.order_by(_TASKS.c.id).limit(limit)
+    ids = list(session.scalars(chosen))
+    if not ids:
+        return 0
+    stmt = (
+        update(_TASKS)
+        .where(_TASKS.c.id.in_(ids), _TASKS.c.status == PENDING)
+        .values(lane=to_lane, dispatched_at=None, error_code=ErrorCode.LANE_CHANGED.value)
+    )
+    return _rowcount(session.execute(stmt))

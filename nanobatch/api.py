@@ -34,7 +34,15 @@ from nanobatch.tasks.operations import ActionResult, OperationError
 from nanobatch.tasks.producer import SubmitError, submit
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.settings import Settings
-from nanobatch.tasks.submission import SubmitChoices, batch_options, intake_options, read_source
+from nanobatch.tasks.submission import (
+    SubmitChoices,
+    batch_options,
+    intake_options,
+    plan_for,
+    plan_inputs,
+    read_source,
+    with_plan,
+)
 
 __all__ = ["ActionResult", "BatchError", "Client", "RowProblem", "SubmitRejected", "SubmitResult"]
 
@@ -143,6 +151,10 @@ class Client:
         preset: str | None = None,
         per: Literal["product", "variant"] = "variant",
         update: bool = False,
+        lane: str = "standard",
+        deadline: str | None = None,
+        priority: int | None = None,
+        weight: int | None = None,
     ) -> SubmitResult:
         """Validate ``source`` (a .csv/.jsonl path, or rows as mappings) and enqueue one task per row.
 
@@ -155,7 +167,10 @@ class Client:
         the choice comes back in :attr:`SubmitResult.key_column`); ``preset`` reads a shop export
         (``shopify``, ``woocommerce``, ``merchant``) with one image ``per`` variant or product;
         ``update`` replaces rows of an existing batch whose content changed (README, "Changing and
-        regenerating").
+        regenerating"). ``lane`` is ``standard``, ``flex``, ``priority``, ``batch`` or ``auto`` (the
+        cheapest mix that meets ``deadline``: ISO 8601 or ``HH:MM``; README, "Lanes"). ``priority``
+        (higher first) and ``weight`` (share among equal priorities) order dispatch (README,
+        "Priorities").
         """
         choices = SubmitChoices(
             model=model,
@@ -173,6 +188,10 @@ class Client:
             preset=preset,
             per=per,
             update=update,
+            lane=lane,
+            deadline=deadline,
+            priority=priority,
+            weight=weight,
         )
         name = batch or (Path(source).stem if isinstance(source, str | Path) else "")
         try:
@@ -182,11 +201,23 @@ class Client:
             if intake.error_count and not skip_invalid:
                 raise SubmitRejected(f"{intake.error_count} invalid row(s); nothing was written", problems)
             rt = self.runtime
+            options_for_batch = batch_options(name, choices, self.settings)
+            inputs = plan_inputs(
+                intake.valid,
+                options.model,
+                options.image_size,
+                self.catalog,
+                self.settings,
+                deadline=options_for_batch.deadline,
+                limits=self.settings.limits.get(options.model),
+            )
+            if (lane_plan := plan_for(options_for_batch, inputs)) is not None:
+                options_for_batch = with_plan(options_for_batch, lane_plan)
             report = submit(
                 rt.db,
                 None if self.settings.embedded else rt.dispatcher,
                 intake,
-                batch_options(name, choices, self.settings),
+                options_for_batch,
                 intake_options=options,
                 source=str(source) if isinstance(source, str | Path) else "python",
                 skip_invalid=skip_invalid,
@@ -260,6 +291,11 @@ class Client:
 
     def resume(self, batch: str) -> ActionResult:
         return self._act(lambda rt: operations.resume_batch(rt, batch))
+
+    def priority(self, batch: str, priority: int, *, weight: int | None = None) -> ActionResult:
+        """Change the dispatch priority (and weight) of an open or paused batch; rows not yet
+        dispatched follow it at once."""
+        return self._act(lambda rt: operations.set_priority(rt, batch, priority, weight=weight))
 
     def export(self, batch: str, path: str | Path, *, format: Literal["csv", "jsonl"] = "csv") -> int:
         """Write every task of the batch to ``path`` (atomically); returns the number of rows."""

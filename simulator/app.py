@@ -80,7 +80,10 @@ class SimulatorApp:
         self.config = config
         self.catalog = catalog or load_catalog()
         limits = QuotaLimits(rpm=config.rpm, rpd=config.rpd, tpm=config.tpm, concurrency=config.concurrency)
-        self.quotas = QuotaBook(limits, clock=clock, concurrency_retry=_concurrency_retry(config))
+        per_model = {name: dataclasses.replace(limits, **o) for name, o in config.model_limits.items()}
+        self.quotas = QuotaBook(
+            limits, clock=clock, concurrency_retry=_concurrency_retry(config), per_model=per_model
+        )
         self.faults = FaultPlan(config)
         self.stats = Stats()
         self.renderer = Renderer()

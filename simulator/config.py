@@ -40,6 +40,9 @@ class SimulatorConfig:
     rpd: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+    #: Per-model overrides of rpm/rpd/tpm/concurrency, e.g. ``{"gemini-3-pro-image": {"rpd": 250}}``:
+    #: a model named here gets the limits above with these fields replaced (real quotas differ per model).
+    model_limits: dict[str, dict[str, int]] = field(default_factory=dict)
     fail_rates: dict[int, float] = field(default_factory=dict)
     timeout_rate: float = 0.0
     drop_rate: float = 0.0
@@ -79,6 +82,7 @@ class SimulatorConfig:
         self.image_format_default = _normalise_format(self.image_format_default)
         _check_latency(self.latency, self.time_scale)
         _check_limits(rpm=self.rpm, rpd=self.rpd, tpm=self.tpm, concurrency=self.concurrency)
+        _check_model_limits(self.model_limits)
         _check_rates(self)
         _check_hostile_settings(self)
         _check_tier_settings(self)
@@ -125,6 +129,8 @@ class SimulatorConfig:
         parts = [f"latency {low:g}-{high:g}s x{self.time_scale:g}"]
         limits = {"rpm": self.rpm, "rpd": self.rpd, "tpm": self.tpm, "concurrency": self.concurrency}
         parts += [f"{name} {value}" for name, value in limits.items() if value is not None]
+        for model, override in sorted(self.model_limits.items()):
+            parts.append(f"{model}: " + " ".join(f"{k} {v}" for k, v in sorted(override.items())))
         if self.fail_rates:
             parts.append("fail " + ",".join(f"{k}={v:g}" for k, v in sorted(self.fail_rates.items())))
         rates = {"timeout": self.timeout_rate, "drop": self.drop_rate, "no-image": self.no_image_rate}
@@ -204,6 +210,23 @@ def _check_limits(**limits: int | None) -> None:
     for name, value in limits.items():
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive integer or None (got {value})")
+
+
+MODEL_LIMIT_FIELDS: tuple[str, ...] = ("rpm", "rpd", "tpm", "concurrency")
+
+
+def _check_model_limits(model_limits: dict[str, dict[str, int]]) -> None:
+    for model, override in model_limits.items():
+        if not model or not isinstance(override, dict):
+            raise ValueError(f"model_limits: {model!r} must name a model and map limits to numbers")
+        unknown = sorted(set(override) - set(MODEL_LIMIT_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"model_limits[{model}]: unknown limit(s) {unknown}; known: {MODEL_LIMIT_FIELDS}"
+            )
+        for name, value in override.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model_limits[{model}].{name} must be a positive integer (got {value!r})")
 
 
 def _check_rates(config: SimulatorConfig) -> None:

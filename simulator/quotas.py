@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -177,9 +177,16 @@ class QuotaBook:
     """Admission against every configured limit at once; all-or-nothing, thread-safe."""
 
     def __init__(
-        self, limits: QuotaLimits, *, clock: Clock = time.time, concurrency_retry: float = 1.0
+        self,
+        limits: QuotaLimits,
+        *,
+        clock: Clock = time.time,
+        concurrency_retry: float = 1.0,
+        per_model: Mapping[str, QuotaLimits] | None = None,
     ) -> None:
         self.limits = limits
+        #: Limits of named models that differ from ``limits`` (real quotas differ per model).
+        self.per_model = dict(per_model or {})
         self._clock = clock
         self._concurrency_retry = concurrency_retry
         self._lock = threading.Lock()
@@ -189,7 +196,7 @@ class QuotaBook:
         """Reserve one request of ``tokens`` for ``model``, or say which limit refuses it."""
         with self._lock:
             now = self._clock()
-            quota = self._models.setdefault(model, _ModelQuota(self.limits))
+            quota = self._models.setdefault(model, _ModelQuota(self.limits_of(model)))
             violation = self._first_violation(quota, model, now, tokens)
             if violation is not None:
                 return violation
@@ -206,18 +213,22 @@ class QuotaBook:
         """Forget every window; requests still in flight keep their concurrency slots."""
         with self._lock:
             for model, quota in list(self._models.items()):
-                fresh = _ModelQuota(self.limits)
+                fresh = _ModelQuota(self.limits_of(model))
                 fresh.in_flight = quota.in_flight
                 self._models[model] = fresh
+
+    def limits_of(self, model: str) -> QuotaLimits:
+        return self.per_model.get(model, self.limits)
 
     def remaining_requests(self, model: str) -> int | None:
         """Requests left in the current minute window (``None`` without an rpm limit)."""
         with self._lock:
             quota = self._models.get(model)
-            if self.limits.rpm is None:
+            rpm = self.limits_of(model).rpm
+            if rpm is None:
                 return None
             used = quota.rpm.used(self._clock()) if quota and quota.rpm else 0
-            return max(self.limits.rpm - used, 0)
+            return max(rpm - used, 0)
 
     def _first_violation(
         self, quota: _ModelQuota, model: str, now: float, tokens: int

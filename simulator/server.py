@@ -307,15 +307,23 @@ def is_loopback(host: str) -> bool:
 
 
 def start_simulator(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    allow_remote: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> RunningSimulator:
-    """Bind ``host:port`` (0 picks a free port) and serve in a daemon thread; returns at once."""
+    """Bind ``host:port`` (0 picks a free port) and serve in a daemon thread; returns at once.
+
+    ``clock`` drives the quota windows (tests run them faster than real time; latency is not affected).
+    """
     if not allow_remote and not is_loopback(host):
         raise ValueError(
             f"the simulator listens on loopback only (got host {host!r}); "
             "pass allow_remote=True to expose it deliberately"
         )
-    server = _Server((host, port), SimulatorApp(config))
+    server = _Server((host, port), SimulatorApp(config, clock=clock))
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": POLL_SECONDS},

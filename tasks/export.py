@@ -1,10 +1,12 @@
 """Reading a batch back out for operators: one flat row per task (CSV / JSONL) and failure counts.
 
-The export is what a shop team imports into its catalog, so each row carries the image's local
-path and facts (sha256, dimensions, type, size, cost) plus the product's own extra columns from
-the submitted file. Rows stream from the database in chunks (``yield_per``), so a 100k-row batch
-never sits in memory. Only task columns are read: the API key lives in the environment and never
-in the database, so it cannot leak through an export.
+The export is what a shop team imports into its catalog, so each row carries where the image is
+(``path``: the local path, or the object's URI on an object store; ``image_uri``: the stored URI as
+recorded; ``signed_url``: with ``--signed-urls SECONDS``, an https link that works without
+credentials until it expires) and its facts (sha256, dimensions, type, size, cost) plus the
+product's own extra columns from the submitted file. Rows stream from the database in chunks
+(``yield_per``), so a 100k-row batch never sits in memory. Only task columns are read: the API key
+lives in the environment and never in the database, so it cannot leak through an export.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -46,6 +48,10 @@ FIELDS: tuple[str, ...] = (
     "error_message",
     "attempts",
     "prompt",
+    "image_uri",
+    "signed_url",
+    "lane",  # the lane the task ran in (issue 16)
+    "standard_cost_usd",  # what the same call costs at the standard price
 )
 #: Prefix for a product column whose name clashes with a fixed one (e.g. a ``status`` column).
 CLASH_PREFIX = "extra_"
@@ -70,6 +76,8 @@ _COLUMNS = (
     GenerationTask.attempts,
     GenerationTask.prompt,
     GenerationTask.extra,
+    GenerationTask.lane,
+    GenerationTask.standard_cost_usd,
 )
 
 
@@ -78,8 +86,12 @@ def extra_name(name: str) -> str:
     return f"{CLASH_PREFIX}{name}" if name in FIELDS else name
 
 
-def export_row(task: Any) -> dict[str, Any]:
-    """One task (a row of ``_COLUMNS`` or a ``GenerationTask``) as a flat export dict."""
+Signer = Callable[[str | None], str | None]
+
+
+def export_row(task: Any, signer: Signer | None = None) -> dict[str, Any]:
+    """One task (a row of ``_COLUMNS`` or a ``GenerationTask``) as a flat export dict; ``signer``
+    turns a stored URI into a signed URL (``None`` when there is no image)."""
     row: dict[str, Any] = {
         "key": task.key,
         "status": task.status,
@@ -97,13 +109,19 @@ def export_row(task: Any) -> dict[str, Any]:
         "error_message": task.error_message,
         "attempts": task.attempts,
         "prompt": task.prompt,
+        "image_uri": task.result_uri,
+        "signed_url": signer(task.result_uri) if signer is not None and task.result_uri else None,
+        "lane": task.lane,
+        "standard_cost_usd": task.standard_cost_usd,
     }
     for name, value in (task.extra or {}).items():
         row[extra_name(name)] = value
     return row
 
 
-def stream_rows(session: Session, batch_id: str, *, chunk: int = CHUNK) -> Iterator[dict[str, Any]]:
+def stream_rows(
+    session: Session, batch_id: str, *, chunk: int = CHUNK, signer: Signer | None = None
+) -> Iterator[dict[str, Any]]:
     """Every task of the batch as an export dict, in key order, fetched ``chunk`` rows at a time."""
     stmt = (
         select(*_COLUMNS)
@@ -112,7 +130,7 @@ def stream_rows(session: Session, batch_id: str, *, chunk: int = CHUNK) -> Itera
         .execution_options(yield_per=chunk)
     )
     for task in session.execute(stmt):
-        yield export_row(task)
+        yield export_row(task, signer)
 
 
 def extra_columns(session: Session, batch_id: str, *, chunk: int = CHUNK) -> list[str]:
@@ -183,12 +201,14 @@ def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
     return count
 
 
-def export_batch(session: Session, batch_id: str, fmt: ExportFormat, out: TextIO) -> int:
+def export_batch(
+    session: Session, batch_id: str, fmt: ExportFormat, out: TextIO, *, signer: Signer | None = None
+) -> int:
     """Stream every task of the batch to ``out`` as ``fmt``; returns the number of rows written."""
     if fmt == "csv":
-        return write_csv(stream_rows(session, batch_id), extra_columns(session, batch_id), out)
+        return write_csv(stream_rows(session, batch_id, signer=signer), extra_columns(session, batch_id), out)
     if fmt == "jsonl":
-        return write_jsonl(stream_rows(session, batch_id), out)
+        return write_jsonl(stream_rows(session, batch_id, signer=signer), out)
     raise ValueError(f"unknown export format {fmt!r} (csv or jsonl)")
 
 

@@ -6,6 +6,12 @@ Content-Security-Policy allows nothing else (so even a mistake in escaping could
 anything). Keys, prompts and error messages come from customers' files and from the upstream, so
 every one of them is HTML-escaped. Big batches show the first ``max_images`` completed images (the
 page says so), which keeps the file to a few megabytes.
+
+Images are read through the image store (docs/storage.md), so the page can be made on any host:
+``embed`` (default) reads each image from the store and embeds its thumbnail; ``signed`` embeds
+nothing and links each tile to a time-limited signed URL of the full image instead (a small page,
+but it needs the store to be reachable from where it is opened, until the links expire); the CSP
+then allows images from the store's origin only.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from string import Template
+from urllib.parse import urlsplit
 
 from PIL import Image
 from sqlalchemy import and_, func, select
@@ -32,11 +39,13 @@ from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks.estimate import human_duration
 from nanobatch.tasks.export import atomic_text_file, reason_counts
 from nanobatch.workers.storage import local_path, safe_name
+from nanobatch.workers.store import StorageError, Store
 
 MAX_IMAGES = 1000
 THUMB_PX = 256
 THUMB_QUALITY = 78
 THUMB_THREADS = 4  # decoding a 4K PNG takes ~70 MB; a few at a time keeps memory modest
+MAX_SOURCE_BYTES = 64 << 20  # an image read for its thumbnail (a 4K PNG is ~30 MB)
 FAILURES_LISTED = 200  # per reason
 PROMPT_SHOWN = 140
 STATUS_ORDER = ("completed", "failed", "processing", "pending", "cancelled")
@@ -84,9 +93,18 @@ class ReportData:
 # --- Reading the batch -------------------------------------------------------------------------
 
 
-def default_report_path(output_dir: Path, batch: str) -> Path:
-    """``<output_dir>/<batch>/report.html``: next to the images, in the batch's own folder."""
-    return output_dir / safe_name(batch) / "report.html"
+def default_report_path(output_dir: Path | Store | str, batch: str) -> Path:
+    """``<output_dir>/<batch>/report.html``: next to the images, in the batch's own folder; with an
+    object store, ``<batch>-report.html`` in the current directory."""
+    if isinstance(output_dir, Path):
+        return output_dir / safe_name(batch) / "report.html"
+    if isinstance(output_dir, str):
+        from nanobatch.workers.store import open_store
+
+        output_dir = open_store(output_dir)
+    if output_dir.is_local:
+        return Path(output_dir.location) / safe_name(batch) / "report.html"
+    return Path(f"{safe_name(batch)}-report.html")
 
 
 def collect(session: Session, batch: Batch, *, max_images: int = MAX_IMAGES) -> ReportData:
@@ -146,12 +164,13 @@ def _failures(session: Session, batch_id: str) -> list[FailureGroup]:
 # --- Thumbnails ---------------------------------------------------------------------------------
 
 
-def thumbnail_data_uri(path: str | Path | None, max_px: int = THUMB_PX) -> str | None:
-    """A JPEG data URI of the image scaled to fit ``max_px`` square; ``None`` if it cannot be read."""
+def thumbnail_data_uri(path: str | Path | bytes | None, max_px: int = THUMB_PX) -> str | None:
+    """A JPEG data URI of the image (a file or its bytes) scaled to fit ``max_px`` square; ``None``
+    if it cannot be read."""
     if not path:
         return None
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             image.draft("RGB", (max_px, max_px))  # JPEG sources decode at a reduced scale: much faster
             image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
@@ -170,10 +189,41 @@ def _on_white(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def with_thumbnails(data: ReportData, threads: int = THUMB_THREADS) -> ReportData:
-    """The same report with every tile's thumbnail made (in a few threads: Pillow decodes without the GIL)."""
+def stored_thumbnail(store: Store | None, where: str | None) -> str | None:
+    """The thumbnail of a result read through the store (a local path when it is not in it)."""
+    key = store.key_of(where) if store is not None and where else None
+    if store is None or key is None:
+        return thumbnail_data_uri(None if where and "://" in where else where)
+    try:
+        return thumbnail_data_uri(store.read(key, MAX_SOURCE_BYTES))
+    except (OSError, StorageError):
+        return None
+
+
+def signed_link(store: Store, where: str | None, seconds: int) -> str | None:
+    key = store.key_of(where) if where else None
+    if key is None:
+        return None
+    try:
+        return store.sign(key, seconds) if store.size(key) is not None else None
+    except (OSError, StorageError):
+        return None
+
+
+def with_thumbnails(
+    data: ReportData,
+    threads: int = THUMB_THREADS,
+    *,
+    store: Store | None = None,
+    signed_seconds: int | None = None,
+) -> ReportData:
+    """The same report with every tile's thumbnail made (in a few threads: Pillow decodes without the GIL),
+    or with ``signed_seconds``, every tile linked to a signed URL of its image."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        thumbs = list(pool.map(thumbnail_data_uri, [tile.path for tile in data.tiles]))
+        if store is not None and signed_seconds:
+            thumbs = list(pool.map(lambda t: signed_link(store, t.path, signed_seconds), data.tiles))
+        else:
+            thumbs = list(pool.map(lambda t: stored_thumbnail(store, t.path), data.tiles))
     tiles = [dataclasses.replace(tile, thumbnail=t) for tile, t in zip(data.tiles, thumbs, strict=True)]
     return dataclasses.replace(data, tiles=tiles)
 
@@ -211,7 +261,7 @@ def render_html(data: ReportData) -> str:
     """The whole page as a string; pure (no I/O), so it is unit-tested directly."""
     s = data.summary
     return PAGE.substitute(
-        csp=CSP,  # a constant with single quotes, inside a double-quoted attribute
+        csp=csp_for(data),  # single quotes only, inside a double-quoted attribute
         title=esc(f"nanobatch report · {s.name}"),
         batch=esc(s.name),
         batch_status=esc(s.status),
@@ -222,6 +272,20 @@ def render_html(data: ReportData) -> str:
         images=_images_section(data),
         failures=_failures_section(data.failures, s.counts[TaskStatus.FAILED]),
     )
+
+
+def csp_for(data: ReportData) -> str:
+    """:data:`CSP`, plus the origins of signed image links (only those: still no scripts)."""
+    origins = sorted(
+        {
+            f"{parts.scheme}://{parts.netloc}"
+            for tile in data.tiles
+            if tile.thumbnail and not tile.thumbnail.startswith("data:")
+            for parts in [urlsplit(tile.thumbnail)]
+            if parts.scheme in {"https", "http"} and parts.netloc and "'" not in parts.netloc
+        }
+    )
+    return CSP.replace("img-src data:", " ".join(["img-src data:", *origins])) if origins else CSP
 
 
 def _subtitle(data: ReportData) -> list[str]:

@@ -3,9 +3,11 @@
 A shop export names its photos by ``https://`` URL. At submit each distinct URL is fetched once (per
 intake run), with limits — size (:data:`MAX_BYTES`), time (:data:`TIMEOUT_SECONDS` for the whole
 download), pixels (:data:`MAX_PIXELS`, against decompression bombs) and format (PNG, JPEG, WebP) —
-and stored as ``<output_dir>/inputs/<sha256>.<ext>`` by :func:`put_input`, the one function a later
-storage backend replaces. The task row records that local path, so workers read a file they can
-trust, exactly as for a local input image.
+and stored content-addressed as ``inputs/<sha256>.<ext>`` in the image store by :func:`put_input`
+(docs/storage.md). The task row records where: a local path on the local backend (workers read a
+file they can trust, exactly as for a local input image), the object's URI (``s3://…``) on an object
+store, so workers on any host read it from there. Local input files are uploaded the same way at
+submit when the store is an object store (:func:`put_input`, called by intake).
 
 SSRF guard: the host is resolved here and every address must be public; the connection goes to
 that checked address (no second DNS lookup an attacker could answer differently), TLS still
@@ -16,6 +18,7 @@ CGNAT, multicast and reserved addresses are refused unless ``NANOBATCH_ALLOW_PRI
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import ipaddress
@@ -29,7 +32,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from PIL import Image
 
-from nanobatch.workers.storage import write_atomic
+from nanobatch.workers.storage import as_store
+from nanobatch.workers.store import LocalStore, StorageError, Store
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; a 20 MB PNG can claim billions
@@ -37,7 +41,9 @@ TIMEOUT_SECONDS = 20.0
 MAX_REDIRECTS = 5
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 OBJECT_STORE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "abfss://")
-OBJECT_STORE_MESSAGE = "object-store inputs need the storage backend (not yet supported)"
+OBJECT_STORE_MESSAGE = (
+    "object-store URLs are not accepted as input images (give a local file or an https:// URL)"
+)
 
 
 class FetchError(ValueError):
@@ -46,8 +52,14 @@ class FetchError(ValueError):
 
 @dataclass(frozen=True)
 class FetchedInput:
-    path: Path
+    """A stored input image: ``ref`` is what the row records (a local path or the object's URI)."""
+
+    ref: str
     sha256: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.ref)
 
 
 def is_url(ref: str) -> bool:
@@ -58,17 +70,24 @@ def is_object_store(ref: str) -> bool:
     return ref.lower().startswith(OBJECT_STORE_SCHEMES)
 
 
-def input_path(output_dir: Path, sha256: str, ext: str) -> Path:
-    return output_dir / "inputs" / f"{sha256}.{ext}"
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
 
-def put_input(output_dir: Path, data: bytes, ext: str) -> FetchedInput:
-    """Store input bytes content-addressed (local backend; the storage issue swaps this function)."""
+def input_key(sha256: str, ext: str) -> str:
+    return f"inputs/{sha256}.{ext}"
+
+
+def put_input(store: Store | Path | str, data: bytes, ext: str) -> FetchedInput:
+    """Store input bytes content-addressed, once: an existing object with that name has that content
+    (its name is its SHA-256), so it is not written again (a conditional create where it races)."""
+    store = as_store(store)
     digest = hashlib.sha256(data).hexdigest()
-    path = input_path(output_dir, digest, ext)
-    if not path.is_file():
-        write_atomic(path, data)
-    return FetchedInput(path.resolve(), digest)
+    key = input_key(digest, ext)
+    if store.size(key) != len(data):
+        with contextlib.suppress(FileExistsError):  # another submit stored the same content meanwhile
+            store.put(key, data, CONTENT_TYPES.get(ext, "application/octet-stream"), create=True)
+    ref = str(store.path(key)) if isinstance(store, LocalStore) else store.uri(key)
+    return FetchedInput(ref, digest)
 
 
 def check_image(data: bytes) -> str:
@@ -116,7 +135,7 @@ class Fetcher:
 
     def __init__(
         self,
-        output_dir: Path,
+        output_dir: Store | Path | str,
         *,
         allow_private: bool = False,
         store: bool = True,
@@ -160,10 +179,10 @@ class Fetcher:
             if isinstance(response_or_next, bytes):
                 ext = check_image(response_or_next)
                 if not self.store:
-                    return FetchedInput(Path(), hashlib.sha256(response_or_next).hexdigest())
+                    return FetchedInput(".", hashlib.sha256(response_or_next).hexdigest())
                 try:
                     return put_input(self.output_dir, response_or_next, ext)
-                except OSError as exc:
+                except (OSError, StorageError) as exc:
                     raise FetchError(f"cannot store the image: {exc}") from None
             current = response_or_next
         raise FetchError(f"more than {MAX_REDIRECTS} redirects")

@@ -47,8 +47,12 @@ from nanobatch.tasks.inputs import (
     FetchError,
     is_object_store,
     is_url,
+    put_input,
 )
+from nanobatch.tasks.inputs import check_image as check_fetched_image
 from nanobatch.tasks.templates import Columns, RowValueError, Template, TemplateError, columns_text
+from nanobatch.workers.storage import as_store
+from nanobatch.workers.store import StorageError, Store
 
 MAX_KEY_LENGTH = 200
 MAX_PROMPT_CHARS = 32_000
@@ -202,7 +206,9 @@ class IntakeOptions:
     key_column: str | None = None  # --key; None: the first of KEY_CANDIDATES (or the preset's)
     preset: str | None = None  # shopify | woocommerce | merchant
     per: str = "variant"  # with a preset: one image per "variant" or per "product"
-    inputs_dir: Path | None = None  # where URL inputs are stored (the output dir); None: URLs refused
+    # The image store (the output dir or bucket) where URL inputs are kept, and local input files too
+    # when it is an object store (workers on other hosts read them there); None: URLs refused.
+    inputs_dir: Store | Path | str | None = None
     allow_private_urls: bool = False
     store_inputs: bool = True  # False (dry run): fetch and check URLs, store nothing
     aspect_from_flag: bool = True  # whether aspect_ratio is the user's --aspect (else a setting)
@@ -659,7 +665,9 @@ class _RowValidator:
         self.first_lines: dict[str, int] | None = None  # exact first lines (for these keys only)
         self.duplicates: list[tuple[int, str]] = []  # (line, key), up to MAX_ERRORS_KEPT
         self.replaying = False
-        self._image_hashes: dict[Path, str] = {}
+        self._image_hashes: dict[str, str] = {}
+        self._uploaded: dict[Path, str] = {}  # local input file -> its object's URI (object stores)
+        self._store = as_store(options.inputs_dir) if options.inputs_dir is not None else None
 
     def fresh(self, *, replaying: bool = False, first_lines: dict[str, int] | None = None) -> _RowValidator:
         """A validator for another pass over the same rows (no keys seen; caches shared)."""
@@ -779,7 +787,7 @@ class _RowValidator:
                 paths.append(str(resolved))
         return tuple(paths)
 
-    def _check_image(self, ref: str) -> tuple[str | None, Path | None]:
+    def _check_image(self, ref: str) -> tuple[str | None, str | None]:
         if is_object_store(ref):
             return OBJECT_STORE_MESSAGE, None
         if is_url(ref):
@@ -790,10 +798,10 @@ class _RowValidator:
             except FetchError as exc:
                 return str(exc), None
             if not self.fetcher.store:  # dry run: checked, not stored
-                self._image_hashes[Path(ref)] = fetched.sha256
-                return None, Path(ref)
-            self._image_hashes[fetched.path] = fetched.sha256
-            return None, fetched.path
+                self._image_hashes[ref] = fetched.sha256
+                return None, ref
+            self._image_hashes[fetched.ref] = fetched.sha256
+            return None, fetched.ref
         if "://" in ref:
             return "only local files, http:// and https:// URLs are supported", None
         candidate = Path(ref) if Path(ref).is_absolute() else self.base_dir / ref
@@ -809,7 +817,26 @@ class _RowValidator:
                 image.verify()
         except Exception:  # Pillow raises many unrelated types for non-images
             return "not a readable image", None
-        return None, resolved
+        return self._upload(resolved)
+
+    def _upload(self, resolved: Path) -> tuple[str | None, str | None]:
+        """A checked local input file: recorded as its path on the local backend; on an object store,
+        uploaded once, content-addressed, and recorded as the object's URI (read from any host)."""
+        store = self._store
+        if store is None or store.is_local or not self.options.store_inputs:
+            return None, str(resolved)
+        if resolved not in self._uploaded:
+            data = resolved.read_bytes()
+            try:
+                ext = check_fetched_image(data)
+                stored = put_input(store, data, ext)
+            except FetchError as exc:
+                return str(exc), None
+            except (OSError, StorageError) as exc:
+                return f"cannot upload to the image store: {exc}", None
+            self._uploaded[resolved] = stored.ref
+            self._image_hashes[stored.ref] = stored.sha256
+        return None, self._uploaded[resolved]
 
     def _duplicate(self, line: int, key: str, result: IntakeResult) -> bool:
         if self.first_lines is not None and self.first_lines.get(key, -1) == 0:
@@ -840,15 +867,15 @@ class _RowValidator:
             content_hash=self._content_hash(spec.name, row, size, images),
             extra=extra,
             input_root=str(self.allowed_root) if images else None,
-            input_sha256=tuple(self._file_digest(Path(p)) for p in images),
+            input_sha256=tuple(self._file_digest(p) for p in images),
         )
 
     def _content_hash(self, model: str, row: ProductRow, size: str | None, images: Iterable[str]) -> str:
-        image_digests = [self._file_digest(Path(p)) for p in images]
+        image_digests = [self._file_digest(p) for p in images]
         payload = json.dumps([model, row.prompt, size, row.aspect_ratio, row.output_format, image_digests])
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
-    def _file_digest(self, path: Path) -> str:
-        if path not in self._image_hashes:
-            self._image_hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+    def _file_digest(self, path: str) -> str:
+        if path not in self._image_hashes:  # stored inputs are recorded when stored: a local file here
+            self._image_hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         return self._image_hashes[path]

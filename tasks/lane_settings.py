@@ -31,6 +31,15 @@ class LaneSettings(BaseSettings):
     batch_poll_interval: float = Field(default=60.0, gt=0)  # seconds between polls of a running job
     # Service tier for standard-lane calls (None: the field is not sent, the service's default).
     service_tier: Literal["standard", "flex", "priority"] | None = None
+    # Most requests in one upstream job (the builder groups pending batch-lane tasks up to this).
+    batch_job_max_requests: int = Field(default=5000, ge=1, le=1_000_000)
+    # The deadline planner (tasks/planner.py): the turnaround it expects from the Batch API, flex's and
+    # priority's latency as a multiple of NANOBATCH_EXPECTED_LATENCY, and the time kept free before a
+    # deadline.
+    batch_expected_turnaround: float = Field(default=86_400.0, gt=0)
+    flex_latency_factor: float = Field(default=3.0, gt=0)
+    priority_latency_factor: float = Field(default=0.5, gt=0)
+    deadline_margin: float = Field(default=900.0, ge=0)
 
     # Webhooks.
     webhook_url: SecretStr | None = None

@@ -159,7 +159,7 @@ def silent_workers(redis: Redis, prefix: str, names: list[str], *, ttl: float) -
 def alive_workers(redis: Redis, prefix: str) -> list[str]:
     """Names of the worker processes whose heartbeat is live."""
     head = len(LivenessKeys(prefix).worker(""))
-    pattern = _glob_escape(prefix) + ":liveness:worker:*"
+    pattern = glob_escape(prefix) + ":liveness:worker:*"
     return sorted(_text(key)[head:] for key in redis.scan_iter(match=pattern, count=500))
 
 
@@ -262,5 +262,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis SCAN/KEYS pattern."""
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

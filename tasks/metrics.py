@@ -34,6 +34,7 @@ from redis.retry import Retry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from nanobatch.models import counts as batch_counts
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database
 from nanobatch.models.queries import THROUGHPUT_WINDOW
@@ -172,7 +173,24 @@ def batch_metrics(session: Session, now: datetime) -> list[Metric]:
         if budget_usd is not None:
             budget.add_metric([name], float(budget_usd))
         rate.add_metric([name], per_minute(recent.get(batch_id, 0), created_at, now))
-    return [tasks, spend, budget, rate]
+    return [tasks, spend, budget, rate, *lane_metrics(session)]
+
+
+def lane_metrics(session: Session) -> list[Metric]:
+    """Per batch and lane: USD spent, and what the same work costs at the standard price (from the
+    trigger-kept counts: a scrape never scans the tasks)."""
+    labels = ["batch", "lane"]
+    spend = GaugeMetricFamily("nanobatch_lane_spend_usd", "USD spent by a batch in one lane", labels=labels)
+    standard = GaugeMetricFamily(
+        "nanobatch_lane_standard_cost_usd", "The same work at the standard price", labels=labels
+    )
+    names = {batch_id: name for batch_id, name in session.execute(select(Batch.id, Batch.name))}
+    for batch_id, tally in batch_counts.tallies(session).items():
+        for lane, share in sorted(tally.lanes.items()):
+            if batch_id in names:
+                spend.add_metric([names[batch_id], lane], share.cost_usd)
+                standard.add_metric([names[batch_id], lane], share.standard_cost_usd)
+    return [spend, standard]
 
 
 def per_minute(recent: int, created_at: datetime, now: datetime) -> float:
@@ -183,30 +201,31 @@ def per_minute(recent: int, created_at: datetime, now: datetime) -> float:
 
 
 def _status_counts(session: Session) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
-    """Tasks per (batch, status) and USD spent per batch (the sum of task costs, as ``status`` shows)."""
-    rows = session.execute(
-        select(
-            GenerationTask.batch_id, GenerationTask.status, func.count(), func.sum(GenerationTask.cost_usd)
-        ).group_by(GenerationTask.batch_id, GenerationTask.status)
-    )
+    """Tasks per (batch, status) and USD spent per batch (the sum of task costs, as ``status`` shows),
+    from the trigger-kept counts (:mod:`models.counts`): a scrape never scans the tasks."""
     counts: dict[tuple[str, str], int] = {}
     costs: dict[str, float] = {}
-    for batch_id, status, count, cost in rows:
-        counts[(batch_id, status)] = int(count)
-        costs[batch_id] = costs.get(batch_id, 0.0) + float(cost or 0.0)
+    for batch_id, tally in batch_counts.tallies(session).items():
+        for status, n in tally.counts.items():
+            counts[(batch_id, status)] = n
+        costs[batch_id] = tally.cost_usd
     return counts, costs
 
 
 def _recent_completions(session: Session, now: datetime) -> dict[str, int]:
-    rows = session.execute(
-        select(GenerationTask.batch_id, func.count())
+    """Completions of each batch in the throughput window: one correlated count per batch, each a
+    range of the (batch, status, finished_at) index, so old completions are never read."""
+    recent = (
+        select(func.count())
         .where(
+            GenerationTask.batch_id == Batch.id,
             GenerationTask.status == TaskStatus.COMPLETED.value,
             GenerationTask.finished_at >= now - THROUGHPUT_WINDOW,
         )
-        .group_by(GenerationTask.batch_id)
+        .correlate(Batch)
+        .scalar_subquery()
     )
-    return {batch_id: int(count) for batch_id, count in rows}
+    return {batch_id: int(count) for batch_id, count in session.execute(select(Batch.id, recent)) if count}
 
 
 # -- Redis: queues, limiter -----------------------------------------------------------------------
@@ -250,7 +269,13 @@ def limiter_metrics(states: Sequence[PoolState], now: float) -> list[Metric]:
         "Next daily quota reset (Pacific midnight), epoch s",
         labels=["pool"],
     )
+    share = GaugeMetricFamily(
+        "nanobatch_limiter_share",
+        "Share of rpm/ipm/tpm applied now (1: whole; lower after 429s the limiter did not predict)",
+        labels=["pool"],
+    )
     for state in states:
+        share.add_metric([state.pool], state.share)
         for name, left in state.remaining.items():
             if left is not None:
                 remaining.add_metric([state.pool, name], left)
@@ -260,7 +285,7 @@ def limiter_metrics(states: Sequence[PoolState], now: float) -> list[Metric]:
         cooldown.add_metric([state.pool], max(0.0, until - now))
         inflight.add_metric([state.pool], state.inflight)
         reset.add_metric([state.pool], state.day_resets_at.timestamp())
-    return [remaining, limit, cooldown, inflight, reset]
+    return [remaining, limit, cooldown, inflight, reset, share]
 
 
 # -- Redis: worker telemetry ----------------------------------------------------------------------
@@ -289,7 +314,25 @@ def telemetry_metrics(
     )
     for status, count in sorted(snapshot.outcomes.items()):
         outcomes.add_metric([status], count)
-    return [latency, limited, retries, outcomes, *pool_health_metrics(snapshot, now, stalled_after)]
+    store_latency = HistogramMetricFamily(
+        "nanobatch_storage_write_seconds", "Duration of image store writes", labels=["operation"]
+    )
+    for operation, histogram in sorted(snapshot.storage_latency.items()):
+        store_latency.add_metric([operation], histogram.cumulative(), sum_value=histogram.sum)
+    store_errors = CounterMetricFamily(
+        "nanobatch_storage_errors", "Image store writes that failed (retried)", labels=["operation"]
+    )
+    for operation, count in sorted(snapshot.storage_errors.items()):
+        store_errors.add_metric([operation], count)
+    return [
+        latency,
+        limited,
+        retries,
+        outcomes,
+        store_latency,
+        store_errors,
+        *pool_health_metrics(snapshot, now, stalled_after),
+    ]
 
 
 def pool_health_metrics(snapshot: TelemetrySnapshot, now: float | None, stalled_after: float) -> list[Metric]:

@@ -1,10 +1,11 @@
-"""Operator actions on a batch — retry, cancel, pause, resume — for the CLI and the Python API alike.
+"""Operator actions on a batch (retry, cancel, pause, resume, priority) for the CLI and the Python API.
 
 Each action is a conditional UPDATE in :mod:`nanobatch.models.transitions`, so it is safe while
 workers run. What a worker may do is decided at claim time (a claim needs a pending row of an *open*
-batch), so pausing drops messages as they arrive instead of chasing them in Redis; resuming and
-retrying publish through :func:`nanobatch.models.lifecycle.dispatch` when the batch may run now
-(:func:`~nanobatch.models.lifecycle.why_batch_waits`); otherwise the sweeper does it later. In
+batch), so pausing stops the dispatcher at once and drops the few messages already in the window as
+they arrive; resuming, retrying and a priority change fill the dispatcher's window (``tasks.dispatch``)
+when the batch may run now (:func:`~nanobatch.models.lifecycle.why_batch_waits`); otherwise the
+workers' refills do it later. In
 embedded mode (no Redis) nothing is published here: the in-memory broker dies with this process,
 and the embedded worker's sweeper dispatches pending rows from the database.
 """
@@ -17,13 +18,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nanobatch.models import transitions
-from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
+from nanobatch.models import queue, transitions
+from nanobatch.models.lifecycle import BatchGate, why_batch_waits
 from nanobatch.models.queries import find_batch
 from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks.runtime import Runtime
-from nanobatch.tasks.sweep import dispatch_due
 
 
 class OperationError(ValueError):
@@ -65,7 +65,7 @@ def retry_batch(rt: Runtime, name: str, *, reason: ErrorCode | None = None) -> A
         ids = transitions.retry_failed(session, found.id, error_code=reason)
         gate = BatchGate.of(found)
     why_not = why_not_dispatch_now(rt, gate) if ids else None
-    sent = dispatch(rt.db, rt.dispatcher, ids) if ids and why_not is None else 0
+    sent = rt.dispatcher.fill() if ids and why_not is None else 0
     return ActionResult(len(ids), sent, why_not)
 
 
@@ -98,7 +98,7 @@ def regenerate_batch(
             not_moved = tuple(k for k in dict.fromkeys(keys) if k not in moved)
         gate = BatchGate.of(found)
     why_not = why_not_dispatch_now(rt, gate) if ids else None
-    sent = dispatch(rt.db, rt.dispatcher, ids) if ids and why_not is None else 0
+    sent = rt.dispatcher.fill() if ids and why_not is None else 0
     return RegenerateResult(len(ids), sent, why_not, not_moved=not_moved)
 
 
@@ -126,10 +126,25 @@ def resume_batch(rt: Runtime, name: str) -> ActionResult:
     why_not = why_not_dispatch_now(rt, BatchGate(**{**gate.__dict__, "status": BatchStatus.OPEN.value}))
     if why_not is not None:
         return ActionResult(0, 0, why_not)
-    # Messages consumed while paused were dropped at claim, so those rows have no live message; rows
-    # whose message is still queued keep it (dispatch_due skips them: no second copy of the backlog).
-    sent, _, _ = dispatch_due(rt, batch_id=found.id, grace=0.0, limit=None)
-    return ActionResult(0, sent)
+    # Messages consumed while paused went back to the queue at claim (``serve._drop_message``); rows
+    # whose message is still queued keep it. The window takes the batch's rows in its turn.
+    return ActionResult(0, rt.dispatcher.fill())
+
+
+def set_priority(rt: Runtime, name: str, priority: int, *, weight: int | None = None) -> ActionResult:
+    """Change the dispatch priority (and weight) of an open or paused batch; takes effect for every
+    row not yet in the window, at the next refill (which this starts)."""
+    if weight is not None and not 1 <= weight <= queue.MAX_WEIGHT:
+        raise OperationError(f"--weight must be between 1 and {queue.MAX_WEIGHT}")
+    with rt.db.session() as session:
+        found = require_batch(session, name)
+        if not queue.set_priority(session, found.id, priority, weight):
+            raise OperationError(
+                f"batch {name!r} is {found.status}; only an open or paused batch has a priority"
+            )
+        gate = BatchGate.of(found)
+    why_not = why_not_dispatch_now(rt, gate)
+    return ActionResult(0, rt.dispatcher.fill() if why_not is None else 0, why_not)
 
 
 def _switch(session: Session, batch: Batch, to: BatchStatus, expect: BatchStatus) -> bool:

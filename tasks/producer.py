@@ -1,9 +1,10 @@
-"""The producer: validated rows → a batch and its task rows (bulk, idempotent) → Celery messages.
+"""The producer: validated rows → a batch and its task rows (bulk, idempotent) → one window fill.
 
 Re-submitting the same batch name with the same keys creates nothing twice: rows are inserted with
-``ON CONFLICT (batch_id, key) DO NOTHING RETURNING id``, and only the ids that came back are
-published. Rows are committed before their messages are published, so a worker never receives an
-id it cannot find; if publishing fails half-way, the rows are safe and the sweeper publishes them.
+``ON CONFLICT (batch_id, key) DO NOTHING RETURNING id``. The rows are the queue (docs/architecture.md,
+"Dispatch"): once they are committed, one fill of the dispatcher's window publishes the first of them
+and the workers' refills the rest, so Redis never holds the backlog. ``dispatch_publish_all`` (bench
+only) keeps the previous design: every new row published at once.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from sqlalchemy.orm import Session
 from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database
-from nanobatch.models.lifecycle import BatchGate, Publisher, dispatch, why_batch_waits
-from nanobatch.models.status import BatchStatus
+from nanobatch.models.lifecycle import BatchGate, Dispatch, dispatch, goes_through_celery, why_batch_waits
+from nanobatch.models.status import BatchStatus, Lane
 from nanobatch.models.tables import Batch, GenerationTask, new_id
 from nanobatch.tasks.intake import IntakeOptions, IntakeResult, RowError, TaskSpec
 
 INSERT_CHUNK = 5000
+#: After inserting this many rows into PostgreSQL, refresh the table's statistics (see ``_analyze``).
+ANALYZE_AFTER_ROWS = 10_000
 PUBLISH_CHUNK = 10_000
 STAGING = "nanobatch_incoming_tasks"
 #: What ``--update`` compares: a row whose content hash (prompt, model, size, ratio, format, input
@@ -57,6 +60,26 @@ class BatchOptions:
     scheduled_for: datetime | None = None
     window: tuple[str, str] | None = None
     window_tz: str = "UTC"
+    #: ``models.status.Lane``; ``auto`` needs ``lanes`` (the deadline planner's shares).
+    lane: str = Lane.STANDARD.value
+    deadline: datetime | None = None
+    #: ``(lane, count)`` in order: the first ``count`` new rows go to the first lane, and so on; rows
+    #: past the plan go to the last lane. Empty: every row in ``lane`` (``auto``: standard).
+    lanes: tuple[tuple[str, int], ...] = ()
+
+    def lane_of(self, index: int) -> str:
+        """The lane of the ``index``-th row of this submission."""
+        for lane, count in self.lanes:
+            if index < count:
+                return lane
+            index -= count
+        if self.lanes:
+            return self.lanes[-1][0]
+        return Lane.STANDARD.value if self.lane == Lane.AUTO else self.lane
+
+    #: Dispatch order (``None``: 0 and 1 for a new batch, unchanged for an existing one).
+    priority: int | None = None
+    weight: int | None = None
 
 
 @dataclass
@@ -75,7 +98,7 @@ class SubmitReport:
 
 def submit(
     db: Database,
-    dispatcher: Publisher | None,
+    dispatcher: Dispatch | None,
     intake: IntakeResult,
     batch: BatchOptions,
     *,
@@ -85,7 +108,7 @@ def submit(
     progress: Callable[[int], None] | None = None,
     update: bool = False,
 ) -> SubmitReport:
-    """Write the valid rows of ``intake`` into ``batch`` and publish the new ones.
+    """Write the valid rows of ``intake`` into ``batch``, then fill the dispatcher's window once.
 
     Rows stream from :meth:`IntakeResult.iter_tasks` in chunks of :data:`INSERT_CHUNK` inside one
     transaction, so memory stays flat and nothing is committed unless every chunk went in. With
@@ -102,31 +125,61 @@ def submit(
         raise SubmitError("--budget-usd must be greater than 0")
     with db.session() as session:
         batch_row = _get_or_create_batch(session, batch, intake_options, source)
-        publish = dispatcher is not None and why_batch_waits(BatchGate.of(batch_row)) is None
+        runnable = dispatcher is not None and why_batch_waits(BatchGate.of(batch_row)) is None
+        publish_all = runnable and dispatcher is not None and dispatcher.publish_all
         # Rows about to be published carry their dispatch time from the start (no second UPDATE of
         # 100k rows). If publishing then fails, they have no live message and the sweeper sends them.
         ids = _insert_tasks(
-            session, batch_row.id, intake.iter_tasks(), progress, dispatched=publish, update=update
+            session,
+            batch_row.id,
+            intake.iter_tasks(),
+            progress,
+            dispatched=publish_all,
+            update=update,
+            lane_of=batch.lane_of,
         )
     report.new, report.updated, report.written = ids.new, ids.updated, True
     report.existing = intake.valid - ids.new - ids.updated
-    if publish and dispatcher is not None:
+    if ids.new + ids.updated >= ANALYZE_AFTER_ROWS:
+        _analyze(db)
+    if publish_all and dispatcher is not None:
         for chunk in ids.chunks(PUBLISH_CHUNK):  # stamped by the insert
             report.dispatched += dispatch(None, dispatcher, chunk)
+    elif runnable and dispatcher is not None and (ids.new or ids.updated):
+        report.dispatched = dispatcher.fill()
     return report
 
 
-class _Ids:
-    """Task ids as 16 bytes each (a million ids in 16 MB, not ~90 MB of str)."""
+def _analyze(db: Database) -> None:
+    """Fresh planner statistics after a large insert (PostgreSQL only).
 
-    def __init__(self) -> None:
+    Without them, a table that just grew from nothing to a large backlog is planned as if empty
+    until autovacuum analyzes it (up to a minute later), and the dispatcher's queries walk the whole
+    backlog through a wrong index instead of their partial ones (docs/architecture.md, "Dispatch").
+    ANALYZE samples a fixed number of rows: a fraction of a second at any size.
+    """
+    if db.engine.dialect.name != "postgresql":
+        return
+    with db.engine.connect() as connection:
+        connection.execute(text("ANALYZE generation_tasks"))
+        connection.commit()
+
+
+class _Ids:
+    """Task ids as 16 bytes each (a million ids in 16 MB, not ~90 MB of str); only counted unless
+    ``keep`` (only publish-all needs the ids)."""
+
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep
         self._raw = bytearray()
         self.new = 0
         self.updated = 0
 
-    def add(self, ids: Iterable[str], *, updated: bool = False) -> None:
+    def add(self, ids: Iterable[str], *, updated: bool = False, unpublished: set[str] | None = None) -> None:
+        """Count ``ids``; keep those to publish (not in ``unpublished``: rows of a non-Celery lane)."""
         for task_id in ids:
-            self._raw += uuid.UUID(task_id).bytes
+            if self.keep and (not unpublished or task_id not in unpublished):
+                self._raw += uuid.UUID(task_id).bytes
             if updated:
                 self.updated += 1
             else:
@@ -156,6 +209,10 @@ def _get_or_create_batch(
         raise SubmitError(f"batch {options.name!r} was cancelled; submit under another --batch name")
     if options.budget_usd is not None:
         existing.budget_usd = options.budget_usd
+    if options.priority is not None:
+        existing.priority = options.priority
+    if options.weight is not None:
+        existing.weight = options.weight
     return existing
 
 
@@ -180,7 +237,11 @@ def _insert_batch_if_absent(
         window_start=options.window[0] if options.window else None,
         window_end=options.window[1] if options.window else None,
         window_tz=options.window_tz if options.window else None,
+        priority=options.priority or 0,
+        weight=options.weight or 1,
         created_at=utcnow(),
+        lane=options.lane,
+        deadline=options.deadline,
     )
     table = cast(Table, Batch.__table__)
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -195,21 +256,29 @@ def _insert_tasks(
     *,
     dispatched: bool,
     update: bool = False,
+    lane_of: Callable[[int], str] = lambda _: Lane.STANDARD.value,
 ) -> _Ids:
     """Insert rows that are not there yet (and with ``update``, replace changed ones), a chunk at a
-    time; returns the ids of the rows to publish."""
+    time; returns the ids of the rows to publish (only rows of lanes that go through Celery)."""
     is_postgres = session.get_bind().dialect.name == "postgresql"
     insert_chunk = _copy_chunk if is_postgres else _executemany_chunk
     if is_postgres:
         _create_staging_table(session)
     now = utcnow()
-    ids = _Ids()
+    ids = _Ids(keep=dispatched)
     stream = iter(tasks)
+    index = 0
     while chunk := list(itertools.islice(stream, INSERT_CHUNK)):
-        rows = [_row(batch_id, spec, now, dispatched_at=now if dispatched else None) for spec in chunk]
+        rows = []
+        for spec in chunk:
+            lane = lane_of(index)
+            index += 1
+            stamp = now if dispatched and goes_through_celery(lane) else None
+            rows.append(_row(batch_id, spec, now, dispatched_at=stamp, lane=lane))
+        elsewhere = {str(row["id"]) for row in rows if not goes_through_celery(str(row["lane"]))}
         if update:
             ids.add(_replace_changed(session, batch_id, rows, now if dispatched else None), updated=True)
-        ids.add(insert_chunk(session, rows))
+        ids.add(insert_chunk(session, rows), unpublished=elsewhere)
         if progress:
             progress(len(chunk))
     return ids
@@ -292,7 +361,7 @@ def _copy_value(value: Any) -> Any:
 
 
 def _row(
-    batch_id: str, spec: TaskSpec, now: datetime, *, dispatched_at: datetime | None
+    batch_id: str, spec: TaskSpec, now: datetime, *, dispatched_at: datetime | None, lane: str
 ) -> dict[str, object]:
     return {
         "id": new_id(),
@@ -313,4 +382,5 @@ def _row(
         "input_sha256": list(spec.input_sha256) if spec.input_images else None,
         "created_at": now,
         "dispatched_at": dispatched_at,
+        "lane": lane,
     }

@@ -9,12 +9,12 @@ process from :class:`Settings` (so a forked child never reuses its parent's sock
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -28,6 +28,7 @@ from nanobatch.workers.limiter import RateLimiter
 from nanobatch.workers.providers.base import Provider, ProviderConfig
 from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.retry import RetryPolicy
+from nanobatch.workers.store import Store, open_store
 
 if TYPE_CHECKING:  # the Celery side builds runtimes; this module only describes them
     from celery import Celery
@@ -97,9 +98,10 @@ class Runtime:
     #: The process's decode slots (shared with the provider): every image decode takes one.
     gate: BodyGate | None = None
 
-    @property
-    def output_dir(self) -> Path:
-        return self.settings.output_dir
+    @functools.cached_property
+    def store(self) -> Store:
+        """The image store (``NANOBATCH_OUTPUT_DIR``: a folder or a bucket), opened once per process."""
+        return open_store(self.settings.output_dir)
 
     def close(self) -> None:
         self.http.close()

@@ -2,34 +2,36 @@
 
 The Celery task is a one-line wrapper around :func:`serve`, so this module can be read (and tested)
 as the whole life of a task. Every exit path leaves the row in a defined state: completed, failed,
-or pending with a reason and either a delayed message or a ``not_before`` for the sweeper.
+or pending with a reason (and a ``not_before`` when it must wait), to be published again by the
+dispatcher's window (docs/architecture.md, "Dispatch"), which this module tops up after every task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from nanobatch.models import transitions
+from nanobatch.models import queue, transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.catalog import CatalogError, ModelSpec
-from nanobatch.models.lifecycle import BatchGate, dispatch, why_batch_waits
-from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
+from nanobatch.models.lifecycle import BatchGate, lane_after_failure, why_batch_waits
+from nanobatch.models.status import BatchStatus, ErrorCode, Lane, TaskStatus
 from nanobatch.models.tables import GenerationTask
+from nanobatch.tasks import events
+from nanobatch.tasks.dispatch import fill_after_task
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.workers import storage
 from nanobatch.workers.errors import DailyQuotaExhausted, ProviderError, RateLimited
@@ -42,6 +44,7 @@ from nanobatch.workers.imagecheck import (
     check_image,
 )
 from nanobatch.workers.inputs import read_input_image
+from nanobatch.workers.limiter import Admission
 from nanobatch.workers.providers.base import ImageRequest, ImageResult
 from nanobatch.workers.providers.body_gate import BodyGate
 from nanobatch.workers.providers.http import call_deadline
@@ -55,7 +58,8 @@ from nanobatch.workers.retry import (
     decide,
     retry_or_give_up,
 )
-from nanobatch.workers.storage import StagedImage, StorageError, Usage, local_path
+from nanobatch.workers.storage import StagedImage, StorageError, StoreUnavailable, Usage
+from nanobatch.workers.store import Store
 
 log = logging.getLogger("nanobatch.worker")
 T = TypeVar("T")
@@ -66,6 +70,9 @@ DB_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 #: Longest wait between tries of recording a paid result (retried for ``result_write_deadline``).
 RESULT_WRITE_MAX_DELAY = 10.0
+
+#: Lanes sent as a ``serviceTier`` (standard is the service's default: no field, as before lanes).
+TIERED_LANES = frozenset({Lane.FLEX.value, Lane.PRIORITY.value})
 
 #: How long a task waits before looking at its batch budget again.
 BUDGET_RECHECK_SECONDS = 300.0
@@ -112,6 +119,10 @@ class Job:
     gate: BatchGate = OPEN_BATCH
     #: The upstream 429 waits this task already sat through (bounded: ``workers.retry.WaitBounds``).
     waits: WaitsSoFar = NO_WAITS
+    #: The lane it runs in (``models.status.Lane``): its price and its ``serviceTier``.
+    lane: str = Lane.STANDARD.value
+    #: Its batch's ``--deadline`` (a task failing on flex moves to standard when it nears).
+    deadline: datetime | None = None
 
     @property
     def holder(self) -> str:
@@ -119,17 +130,29 @@ class Job:
 
 
 def serve(rt: Runtime, task_id: str, *, celery_task_id: str | None = None) -> Result:
-    """Run one delivery of a ``generate`` message to a terminal or well-defined waiting state."""
-    result = _serve(rt, task_id, celery_task_id)
+    """Run one delivery of a ``generate`` message to a terminal or well-defined waiting state, then
+    top up the window of its pool (a message left the broker)."""
+    rt.dispatcher.consumed(task_id, rt.worker_name)
+    job = claim(rt, task_id, celery_task_id)
+    result = Result.SKIPPED if job is None else _serve(rt, job)
+    if job is None:
+        _drop_message(rt, task_id)
     rt.telemetry.count_outcome(result.value)
+    fill_after_task(rt, job.model if job is not None else None)
     return result
 
 
-def _serve(rt: Runtime, task_id: str, celery_task_id: str | None) -> Result:
-    rt.dispatcher.consumed(task_id)
-    job = claim(rt, task_id, celery_task_id)
-    if job is None:
-        return Result.SKIPPED
+def _drop_message(rt: Runtime, task_id: str) -> None:
+    """A message that could not claim its row: if the row is still pending (its batch is paused or
+    not due), it goes back to the queue, so the window does not count a message that is gone."""
+    try:
+        with rt.db.autocommit() as connection:
+            queue.back_in_queue(connection, [task_id])
+    except DB_UNAVAILABLE as exc:  # the sweeper finds it: in flight without a live message
+        log.warning("could not return task %s to the queue (%s)", task_id, type(exc).__name__)
+
+
+def _serve(rt: Runtime, job: Job) -> Result:
     if (why := why_batch_waits(job.gate)) is not None:
         return hand_back(rt, job, code=ErrorCode.OUTSIDE_WINDOW, message=why)
     try:
@@ -151,6 +174,11 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
         )
     if row is None:
         return None
+    return job_from_row(row)
+
+
+def job_from_row(row: Any) -> Job:
+    """A :class:`Job` from a claimed row (``transitions.CLAIMED_COLUMNS`` and its batch's facts)."""
     return Job(
         id=row.id,
         token=row.claim_token or "",
@@ -181,21 +209,25 @@ def claim(rt: Runtime, task_id: str, celery_task_id: str | None) -> Job | None:
             upstream_wait_seconds=row.upstream_wait_seconds or 0.0,
             day_parks=row.day_parks or 0,
         ),
+        lane=row.lane or Lane.STANDARD.value,
+        deadline=row.batch_deadline,
     )
 
 
 def run_claimed(rt: Runtime, job: Job) -> Result:
-    if (recovered := recover_staged(rt, job)) is not None:
-        return recovered
     try:
+        if (recovered := recover_staged(rt, job)) is not None:
+            return recovered
         spec = rt.catalog.resolve(choose_model(job, rt.settings.fallback_models))
-        request = build_request(job, spec, limits=ImageLimits.of(rt))
+        request = build_request(job, spec, limits=ImageLimits.of(rt), store=rt.store)
+    except StoreUnavailable as exc:  # before any paid call: wait the outage out, no attempt counted
+        return wait_for_store(rt, job, exc)
     except (CatalogError, OSError, ValueError) as exc:  # ValueError: also a rejected input image
         return finish_failed(rt, job, ErrorCode.INVALID_TASK, str(exc))
     if job.reuse and (result := reuse_previous(rt, job)) is not None:
         return result
     prompt_tokens = spec.estimate_prompt_tokens(job.prompt, len(request.input_images))
-    reserved = spec.cost_usd(job.image_size, prompt_tokens)
+    reserved = spec.cost_usd(job.image_size, prompt_tokens, lane=job.lane)
     if not _reserve_budget(rt, job, reserved):
         return defer(
             rt,
@@ -215,9 +247,9 @@ def admit_call_store(
     rt: Runtime, job: Job, spec: ModelSpec, request: ImageRequest, prompt_tokens: int
 ) -> Result:
     pool = spec.name
-    wait = admit(rt, pool, job, tokens=prompt_tokens + spec.output_tokens(job.image_size))
-    if wait is not None:
-        if math.isinf(wait):
+    admission = admit(rt, pool, job, tokens=prompt_tokens + spec.output_tokens(job.image_size))
+    if not admission.admitted:
+        if admission.impossible:
             return finish_failed(
                 rt,
                 job,
@@ -225,7 +257,12 @@ def admit_call_store(
                 f"one request needs more tokens than pool {pool}'s tokens/minute limit",
             )
         return defer(
-            rt, job, wait, count_attempt=False, code=ErrorCode.RATE_WAIT, message=f"waiting for pool {pool}"
+            rt,
+            job,
+            admission.wait_seconds,
+            count_attempt=False,
+            code=ErrorCode.RATE_WAIT,
+            message=f"waiting for pool {pool}",
         )
     started = time.monotonic()
     try:
@@ -233,7 +270,7 @@ def admit_call_store(
             result = rt.provider.generate(request)
         facts = result.facts or verify_output(rt, request, result.data)
     except ProviderError as error:
-        return handle_error(rt, job, pool, error)
+        return handle_error(rt, job, pool, error, admitted_at=admission.decided_at)
     except ImageRejected as exc:  # paid for, but not a true image of what was asked: the upstream's fault
         return retry_later(rt, job, ErrorCode.BAD_IMAGE, f"the upstream's image was rejected: {exc}")
     finally:
@@ -254,12 +291,13 @@ def best_effort(what: str, action: Callable[..., object], *args: object) -> None
         log.warning("%s failed (%s: %s); carrying on", what, type(exc).__name__, exc)
 
 
-def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> float | None:
+def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> Admission:
     """Wait inside the task (up to ``max_inline_wait``) for the pool to admit us.
 
-    Returns ``None`` once admitted, or the remaining wait in seconds when it is longer than the task
-    should hold a worker thread (the task is then deferred). Sleeping here is the wait itself: every
-    worker of the pool is paced by the same Redis limiter, so this is where smooth pacing happens.
+    Returns the admission once admitted (its ``decided_at`` dates the call for the adaptive share),
+    or the refusal whose wait is longer than the task should hold a worker thread (the task is then
+    deferred). Sleeping here is the wait itself: every worker of the pool is paced by the same Redis
+    limiter, so this is where smooth pacing happens.
     """
     deadline = time.monotonic() + rt.settings.max_inline_wait
     while True:
@@ -270,14 +308,14 @@ def admit(rt: Runtime, pool: str, job: Job, *, tokens: int) -> float | None:
             images=1,
             lease_seconds=rt.settings.effective_lease_seconds,
         )
-        if admission.admitted:
-            return None
-        if admission.wait_seconds > deadline - time.monotonic():
-            return admission.wait_seconds
+        if admission.admitted or admission.wait_seconds > deadline - time.monotonic():
+            return admission
         time.sleep(max(admission.wait_seconds, 0.001))
 
 
-def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Result:
+def handle_error(
+    rt: Runtime, job: Job, pool: str, error: ProviderError, *, admitted_at: float | None = None
+) -> Result:
     if isinstance(error, RateLimited):
         note_refusal(rt, pool, error)
     decision = decide(
@@ -307,7 +345,11 @@ def handle_error(rt: Runtime, job: Job, pool: str, error: ProviderError) -> Resu
         pool_wait = decision.delay
         if error.retry_after is None:
             pool_wait = min(pool_wait, rt.settings.rate_limit_wait)
-        rt.limiter.cooldown(pool, pool_wait, reason=f"429 {','.join(error.quota_ids) or error.code}")
+        if job.lane != Lane.FLEX:  # flex is refused for lack of spare capacity: standard calls go on
+            rt.limiter.cooldown(pool, pool_wait, reason=f"429 {','.join(error.quota_ids) or error.code}")
+            # The limiter admitted this call, so its counters saw room: someone else spends the quota.
+            adapt = functools.partial(rt.limiter.adapt_after_refusal, pool, admitted_at=admitted_at)
+            best_effort("limiter share", adapt)
         if decision.action is Action.WAIT:
             log.info("pool %s rate limited; %s waits %.2fs (no attempt used)", pool, job.id, decision.delay)
             return defer(
@@ -333,6 +375,10 @@ def note_refusal(rt: Runtime, pool: str, error: RateLimited) -> None:
     rt.telemetry.count_429(pool, quota or (error.code if unclassified else ""))
     since = rt.telemetry.record_refusal(pool, _clean(rt, error.message), unclassified=unclassified)
     refused = time.time() - since if since is not None else 0.0
+    if since is not None:
+        best_effort(
+            "pool.refused event", events.pool_refused, rt, pool, refused, since, _clean(rt, error.message)
+        )
     if refused > rt.settings.pool_refused_alert_seconds:
         log.warning(
             "pool %s: every call refused for %.0fs (NANOBATCH_POOL_REFUSED_ALERT_SECONDS=%g); last: %s",
@@ -350,6 +396,7 @@ def wait_bounds(settings: Any) -> WaitBounds:
         max_rate_wait_seconds=settings.max_rate_wait_seconds,
         max_day_parks=settings.max_day_parks,
         rate_limit_wait=settings.rate_limit_wait,
+        rate_limit_wait_max=settings.rate_limit_wait_max,
     )
 
 
@@ -363,16 +410,18 @@ def defer(
     message: str,
     upstream_wait: float | None = None,
     day_park: bool = False,
+    lane: str | None = None,
 ) -> Result:
-    """Back to pending: a delayed message for short waits, a parked row (``not_before``) for long ones.
+    """Back to pending with ``not_before`` = now + ``delay``; the dispatcher publishes it once due.
 
-    Long ETAs are never handed to Celery: an ETA message sits in worker memory and, past the
-    broker's visibility timeout, is redelivered in a loop (celery#9849, kombu#337).
+    No countdown message: one would sit in a worker's memory (lost with the worker until
+    ``redispatch_after``; past the visibility timeout redelivered in a loop, celery#9849, kombu#337),
+    and would escape pause, cancel and priority. The cost is latency: a due row waits for the next
+    refill (a task ending, or ``dispatch_interval``).
     """
     rt.telemetry.count_retry(code)
-    short = delay <= rt.settings.max_countdown
-    not_before = None if short else utcnow() + timedelta(seconds=delay)
-    moved = write_with_retry(
+    not_before = utcnow() + timedelta(seconds=delay) if delay > 0 else None
+    write_with_retry(
         rt,
         lambda connection: transitions.requeue(
             connection,
@@ -382,19 +431,17 @@ def defer(
             count_attempt=count_attempt,
             code=code,
             message=_clean(rt, message),
-            redispatched=short,
             upstream_wait=upstream_wait,
             day_park=day_park,
+            lane=lane,
         ),
         single_statement=True,
     )
-    if moved and short:  # the requeue stamped the row: publish only
-        dispatch(None, rt.dispatcher, [job.id], countdown=delay if delay > 0 else None)
     return Result.DEFERRED
 
 
 def hand_back(rt: Runtime, job: Job, *, code: ErrorCode, message: str) -> Result:
-    """Back to pending with no message: the sweeper dispatches it when its batch may run again."""
+    """Back to pending with no message: the dispatcher publishes it when its batch may run again."""
     write_with_retry(
         rt,
         lambda connection: transitions.requeue(
@@ -433,18 +480,70 @@ def finish_completed(
     usage = Usage(
         prompt_tokens=prompt_tokens,
         output_tokens=result.output_tokens,
-        cost_usd=spec.cost_usd(job.image_size, prompt_tokens),
+        cost_usd=spec.cost_usd(job.image_size, prompt_tokens, lane=job.lane),
         latency_ms=latency_ms,
         model_used=result.model_version or spec.name,
     )
     try:
-        staged = storage.stage(rt.output_dir, job.batch_name, job.id, job.token, result.data, facts, usage)
+        staged = stage_with_retry(
+            rt, lambda: storage.stage(rt.store, job.batch_name, job.id, job.token, result.data, facts, usage)
+        )
+    except StoreUnavailable as exc:
+        log.error("task %s: the image store stayed unavailable; the paid image is lost (%s)", job.id, exc)
+        return wait_for_store(rt, job, exc)
     except StorageError as exc:
         return handle_error_storage(rt, job, exc)
-    return commit_staged(rt, job, staged)
+    return commit_staged(rt, job, staged, standard_cost=spec.cost_usd(job.image_size, prompt_tokens))
 
 
-def commit_staged(rt: Runtime, job: Job, staged: StagedImage) -> Result:
+def stage_with_retry(rt: Runtime, write: Callable[[], StagedImage]) -> StagedImage:
+    """Stage a paid image, retrying through a store outage with backoff (0.5 s doubling to 10 s) for
+    up to ``result_write_deadline``: the image exists only in this worker's memory until it is
+    staged, so giving up early would pay for it again. Each attempt is timed (metrics)."""
+    deadline = time.monotonic() + rt.settings.result_write_deadline
+    delay = DB_RETRY_DELAYS[0]
+    while True:
+        started = time.perf_counter()
+        try:
+            staged = write()
+        except StoreUnavailable as exc:
+            best_effort("storage metrics", rt.telemetry.storage_write, time.perf_counter() - started, False)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning("image store unavailable (%s); staging again in %.1fs", exc, delay)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, RESULT_WRITE_MAX_DELAY)
+            continue
+        best_effort("storage metrics", rt.telemetry.storage_write, time.perf_counter() - started, True)
+        return staged
+
+
+STORE_WAIT_SECONDS = 15.0
+
+
+def wait_for_store(rt: Runtime, job: Job, exc: StorageError) -> Result:
+    """The store is down: the task waits (pending, no attempt counted) and is tried again later.
+    Said in the log like the staging path's outage: the operator sees why nothing completes."""
+    log.warning(
+        "image store unavailable (%s); task %s waits %.0fs, no attempt counted",
+        _clean(rt, str(exc)),
+        job.id,
+        STORE_WAIT_SECONDS,
+    )
+    return defer(
+        rt,
+        job,
+        STORE_WAIT_SECONDS,
+        count_attempt=False,
+        code=ErrorCode.STORAGE_UNAVAILABLE,
+        message=_clean(rt, str(exc)),
+    )
+
+
+def commit_staged(
+    rt: Runtime, job: Job, staged: StagedImage, *, standard_cost: float | None = None
+) -> Result:
     """Record a staged image as the row's result if this claim still owns the row, then publish it.
 
     The conditional UPDATE (claim token) decides; it is retried through a database outage for up to
@@ -463,6 +562,7 @@ def commit_staged(rt: Runtime, job: Job, staged: StagedImage) -> Result:
         cost_usd=staged.usage.cost_usd,
         latency_ms=staged.usage.latency_ms,
         model_used=staged.usage.model_used,
+        standard_cost_usd=standard_cost,
     )
     won = write_result(rt, lambda connection: transitions.complete(connection, job.id, job.token, outcome))
     if won is None:
@@ -471,7 +571,7 @@ def commit_staged(rt: Runtime, job: Job, staged: StagedImage) -> Result:
             "staged at %s and the task's next delivery records it without paying again",
             job.id,
             rt.settings.result_write_deadline,
-            staged.path,
+            staged.uri,
         )
         return Result.DEFERRED
     if not won and not _recorded_already(rt, job, staged):
@@ -494,7 +594,8 @@ def _recorded_already(rt: Runtime, job: Job, staged: StagedImage) -> bool:
     if state is not None and state.status == TaskStatus.COMPLETED and state.result_uri == staged.uri:
         return True
     if state is None or TaskStatus(state.status).is_terminal:
-        storage.discard(staged)
+        with contextlib.suppress(StorageError):  # a store outage: the file stays, harmless
+            storage.discard(rt.store, staged)
     return False
 
 
@@ -505,30 +606,27 @@ def publish(rt: Runtime, job: Job, staged: StagedImage) -> None:
     names an existing file whose sha256 it records.
     """
     try:
-        final = storage.publish(rt.output_dir, job.batch_name, job.key, staged)
+        final = storage.publish(rt.store, job.batch_name, job.key, staged)
         moved = write_with_retry(
             rt,
-            lambda connection: transitions.move_result(
-                connection, job.id, staged.uri, storage.uri_for(final)
-            ),
+            lambda connection: transitions.move_result(connection, job.id, staged.uri, final),
             single_statement=True,
         )
+        if moved:
+            storage.clear_staging(rt.store, job.batch_name, job.id)
     except (StorageError, *DB_UNAVAILABLE) as exc:
-        log.warning("task %s: result kept at %s (%s)", job.id, staged.path, exc)
-        return
-    if moved:
-        storage.clear_staging(rt.output_dir, job.batch_name, job.id)
+        log.warning("task %s: result kept at %s (%s)", job.id, staged.uri, exc)
 
 
 def recover_staged(rt: Runtime, job: Job) -> Result | None:
     """Record an image an earlier delivery of this row paid for but could not record (no second call)."""
-    for token in storage.staged_tokens(rt.output_dir, job.batch_name, job.id):
+    for token in storage.staged_tokens(rt.store, job.batch_name, job.id):
         if token == job.token:
             continue
-        staged = storage.take_over(rt.output_dir, job.batch_name, job.id, token, job.token)
+        staged = storage.take_over(rt.store, job.batch_name, job.id, token, job.token)
         if staged is None:
             continue
-        log.info("task %s: recording the image claim %s paid for (staged at %s)", job.id, token, staged.path)
+        log.info("task %s: recording the image claim %s paid for (staged at %s)", job.id, token, staged.uri)
         result = commit_staged(rt, job, staged)
         return Result.RECOVERED if result is Result.COMPLETED else result
     return None
@@ -590,9 +688,14 @@ def retry_later(rt: Runtime, job: Job, code: ErrorCode, message: str) -> Result:
 
 
 def apply_decision(rt: Runtime, job: Job, decision: Decision) -> Result:
-    """Carry out a retry-or-fail decision (the rate-limit actions need the pool: see handle_error)."""
+    """Carry out a retry-or-fail decision (the rate-limit actions need the pool: see handle_error).
+
+    A retry may change lane (``models.lifecycle.lane_after_failure``: flex → standard when the
+    deadline nears); the new lane is written with the requeue."""
     if decision.action is Action.FAIL:
         return finish_failed(rt, job, decision.code, decision.message, count_attempt=decision.count_attempt)
+    used = job.attempts + (1 if decision.count_attempt else 0)
+    lane = lane_after_failure(job.lane, attempts_used=used, deadline=job.deadline)
     return defer(
         rt,
         job,
@@ -600,14 +703,16 @@ def apply_decision(rt: Runtime, job: Job, decision: Decision) -> Result:
         count_attempt=decision.count_attempt,
         code=decision.code,
         message=decision.message,
+        lane=lane if lane != job.lane else None,
     )
 
 
 def reuse_previous(rt: Runtime, job: Job) -> Result | None:
     """Complete from an identical earlier result (same content hash) without a paid call.
 
-    The earlier file is used only if it still is what its row recorded (same sha256) and a complete
-    image; it is staged and committed like a generated one.
+    The earlier image is used only if it still is what its row recorded (same sha256) and a complete
+    image; it is staged (a server-side copy when it is in this store) and committed like a generated
+    one. An earlier result this host cannot read (another host's local folder) is not reused.
     """
     with rt.db.session() as session:
         prior = session.scalars(
@@ -620,23 +725,41 @@ def reuse_previous(rt: Runtime, job: Job) -> Result | None:
             )
             .limit(1)
         ).first()
-    if prior is None or prior.result_uri is None:
+    if prior is None or prior.result_uri is None or prior.result_sha256 is None:
         return None
-    source = Path(local_path(prior.result_uri) or "")
+    store = rt.store
+    source_key = store.key_of(prior.result_uri)
+    if source_key is None:
+        log.info("task %s: earlier result %s is not in this store; not reused", job.id, prior.result_uri)
+        return None
     limits = ImageLimits.of(rt)
     try:
-        if source.stat().st_size > rt.settings.max_response_bytes:
-            return None
-        data = source.read_bytes()
+        data = store.read(source_key, rt.settings.max_response_bytes)
         if hashlib.sha256(data).hexdigest() != prior.result_sha256:
-            log.warning("task %s: earlier result %s changed on disk; not reused", job.id, source)
+            log.warning(
+                "task %s: earlier result %s changed in the store; not reused", job.id, prior.result_uri
+            )
             return None
         facts = check_image(data, max_pixels=limits.max_pixels, decode_slot=limits.slot)
+        del data  # checked: the copy below is server-side
         usage = Usage(
             prompt_tokens=0, output_tokens=0, cost_usd=0.0, latency_ms=0, model_used=prior.model_used
         )
-        staged = storage.stage(rt.output_dir, job.batch_name, job.id, job.token, data, facts, usage)
+        model = StagedImage(
+            key="",
+            uri="",
+            token=job.token,
+            sha256=prior.result_sha256,
+            mime_type=facts.mime_type,
+            width=facts.width,
+            height=facts.height,
+            bytes=int(prior.bytes or 0) or (store.size(source_key) or 0),
+            usage=usage,
+        )
+        staged = storage.stage_copy(store, job.batch_name, job.id, job.token, source_key, model)
     except (OSError, ImageRejected, StorageError):
+        return None
+    if staged is None:
         return None
     result = commit_staged(rt, job, staged)
     return Result.REUSED if result is Result.COMPLETED else result
@@ -674,12 +797,13 @@ class ImageLimits:
         return self.gate.hold(None) if self.gate is not None else nullcontext()
 
 
-def build_request(job: Job, spec: ModelSpec, *, limits: ImageLimits | None = None) -> ImageRequest:
+def build_request(
+    job: Job, spec: ModelSpec, *, limits: ImageLimits | None = None, store: Store | None = None
+) -> ImageRequest:
     """The provider request, with its input images re-checked and read, and the check its answer's
     image must pass (decoded in full, the catalog's size within the model's tolerance)."""
     limits = limits or ImageLimits()
     width, height = spec.dimensions(job.image_size, job.aspect_ratio)
-    expected = ExpectedSize(width, height, tolerance=spec.size_tolerance, mode=limits.size_check)
     digests: tuple[str | None, ...] = job.input_sha256 or (None,) * len(job.input_images)
     inputs = tuple(
         read_input_image(
@@ -689,6 +813,7 @@ def build_request(job: Job, spec: ModelSpec, *, limits: ImageLimits | None = Non
             max_bytes=limits.max_input_bytes,
             max_pixels=limits.max_pixels,
             decode_slot=limits.slot,
+            store=store,
         )
         for path, digest in zip(job.input_images, digests, strict=True)
     )
@@ -701,9 +826,18 @@ def build_request(job: Job, spec: ModelSpec, *, limits: ImageLimits | None = Non
         input_images=inputs,
         width=width,
         height=height,
-        check=functools.partial(
-            check_image, max_pixels=limits.max_pixels, expected=expected, decode_slot=limits.slot
-        ),
+        service_tier=job.lane if job.lane in TIERED_LANES else None,
+        check=output_check(job, spec, limits),
+    )
+
+
+def output_check(job: Job, spec: ModelSpec, limits: ImageLimits) -> Callable[[bytes], ImageFacts]:
+    """The check an answer's image must pass: decoded in full, the catalog's size for the job's size
+    and ratio within the model's tolerance (the Batch API lane runs it on each result too)."""
+    width, height = spec.dimensions(job.image_size, job.aspect_ratio)
+    expected = ExpectedSize(width, height, tolerance=spec.size_tolerance, mode=limits.size_check)
+    return functools.partial(
+        check_image, max_pixels=limits.max_pixels, expected=expected, decode_slot=limits.slot
     )
 
 

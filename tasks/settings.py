@@ -20,13 +20,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from nanobatch.workers.limiter import PoolLimits
+from nanobatch.tasks.lane_settings import LaneSettings
+from nanobatch.workers.limiter import Adaptation, PoolLimits
 
 DEFAULT_HOME = Path("nanobatch-data")
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
-class Settings(BaseSettings):
+class Settings(LaneSettings):
+    """Every setting; the lanes' (Batch API, service tiers, planner, webhooks) come from
+    :class:`LaneSettings` (``tasks/lane_settings.py``, docs/lanes.md)."""
+
     model_config = SettingsConfigDict(
         env_prefix="NANOBATCH_",
         extra="ignore",
@@ -36,7 +40,8 @@ class Settings(BaseSettings):
     # Storage and infrastructure.
     database_url: str = f"sqlite:///{DEFAULT_HOME}/nanobatch.db"
     redis_url: str | None = None  # None: embedded broker (in-process) and embedded limiter
-    output_dir: Path = DEFAULT_HOME / "images"
+    # A local folder or an object-store URL (s3://bucket/prefix, gs://…, az://…): docs/storage.md.
+    output_dir: str = str(DEFAULT_HOME / "images")
     catalog_file: str | None = None
     queue: str = "nanobatch"
 
@@ -92,9 +97,16 @@ class Settings(BaseSettings):
     max_rate_wait_seconds: float = Field(default=3600.0, ge=0)  # their total, then rate_wait_time_limit
     max_day_parks: int = Field(default=3, ge=0)  # parks until Pacific midnight, then day_park_limit
     rate_limit_wait: float = Field(default=5.0, gt=0)  # first wait after a 429 that names none
+    rate_limit_wait_max: float = Field(default=300.0, gt=0)  # ... doubled per such wait up to this
     pool_refused_alert_seconds: float = Field(default=1800.0, ge=0)  # alert: every call refused this long
     limits: dict[str, PoolLimits] = {}  # seeds for pools that have no live limits in Redis yet
     limiter_prefix: str = "nanobatch"
+    # Adaptive share (docs/architecture.md, "Limiter"): after a per-minute 429 the limiter did not
+    # predict, a pool's rpm/ipm/tpm apply times a share: x factor, held, then + recovery per minute.
+    limiter_adapt: bool = True
+    limiter_adapt_factor: float = Field(default=0.97, gt=0, lt=1)
+    limiter_adapt_hold: float = Field(default=120.0, ge=0, le=86_400)
+    limiter_adapt_recovery: float = Field(default=0.05, gt=0, le=1)  # share regained per minute
 
     # Recovery: every worker runs the sweeper (one at a time cluster-wide) and heartbeats in Redis.
     sweep_interval: float = Field(default=10.0, gt=0)
@@ -105,6 +117,22 @@ class Settings(BaseSettings):
     # backoff); `nanobatch worker` then starts it again after a pause. None: retry forever.
     broker_connection_max_retries: int | None = Field(default=100, ge=0)
     redispatch_after: float = Field(default=600.0, gt=0)
+    # PostgreSQL ends a worker's transaction left idle this long (its process paused mid-write:
+    # SIGSTOP, a VM freeze), so the row locks it held stall nobody else; 0 = never (models/db.py).
+    db_idle_transaction_limit: float = Field(default=60.0, ge=0)
+    # Dispatch (docs/architecture.md, "Dispatch"): at most this many messages per quota pool in the
+    # broker, refilled from the database as tasks end. The window is dispatch_window if set, else
+    # dispatch_window_factor x the pool's concurrency (its limit, or the live workers' threads).
+    dispatch_window_factor: float = Field(default=2.0, gt=0, le=1000)
+    dispatch_window: int | None = Field(default=None, gt=0, le=1_000_000)
+    # A pool with rpm/ipm gets no more than its calls in flight (rate x mean latency) plus this many
+    # seconds of its admissions: a slow pool's tasks must not wait at its gate on every worker thread
+    # while a faster pool has work (dispatch.rate_bound).
+    dispatch_ahead: float = Field(default=10.0, gt=0, le=3600)
+    # Refill also on this timer in every worker: how late a retry may be published after it is due.
+    dispatch_interval: float = Field(default=2.0, gt=0)
+    # The previous design, kept for comparison in bench/scale.py: submit publishes every row at once.
+    dispatch_publish_all: bool = False
     timezone: str = "UTC"  # for batch windows and --at
     inbox_dir: Path | None = None
     inbox_time: str = "00:30"
@@ -119,6 +147,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _location_text(cls, value: object) -> object:
+        """A :class:`Path` (tests, the API) is a local folder: kept as text like a URL."""
+        return str(value) if isinstance(value, Path) else value
 
     @classmethod
     def settings_customise_sources(
@@ -154,6 +188,17 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def adaptation(self) -> Adaptation | None:
+        """The limiter's reaction to unpredicted 429s, or ``None`` when turned off."""
+        if not self.limiter_adapt:
+            return None
+        return Adaptation(
+            factor=self.limiter_adapt_factor,
+            hold_seconds=self.limiter_adapt_hold,
+            recovery_per_minute=self.limiter_adapt_recovery,
+        )
+
+    @property
     def effective_lease_seconds(self) -> float:
         return self.lease_seconds or self.request_timeout + self.max_inline_wait + 30.0
 
@@ -178,4 +223,9 @@ class _TomlWithoutSecrets(TomlConfigSettingsSource):
         data = super().__call__()
         if "api_key" in data:
             raise ValueError("api_key must not be set in the config file; use NANOBATCH_API_KEY")
+        for secret in ("webhook_url", "webhook_secret"):
+            if secret in data:
+                raise ValueError(
+                    f"{secret} must not be set in the config file; use NANOBATCH_{secret.upper()}"
+                )
         return data

@@ -5,10 +5,15 @@ Every worker process runs it every ``sweep_interval`` in a thread of its own
 by hand. Beat is not needed for recovery. Each pass
 1. returns ``processing`` rows whose lease expired, or whose worker stopped heartbeating
    (:mod:`tasks.liveness`), to ``pending``;
-2. publishes due ``pending`` rows of runnable batches that have no live message — rows parked until
-   a ``not_before``, rows whose message Redis lost, rows of a batch that was just resumed or whose
-   start time or window just opened;
-3. records itself in Redis (``status``, ``watch`` and the metrics show when recovery last ran).
+2. publishes again the rows in flight whose message is gone (Redis lost it), or returns them to the
+   queue when their batch may not run now;
+3. fills every pool's dispatch window (:mod:`tasks.dispatch`): parked rows now due, rows of a batch
+   whose start time or window just opened;
+4. runs the Batch API lane (``tasks/batch_lane.py``: re-plan for deadlines, poll jobs, build jobs);
+   batch-lane rows are never published (``models.status.CELERY_LANES``);
+5. queues the webhook events the batches call for (``tasks/events.py``);
+6. folds the counts' log into the per-batch counts (:func:`models.counts.compact`);
+7. records itself in Redis (``status``, ``watch`` and the metrics show when recovery last ran).
 
 A Redis lock makes concurrent sweeps take turns, and a periodic sweep first takes the cluster-wide
 turn (``turn`` seconds), so N workers do not sweep N times an interval.
@@ -23,10 +28,11 @@ from datetime import datetime, timedelta
 
 from redis.exceptions import RedisError
 
-from nanobatch.models import transitions
+from nanobatch.models import counts, queue, transitions
 from nanobatch.models.base import utcnow
-from nanobatch.models.lifecycle import batches_outside_window, dispatch
-from nanobatch.tasks import liveness
+from nanobatch.models.lifecycle import batches_outside_window
+from nanobatch.tasks import batch_lane, events, liveness
+from nanobatch.tasks.dispatch import fill, runnable_candidates
 from nanobatch.tasks.runtime import Runtime
 
 log = logging.getLogger("nanobatch.sweeper")
@@ -34,8 +40,6 @@ log = logging.getLogger("nanobatch.sweeper")
 #: A just-published message is given this long to be consumed before it may be published again.
 DISPATCH_GRACE_SECONDS = 30.0
 SWEEP_LIMIT = 5000
-#: Rows read at a time when dispatching a whole batch without a cap (``resume``).
-DISPATCH_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,11 @@ def _sweep_locked(rt: Runtime, now: datetime) -> SweepReport:
     with rt.db.session() as session:
         expired = transitions.reclaim_expired(session, max_attempts=rt.settings.max_attempts, now=now)
     silent = reclaim_silent(rt, now)
+    run_batch_lane(rt, now)
     dispatched, skipped, held = dispatch_due(rt, now=now)
+    emit_events(rt, now)
+    with rt.db.session() as session:
+        counts.compact(session)
     if expired or silent or dispatched:
         log.info(
             "sweep: reclaimed %d expired leases and %d tasks of silent workers, dispatched %d rows",
@@ -92,6 +100,23 @@ def _sweep_locked(rt: Runtime, now: datetime) -> SweepReport:
     return SweepReport(expired + silent, dispatched, skipped, held, reclaimed_silent=silent)
 
 
+def run_batch_lane(rt: Runtime, now: datetime) -> None:
+    """The Batch API lane's pass (re-plan, poll, build: ``tasks/batch_lane.py``); its failure is
+    logged and never stops the rest of the sweep (the next pass tries again)."""
+    try:
+        batch_lane.run(rt, now=now)
+    except Exception:
+        log.exception("sweep: the Batch API lane's pass failed; retrying next sweep")
+
+
+def emit_events(rt: Runtime, now: datetime) -> None:
+    """Queue the webhook events the batches call for (``tasks/events.py``); never fails the sweep."""
+    try:
+        events.emit_batch_events(rt, now)
+    except Exception:
+        log.exception("sweep: could not look for webhook events; retrying next sweep")
+
+
 def reclaim_silent(rt: Runtime, now: datetime) -> int:
     """Return the tasks of workers whose heartbeat expired to pending (see :mod:`tasks.liveness`).
 
@@ -100,11 +125,16 @@ def reclaim_silent(rt: Runtime, now: datetime) -> int:
     """
     with rt.db.session() as session:
         holders = transitions.processing_holders(session, claimed_before=now)
+    receivers = rt.dispatcher.receivers()
     ttl = rt.settings.heartbeat_ttl
     # Asked even without holders: it starts the heartbeat history after Redis lost it.
-    silent = liveness.silent_workers(rt.redis, rt.settings.limiter_prefix, holders, ttl=ttl)
+    names = sorted(set(holders) | set(receivers))
+    silent = liveness.silent_workers(rt.redis, rt.settings.limiter_prefix, names, ttl=ttl)
     if not silent:
         return 0
+    # Messages a dead worker had taken but not started are gone: republished by dispatch_due below.
+    if forgotten := rt.dispatcher.forget_received([name for name in silent if name in receivers]):
+        log.warning("sweep: %d message(s) taken by silent workers are republished", forgotten)
     with rt.db.session() as session:
         reclaimed = transitions.reclaim_from_workers(
             session, silent, claimed_before=now, max_attempts=rt.settings.max_attempts, now=now
@@ -141,35 +171,33 @@ def dispatch_due(
     rt: Runtime,
     *,
     now: datetime | None = None,
-    batch_id: str | None = None,
     grace: float = DISPATCH_GRACE_SECONDS,
-    limit: int | None = SWEEP_LIMIT,
+    limit: int = SWEEP_LIMIT,
 ) -> tuple[int, int, int]:
-    """Publish due pending rows of runnable batches that have no live message.
+    """Re-publish rows in flight whose message is gone, then fill every pool's window.
 
-    The sweeper calls it for every batch (``limit`` rows a pass, a ``grace`` for just-published
-    messages); ``resume`` for one batch, at once and without a cap. Returns (dispatched, skipped
-    because a live message exists, batches held by their window).
+    A row counts as in flight (``dispatched_at`` set) until it is claimed; older than ``grace`` and
+    without a live message in Redis (``Dispatcher.without_live_message``), its message was lost: it
+    is published again if its batch may run, else returned to the queue. Returns (published, skipped
+    because a live message exists, open batches held by their window).
     """
     now = now or utcnow()
-    dispatched = skipped = 0
     with rt.db.session() as session:
-        held = batches_outside_window(session, now)
-    after_id = None if limit is not None else ""  # uncapped: page through the rows by id
-    while True:
+        in_flight = queue.in_flight_older_than(session, now - timedelta(seconds=grace), limit)
+        runnable = {c.id for c in runnable_candidates(session, {b for _, b in in_flight}, now)}
+        held = len(batches_outside_window(session, now))
+    lost = set(
+        rt.dispatcher.without_live_message(
+            [t for t, _ in in_flight], stale_after=rt.settings.redispatch_after
+        )
+    )
+    again = [t for t, b in in_flight if t in lost and b in runnable]
+    parked = [t for t, b in in_flight if t in lost and b not in runnable]
+    if parked:
         with rt.db.session() as session:
-            candidates = transitions.due_for_dispatch(
-                session,
-                older_than=now - timedelta(seconds=grace),
-                now=now,
-                limit=limit or DISPATCH_CHUNK,
-                exclude_batches=held,
-                batch_id=batch_id,
-                after_id=after_id,
-            )
-        to_publish = rt.dispatcher.without_live_message(candidates, stale_after=rt.settings.redispatch_after)
-        dispatched += dispatch(rt.db, rt.dispatcher, to_publish, now=now)
-        skipped += len(candidates) - len(to_publish)
-        if after_id is None or len(candidates) < DISPATCH_CHUNK:
-            return dispatched, skipped, len(held)
-        after_id = candidates[-1]
+            queue.back_in_queue(session, parked)
+    if again:
+        with rt.db.session() as session:
+            again = queue.stamp_dispatched(session, again, now)
+        rt.dispatcher.publish(again)
+    return len(again) + fill(rt, now=now), len(in_flight) - len(lost), held

@@ -58,7 +58,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     math.inf,
 )
 SEPARATOR = "|"
-KINDS = ("latency", "rate_limited", "retries", "outcomes", "pool_health")
+KINDS = ("latency", "rate_limited", "retries", "outcomes", "pool_health", "storage_latency", "storage_errors")
 #: How much of an upstream message the pool health keeps.
 MESSAGE_CHARS = 300
 
@@ -123,6 +123,9 @@ class TelemetrySnapshot:
     retries: dict[str, int]
     outcomes: dict[str, int]
     pools: dict[str, PoolHealth] = dataclasses.field(default_factory=dict)
+    #: Image store writes (staging a paid image), by operation; and failed writes, by operation.
+    storage_latency: dict[str, LatencyHistogram] = dataclasses.field(default_factory=dict)
+    storage_errors: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Telemetry:
@@ -148,6 +151,20 @@ class Telemetry:
             pipe.hincrby(key, field(pool, bucket_for(seconds)), 1)
             pipe.hincrbyfloat(key, field(pool, "sum"), seconds)
             pipe.hincrby(key, field(pool, "count"), 1)
+            pipe.execute()
+
+    def storage_write(self, seconds: float, ok: bool, operation: str = "stage") -> None:
+        """One image store write took ``seconds`` (and failed unless ``ok``)."""
+        if math.isnan(seconds):
+            return
+        seconds = max(0.0, seconds)
+        key = self.key("storage_latency")
+        with _best_effort("storage_latency"), self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, field(operation, bucket_for(seconds)), 1)
+            pipe.hincrbyfloat(key, field(operation, "sum"), seconds)
+            pipe.hincrby(key, field(operation, "count"), 1)
+            if not ok:
+                pipe.hincrby(self.key("storage_errors"), field(operation), 1)
             pipe.execute()
 
     def count_429(self, pool: str, quota_id: str = "") -> None:
@@ -189,6 +206,13 @@ class Telemetry:
             return float(_text(since)) if since is not None else now
         return None
 
+    def mean_latency(self, pool: str) -> float | None:
+        """Mean seconds of ``pool``'s upstream calls so far (shared by every worker), or ``None``."""
+        total, count = self.client.hmget(self.key("latency"), [field(pool, "sum"), field(pool, "count")])
+        if not count or int(count) <= 0:
+            return None
+        return float(total or 0.0) / int(count)
+
     def pool_health(self) -> dict[str, PoolHealth]:
         """Every pool's health as recorded (raises on Redis errors, like :meth:`snapshot`)."""
         return parse_pool_health(_decode(self.client.hgetall(self.key("pool_health"))))
@@ -211,6 +235,8 @@ class Telemetry:
             retries={name: int(v) for name, v in raw["retries"].items()},
             outcomes={name: int(v) for name, v in raw["outcomes"].items()},
             pools=parse_pool_health(raw["pool_health"]),
+            storage_latency=parse_latency(raw["storage_latency"]),
+            storage_errors={name: int(v) for name, v in raw["storage_errors"].items()},
         )
 
     def reset(self) -> None:

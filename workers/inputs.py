@@ -13,6 +13,10 @@ minutes or days later: by then a symlink may have been planted to a file outside
 * it is decoded in full (PNG/JPEG/WebP, at most ``max_pixels``), like every generated image.
 
 Rows submitted before these facts were recorded have no root or digest; the other checks still run.
+
+With an object store (docs/storage.md) the row records the input's URI (``s3://…/inputs/<sha256>.png``,
+uploaded once at submit): it is read from the store, bounded, and must have the recorded SHA-256 (its
+name is its content) and decode in full; there is no path to re-resolve.
 Any failure raises :class:`InputRejected` (a ``ValueError``), which fails the task as
 ``invalid_task`` with the message.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from nanobatch.workers.imagecheck import ImageRejected, check_image
 from nanobatch.workers.providers.base import InputImage
+from nanobatch.workers.store import StorageError, Store, StoreUnavailable, is_object_url
 
 
 class InputRejected(ValueError):
@@ -42,8 +47,13 @@ def read_input_image(
     max_bytes: int,
     max_pixels: int,
     decode_slot: Callable[[], AbstractContextManager[object]] | None = None,
+    store: Store | None = None,
 ) -> InputImage:
-    """The checked bytes and real type of one input image, or :class:`InputRejected`."""
+    """The checked bytes and real type of one input image, or :class:`InputRejected`
+    (:class:`StoreUnavailable` when the store holding it does not answer: transient)."""
+    if is_object_url(path):
+        data = _read_stored(path, store, max_bytes)
+        return _checked(path, data, sha256, max_pixels, decode_slot)
     recorded = Path(path)
     try:
         resolved = recorded.resolve(strict=True)
@@ -58,6 +68,16 @@ def read_input_image(
     if root is not None and Path(root) not in resolved.parents:
         raise InputRejected(f"input image {path}: outside the folder {root} allowed at submit")
     data = _read_bounded(path, max_bytes)
+    return _checked(path, data, sha256, max_pixels, decode_slot)
+
+
+def _checked(
+    path: str,
+    data: bytes,
+    sha256: str | None,
+    max_pixels: int,
+    decode_slot: Callable[[], AbstractContextManager[object]] | None,
+) -> InputImage:
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise InputRejected(f"input image {path}: its content changed after submit")
     try:
@@ -65,6 +85,20 @@ def read_input_image(
     except ImageRejected as exc:
         raise InputRejected(f"input image {path}: {exc}") from exc
     return InputImage(data=data, mime_type=facts.mime_type)
+
+
+def _read_stored(uri: str, store: Store | None, max_bytes: int) -> bytes:
+    key = store.key_of(uri) if store is not None else None
+    if store is None or key is None:
+        raise InputRejected(f"input image {uri}: not in this worker's image store (NANOBATCH_OUTPUT_DIR)")
+    try:
+        return store.read(key, max_bytes)
+    except FileNotFoundError:
+        raise InputRejected(f"input image {uri}: no such object (deleted after submit)") from None
+    except StoreUnavailable:
+        raise
+    except StorageError as exc:
+        raise InputRejected(f"input image {uri}: {exc}") from None
 
 
 def _read_bounded(path: str, max_bytes: int) -> bytes:

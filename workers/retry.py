@@ -29,7 +29,7 @@ from nanobatch.workers.errors import (
 
 #: Wait used when a 429 carries no retry hint at all (doubled at each further such wait, capped).
 DEFAULT_RATE_LIMIT_WAIT = 5.0
-#: Longest wait a hint-less 429 backs off to.
+#: Longest wait a hint-less 429 backs off to (``NANOBATCH_RATE_LIMIT_WAIT_MAX``).
 MAX_HINTLESS_WAIT = 300.0
 #: Longest positive jitter added to a rate-limit wait.
 MAX_WAIT_JITTER = 1.0
@@ -62,6 +62,7 @@ class WaitBounds:
     max_rate_wait_seconds: float = 3600.0
     max_day_parks: int = 3
     rate_limit_wait: float = DEFAULT_RATE_LIMIT_WAIT
+    rate_limit_wait_max: float = MAX_HINTLESS_WAIT
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def rate_limit_delay(
     if error.retry_after is not None:
         base = max(0.0, error.retry_after)
     else:
-        base = min(MAX_HINTLESS_WAIT, bounds.rate_limit_wait * 2 ** min(waits.upstream_waits, 16))
+        doubled = bounds.rate_limit_wait * 2 ** min(waits.upstream_waits, 16)
+        base = min(bounds.rate_limit_wait_max, doubled)
     jitter = (rng or random).uniform(0.0, min(MAX_WAIT_JITTER, max(0.05, 0.1 * base)))
     return base + jitter
 

@@ -10,6 +10,7 @@ thread (``worker_ready`` to ``worker_shutdown``). See :mod:`tasks.liveness` and 
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -22,6 +23,7 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from redis.exceptions import RedisError
 
 from nanobatch.tasks.celeryapp import app
 from nanobatch.tasks.celeryapp.app import GENERATE_TASK, INBOX_TASK, SWEEP_TASK
@@ -34,6 +36,8 @@ from nanobatch.tasks.serve import serve
 from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.sweep import sweep
 from nanobatch.workers.malloc_tuning import pin_mmap_threshold
+
+log = logging.getLogger("nanobatch.worker")
 
 
 @worker_init.connect
@@ -89,7 +93,7 @@ class ProcessLiveness:
             previous, self._sweeper_stop = self._sweeper_stop, stop
         if previous is not None:
             previous.set()
-        start_sweeper_thread(get_runtime, settings.sweep_interval, stop)
+        start_sweeper_thread(get_runtime, settings.sweep_interval, stop, settings.dispatch_interval)
 
     def stop(self) -> None:
         """Stop sweeping and beating; the heartbeat key is deleted (no task is held any more)."""
@@ -123,10 +127,23 @@ def _stop_liveness(**_: Any) -> None:
 
 
 @task_received.connect
-def _note_delayed_message(request: Any, **_: Any) -> None:
-    """Record that this worker now holds a delayed message in memory (see ``tasks.dispatch``)."""
-    if request.task_name == GENERATE_TASK and request.eta is not None and request.args:
-        get_runtime().dispatcher.received_delayed(str(request.args[0]), request.eta.timestamp())
+def _note_received_message(request: Any, **_: Any) -> None:
+    """Record that this worker now holds a message in memory: a delayed one until its ETA
+    (``Dispatcher.received_delayed``; nanobatch itself no longer sends any), any other until a thread
+    starts it (``Dispatcher.received``), so the sweeper republishes it at once if this worker dies
+    (docs/architecture.md, "Dispatch"). Best effort: without the mark, ``redispatch_after`` still
+    recovers the message."""
+    if request.task_name != GENERATE_TASK or not request.args:
+        return
+    runtime = get_runtime()
+    task_id = str(request.args[0])
+    try:
+        if request.eta is not None:
+            runtime.dispatcher.received_delayed(task_id, request.eta.timestamp())
+        else:
+            runtime.dispatcher.received(task_id, runtime.worker_name)
+    except (RedisError, OSError) as exc:
+        log.warning("could not mark task %s as received: %s", task_id, exc)
 
 
 @app.task(name=GENERATE_TASK, bind=True, ignore_result=True)

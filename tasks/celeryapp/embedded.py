@@ -73,7 +73,9 @@ class EmbeddedWorker:
         worker_thread = threading.Thread(target=self._worker.start, name="celery-worker", daemon=True)
         worker_thread.start()
         self._worker.ensure_started()
-        sweeper = start_sweeper_thread(lambda: self.runtime, self.sweep_interval, self._stop)
+        sweeper = start_sweeper_thread(
+            lambda: self.runtime, self.sweep_interval, self._stop, settings.dispatch_interval
+        )
         self._threads = [worker_thread, sweeper]
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -20,7 +20,7 @@ lets only one copy run.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from celery import Celery
 from kombu import Producer, Queue
@@ -29,19 +29,31 @@ from kombu.utils.uuid import uuid
 from redis import Redis
 
 from nanobatch.tasks.celeryapp.app import GENERATE_TASK
+from nanobatch.tasks.liveness import glob_escape
 
 PUBLISH_BATCH = 1000
 #: A received delayed message is live until this long after its ETA (threads may all be busy).
 HELD_GRACE_SECONDS = 60.0
+#: A worker's marks of received messages expire after this long without a new one (a worker that
+#: stopped cleanly: Celery returned its unstarted messages to the queue).
+RECEIVED_TTL_SECONDS = 6 * 3600
 
 
 class Dispatcher:
     def __init__(self, app: Celery, redis: Redis, *, prefix: str, queue: str) -> None:
         self.app = app
         self.redis = redis
+        self.prefix = prefix
         self.queued_key = f"{prefix}:queued"
         self.held_key = f"{prefix}:held"
         self.queue = queue
+        #: Tops up the window from the database (``tasks.dispatch.fill``), installed by the runtime.
+        self.filler: Callable[[], int] | None = None
+        self.publish_all = False
+
+    def fill(self) -> int:
+        """Top up every pool's window (docs/architecture.md, "Dispatch")."""
+        return self.filler() if self.filler is not None else 0
 
     def publish(self, task_ids: Sequence[str], *, countdown: float | None = None) -> int:
         """Publish one message per id (argument = the id only); returns how many were sent.
@@ -92,11 +104,53 @@ class Dispatcher:
         pipe.zadd(self.held_key, {task_id: eta + HELD_GRACE_SECONDS})
         pipe.execute()
 
-    def consumed(self, task_id: str) -> None:
+    def _received_key(self, worker: str) -> str:
+        return f"{self.prefix}:received:{worker}"
+
+    def received(self, task_id: str, worker: str) -> None:
+        """``worker`` took the message for ``task_id`` from the broker (it may wait in the worker's
+        prefetch before a thread starts it). If the worker dies first, the message is gone although
+        ``queued`` still lists it: :meth:`forget_received` lets the sweeper see that at once instead
+        of after ``redispatch_after``."""
+        key = self._received_key(worker)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {task_id: time.time()})
+        pipe.expire(key, RECEIVED_TTL_SECONDS)
+        pipe.execute()
+
+    def consumed(self, task_id: str, worker: str | None = None) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.queued_key, task_id)
         pipe.zrem(self.held_key, task_id)
+        if worker is not None:
+            pipe.zrem(self._received_key(worker), task_id)
         pipe.execute()
+
+    def receivers(self) -> list[str]:
+        """Workers that have taken messages they have not started (or died holding them)."""
+        head = len(self._received_key(""))
+        pattern = glob_escape(self.prefix) + ":received:*"
+        return sorted(
+            (key.decode() if isinstance(key, bytes) else str(key))[head:]
+            for key in self.redis.scan_iter(match=pattern, count=500)
+        )
+
+    def forget_received(self, workers: Sequence[str]) -> int:
+        """The messages these (dead) workers took are gone: drop their ids from ``queued`` and
+        ``held`` so :meth:`without_live_message` reports them, and forget the workers' marks.
+        Returns how many ids were forgotten."""
+        forgotten = 0
+        for worker in workers:
+            key = self._received_key(worker)
+            ids = self.redis.zrange(key, 0, -1)
+            pipe = self.redis.pipeline(transaction=False)
+            if ids:
+                pipe.zrem(self.queued_key, *ids)
+                pipe.zrem(self.held_key, *ids)
+            pipe.delete(key)
+            pipe.execute()
+            forgotten += len(ids)
+        return forgotten
 
     def without_live_message(self, task_ids: Sequence[str], *, stale_after: float) -> list[str]:
         """The ids among ``task_ids`` with neither a queued message younger than ``stale_after``

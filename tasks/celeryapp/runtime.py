@@ -6,6 +6,7 @@ Here the Celery app, the publisher and the Celery-free resources are put togethe
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from celery import Celery
@@ -15,6 +16,7 @@ from nanobatch.models.db import Database
 from nanobatch.tasks.celeryapp import app
 from nanobatch.tasks.celeryapp.app import configure_app
 from nanobatch.tasks.celeryapp.publisher import Dispatcher
+from nanobatch.tasks.dispatch import fill
 from nanobatch.tasks.runtime import Runtime, provider_config, redis_for
 from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.telemetry import Telemetry
@@ -27,7 +29,7 @@ from nanobatch.workers.retry import RetryPolicy
 
 def build_runtime(settings: Settings, app: Celery) -> Runtime:
     redis = redis_for(settings)
-    limiter = RateLimiter(redis, prefix=settings.limiter_prefix)
+    limiter = RateLimiter(redis, prefix=settings.limiter_prefix, adaptation=settings.adaptation)
     for pool, limits in settings.limits.items():
         limiter.seed_limits(pool, limits)  # fills only what `nanobatch limits set` has not set
     http = make_http_client(
@@ -38,22 +40,30 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         max_response_bytes=settings.max_response_bytes,
     )
     gate = BodyGate(settings.decode_slots)
-    return Runtime(
+    dispatcher = Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue)
+    dispatcher.publish_all = settings.dispatch_publish_all
+    runtime = Runtime(
         settings=settings,
         app=app,
         catalog=load_catalog(settings.catalog_file),
-        db=Database(settings.database_url, pool_size=min(settings.concurrency + 2, 40)),
+        db=Database(
+            settings.database_url,
+            pool_size=min(settings.concurrency + 2, 40),
+            idle_transaction_limit=settings.db_idle_transaction_limit or None,
+        ),
         redis=redis,
         limiter=limiter,
         http=http,
         provider=redacted(make_provider(provider_config(settings), http, gate), settings.api_key_value),
         gate=gate,
-        dispatcher=Dispatcher(app, redis, prefix=settings.limiter_prefix, queue=settings.queue),
+        dispatcher=dispatcher,
         telemetry=Telemetry(redis, prefix=settings.limiter_prefix),
         policy=RetryPolicy(
             base=settings.backoff_base, cap=settings.backoff_cap, max_attempts=settings.max_attempts
         ),
     )
+    dispatcher.filler = functools.partial(fill, runtime)
+    return runtime
 
 
 _current: Runtime | None = None

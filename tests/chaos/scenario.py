@@ -429,6 +429,13 @@ class ChaosRun:
             # Compressed like the backoff: the first wait after a 429 that names none (it doubles per
             # wait of the same task; the product default, 5 s, would outlast the run's deadline).
             "NANOBATCH_RATE_LIMIT_WAIT": "0.5",
+            # ... and its ceiling, compressed further than the 30 s a uniform x0.1 would give: at 30 %
+            # hint-less 429s the batch's last few tasks are its unluckiest, and one that has waited
+            # out 7 of them backs off 64 s, then 128 s. Then no task may complete within the 120 s
+            # recovery bound although nothing is wrong (a Monte Carlo of this plan: a 120 s gap
+            # between completions in 7 % of runs with the product's 300 s, 2 % with 30 s, none
+            # with 8 s). Seen in CI as "kill worker: not resumed within 120s" with 4 tasks left.
+            "NANOBATCH_RATE_LIMIT_WAIT_MAX": "8",
             "NANOBATCH_CONCURRENCY": str(p.threads),
             **({"NANOBATCH_REDISPATCH_AFTER": str(p.redispatch_after)} if p.redispatch_after else {}),
             **dict(p.extra_env),
@@ -479,6 +486,8 @@ class ChaosRun:
             if watch.done or time.time() - watch.started > self.plan.recovery_bound:
                 self._watching.remove(watch)
                 r = watch.record
+                if not watch.done:  # a figure is missing: say what the open rows wait for
+                    r.note += f"; open rows then: {self._open_rows()}"
                 self.log(
                     f"{r.name}: affected {r.affected}, resumed {_fmt(r.resumed)}s, "
                     f"requeued {_fmt(r.requeued)}s, reclaimed {_fmt(r.reclaimed)}s"
@@ -499,10 +508,12 @@ class ChaosRun:
         if _has_victim(name):
             victim = self._victim(last_sweeper=name == "kill sweeping worker")
             name_prefix = victim.name
-            # A kill (or pause) proves most when the victim is mid-call: give it a moment to hold a task.
-            if not self._poll(lambda: self._held_by(name_prefix), 60.0):
+            # A kill (or pause) proves most when the victim is mid-call: give it a moment to hold a
+            # task, unless every task has ended (nothing is left to hold).
+            self._poll(lambda: self._held_by(name_prefix) or self._all_ended(), 60.0)
+            affected = self._held_by(name_prefix)
+            if not affected:
                 note = "victim held no task"
-            affected = self._held_by(victim.name)
             started = time.time()
             if name == "pause worker":
                 self._pause(victim)
@@ -529,6 +540,9 @@ class ChaosRun:
         record = FaultRecord(name, started - self._started, done, len(affected), note=note)
         self.report.faults.append(record)
         watch = _Watch(record, started, affected, victim.name if victim is not None else None)
+        # With every task ended before the fault, no task can be claimed after it: "resumed" is
+        # neither measurable nor asserted (ChaosReport.problems), so it is not waited for either.
+        watch.nothing_to_resume = done >= self.plan.tasks
         self._watching.append(watch)
         if name == "pause worker":
             assert victim is not None
@@ -536,7 +550,10 @@ class ChaosRun:
         # The next fault waits for this one's asserted figures; "reclaimed" goes on in the background.
         self._poll(
             lambda: (
-                (watch.record.resumed is not None and watch.record.requeued is not None)
+                (
+                    (watch.record.resumed is not None or watch.nothing_to_resume)
+                    and watch.record.requeued is not None
+                )
                 or watch not in self._watching
             ),
             self.plan.recovery_bound + 5,
@@ -639,8 +656,8 @@ class ChaosRun:
 
     def _wait_all_terminal(self) -> None:
         self._wait_for(
-            lambda: self._count(*TERMINAL) == self.plan.tasks,
-            "every task terminal",
+            self._all_ended,
+            "every task terminal and every result published",
             self.plan.finish_deadline - (time.time() - self._started),
         )
 
@@ -728,6 +745,50 @@ class ChaosRun:
             ).all()
         )
         return {row.key: tuple(row[1:]) for row in rows}
+
+    def _open_rows(self, shown: int = 6) -> str:
+        """The first non-terminal rows with what they wait for, for the report of a missed bound."""
+        t = GenerationTask
+        rows = self._db(
+            lambda s: s.execute(
+                select(t.key, t.status, t.dispatched_at, t.not_before, t.upstream_waits, t.attempts, t.worker)
+                .where(t.status.not_in(TERMINAL))
+                .order_by(t.key)
+            ).all()
+        )
+        now = datetime.now(UTC)
+
+        def rel(moment: datetime | None) -> str:
+            return "-" if moment is None else f"{(moment - now).total_seconds():+.0f}s"
+
+        shown_rows = [
+            f"{r.key} {r.status} dispatched {rel(r.dispatched_at)} not_before {rel(r.not_before)} "
+            f"429-waits {r.upstream_waits} attempts {r.attempts} worker {r.worker or '-'}"
+            for r in rows[:shown]
+        ]
+        more = f" (+{len(rows) - shown} more)" if len(rows) > shown else ""
+        return f"{len(rows)}: " + "; ".join(shown_rows) + more if rows else "none"
+
+    def _all_ended(self) -> bool:
+        """Every task ended and every completed result published under its key's name.
+
+        The second half matters: a worker records a result on its staged file, then publishes it
+        (docs/integrity.md, item 1). A fault injected the moment the last task completed could kill
+        the worker between the two, a window this plan does not set out to test (CI: "completed
+        without a result file" with the kill 0.6 s after the last completion). Not built: a sweep
+        that publishes a killed worker's recorded-but-staged result (README, known issues).
+        """
+        if self._count(*TERMINAL) < self.plan.tasks:
+            return False
+        t = GenerationTask
+        staged = self._db(
+            lambda s: s.scalar(
+                select(func.count())
+                .select_from(t)
+                .where(t.status == "completed", t.result_uri.contains(f"/{STAGING_DIR}/"))
+            )
+        )
+        return not staged
 
     def _ids_with_status(self, status: str) -> list[str]:
         return list(
@@ -830,10 +891,13 @@ class _Watch:
     started: float
     affected: list[str]
     victim: str | None = None  # name prefix of the killed or paused worker
+    nothing_to_resume: bool = False  # every task had completed before the fault
 
     @property
     def done(self) -> bool:
-        figures = [self.record.resumed, self.record.requeued, self.record.reclaimed]
+        figures = [self.record.requeued, self.record.reclaimed]
+        if not self.nothing_to_resume:
+            figures.append(self.record.resumed)
         if self.victim is not None:
             figures.append(self.record.released)
         return None not in figures

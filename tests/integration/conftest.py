@@ -24,6 +24,7 @@ from nanobatch.tasks.intake import IntakeOptions, read_file
 from nanobatch.tasks.producer import BatchOptions, SubmitReport, submit
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.tasks.settings import Settings
+from tests.s3server import s3_auth_server, s3_env, s3_server  # noqa: F401  (fixtures: the S3 tests)
 
 REPO = Path(__file__).resolve().parents[2]
 #: The model rows get when they name none (NANOBATCH_DEFAULT_MODEL's default).
@@ -45,6 +46,13 @@ def simulator() -> Iterator[Callable[..., RunningSimulator]]:
     yield start
     for sim in running:
         sim.stop()
+
+
+def _importable(cwd: Path | None) -> dict[str, str]:
+    """Outside the checkout, ``nanobatch`` must still import from it (PYTHONPATH first)."""
+    if cwd is None:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 @dataclass
@@ -73,7 +81,13 @@ class Stack:
         return self._runtime
 
     def start_worker(
-        self, concurrency: int = 4, *, beat: bool = False, cli: bool = False, **env: str
+        self,
+        concurrency: int = 4,
+        *,
+        beat: bool = False,
+        cli: bool = False,
+        cwd: Path | None = None,
+        **env: str,
     ) -> subprocess.Popen[bytes]:
         """A real ``celery worker`` process on this stack; it sweeps by itself (``beat=True`` embeds the
         scheduler too, which only sends the nightly inbox). ``cli=True`` runs ``nanobatch worker``
@@ -83,7 +97,7 @@ class Stack:
         if cli:
             cmd = [sys.executable, "-m", "nanobatch.cli", "worker", "-c", str(concurrency), "-l", "info"]
             cmd += ["-n", f"w{number}-{os.getpid()}@%h", *(["--beat"] if beat else [])]
-            return self._launch(cmd, number, env)
+            return self._launch(cmd, number, env, cwd)
         cmd = [
             sys.executable,
             "-m",
@@ -107,19 +121,25 @@ class Stack:
         ]
         if beat:
             cmd += ["-B", "-s", str(self.output_dir.parent / f"beat-schedule-{number}")]
-        return self._launch(cmd, number, env)
+        return self._launch(cmd, number, env, cwd)
 
-    def _launch(self, cmd: list[str], number: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _launch(
+        self, cmd: list[str], number: int, env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``cwd``: another working directory (a stand-in for another host); the checkout stays importable."""
         log = (self.output_dir.parent / f"worker{number}.log").open("wb")
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **self.env, **env}, stdout=log, stderr=log)
+        env = {**os.environ, **self.env, **env, **_importable(cwd)}
+        proc = subprocess.Popen(cmd, cwd=cwd or REPO, env=env, stdout=log, stderr=log)
         self.workers.append(proc)
         return proc
 
-    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = False, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "nanobatch.cli", *args],
-            cwd=REPO,
-            env={**os.environ, **self.env},
+            cwd=cwd or REPO,
+            env={**os.environ, **self.env, **_importable(cwd)},
             capture_output=True,
             text=True,
             timeout=120,

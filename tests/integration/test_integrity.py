@@ -174,9 +174,14 @@ def test_a_stale_claim_finishing_late_never_replaces_the_new_owners_image(upstre
                 .where(GenerationTask.id == task_id)
                 .values(lease_expires_at=GenerationTask.created_at)
             )
-        # (every worker process sweeps on its own thread now: this pass, or one of theirs, reclaims it)
-        sweep(s.runtime)
-        wait_for(lambda: state()[0] == "pending", 60, "the reclaim", s.worker_logs)
+
+        # (the paused worker's sweeper thread may hold the sweep lock until it times out: sweep again
+        # until a pass runs and the row is handed back)
+        def reclaimed() -> bool:
+            sweep(s.runtime)
+            return state()[0] == "pending"
+
+        wait_for(reclaimed, 60, "the reclaim", s.worker_logs)
         assert serve.serve(s.runtime, task_id).value in {"completed", "recovered"}
         owner = tasks(s, "race")["A"]
         owner_image = assert_true_image(owner)

@@ -79,6 +79,22 @@ def test_show_json_reports_use_remaining_resets_and_cooldown(cli: Any, limiter: 
     assert state["cooldown_reason"] == "429 PerMinute" and state["cooldown_until"]
 
 
+def test_show_reports_the_adaptive_share_after_a_429_the_limiter_did_not_predict(
+    cli: Any, limiter: RateLimiter
+) -> None:
+    limiter.set_limits(FLASH, PoolLimits(rpm=60))
+    [whole] = show_json(cli, "--pool", FLASH)
+    assert (whole["share"], whole["share_drops"]) == (1.0, 0)
+
+    limiter.adapt_after_refusal(FLASH)  # an idle pool: the drop halves its share
+
+    [lowered] = show_json(cli, "--pool", FLASH)
+    assert lowered["share"] == pytest.approx(0.5) and lowered["share_drops"] == 1
+    table = cli("show", "--pool", FLASH)
+    assert table.exit_code == 0, table.output
+    assert "share" in table.output and "50%" in table.output and "unpredicted 429" in table.output
+
+
 def test_show_without_pool_lists_every_pool(cli: Any, limiter: RateLimiter) -> None:
     limiter.set_limits("pool-a", PoolLimits(rpm=1))
     limiter.set_limits("pool-b", PoolLimits(ipm=2))

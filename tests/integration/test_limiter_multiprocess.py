@@ -12,7 +12,6 @@ import random
 import signal
 import threading
 import time
-from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -95,10 +94,10 @@ def test_four_processes_never_beat_the_rpm_and_track_it_closely(redis_url: str, 
     # When each hammers acquire for 3 s of Redis time
     reports = _run(_hammer_rpm, lambda n: (redis_url, key_prefix, 3.0))
 
-    # Then admissions, merged across processes, are never closer than the emission interval
+    # Then admissions, merged across processes, keep the emission interval: a late one's successor
+    # may follow at once (the schedule is kept), but never three come within one interval
     times = sorted(t for _, admitted in reports for t in admitted)
-    gaps = [b - a for a, b in pairwise(times)]
-    assert min(gaps) >= interval - 1e-6
+    assert min(c - a for a, c in zip(times, times[2:], strict=False)) >= interval - 1e-6
     assert all(sum(1 for t in times if start <= t < start + 60) <= 600 for start in times)
     # And nearly every slot between the first and last admission was used (no lost capacity)
     possible = (times[-1] - times[0]) / interval + 1

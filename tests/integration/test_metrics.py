@@ -188,6 +188,7 @@ def test_metrics_equal_the_database_redis_and_limiter_truth(simulator, stack, ex
     assert of(after, "nanobatch_limiter_limit", pool=POOL)[labels(pool=POOL, limit="rpm")] == 6000
     assert of(after, "nanobatch_limiter_inflight") == {labels(pool=POOL): 0}
     assert of(after, "nanobatch_limiter_cooldown_seconds") == {labels(pool=POOL): 0}
+    assert of(after, "nanobatch_limiter_share") == {labels(pool=POOL): 1.0}  # no neighbour: whole limits
     assert of(after, "nanobatch_quota_reset_timestamp") == {
         labels(pool=POOL): state.day_resets_at.timestamp()
     }

@@ -57,9 +57,19 @@ def test_status_json_has_the_documented_shape(simulator, stack, tmp_path: Path) 
         "batch": "shape",
         "cost_usd": pytest.approx(one["cost_usd"]),
         "counts": {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "cancelled": 0},
+        # lanes (issue 16): appended keys, the original three unchanged
+        "lane": "standard",
+        "standard_cost_usd": pytest.approx(one["cost_usd"]),
+        "by_lane": {
+            "standard": {
+                "tasks": 2,
+                "completed": 2,
+                "cost_usd": pytest.approx(one["cost_usd"]),
+                "standard_cost_usd": pytest.approx(one["cost_usd"]),
+            }
+        },
     }
     assert one["cost_usd"] > 0
-    assert set(one) == {"batch", "counts", "cost_usd"}
     every = json.loads(s.cli("status", "--json", check=True).stdout)
     assert isinstance(every, list) and every[0]["batch"] == "shape"
 

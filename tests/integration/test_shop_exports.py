@@ -172,7 +172,7 @@ def test_an_unusable_photo_url_is_a_row_error_at_submit(simulator, stack, images
     assert result.returncode == 1
     assert "line 2: input_images" in result.stderr and "resolves to a loopback address" in result.stderr
     assert (
-        "line 3: input_images: s3://bucket/b.jpg: object-store inputs need the storage backend"
+        "line 3: input_images: s3://bucket/b.jpg: object-store URLs are not accepted as input images"
         in result.stderr
     )
     assert (

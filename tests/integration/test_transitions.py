@@ -11,6 +11,7 @@ from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database
 from nanobatch.models.tables import Batch, GenerationTask, new_id
+from nanobatch.tasks.dispatch import runnable_candidates
 
 pytestmark = pytest.mark.integration
 
@@ -111,12 +112,12 @@ def test_expired_leases_are_reclaimed_and_eventually_failed(db: Database) -> Non
 
 
 def test_paused_and_scheduled_batches_are_not_claimable(db: Database) -> None:
-    _, (paused,) = add_batch(db, status="paused")
-    _, (later,) = add_batch(db, scheduled_for=utcnow() + timedelta(hours=2))
+    paused_batch, (paused,) = add_batch(db, status="paused")
+    later_batch, (later,) = add_batch(db, scheduled_for=utcnow() + timedelta(hours=2))
     with db.session() as s:
         assert transitions.claim(s, paused, worker="w", lease_seconds=60) is None
         assert transitions.claim(s, later, worker="w", lease_seconds=60) is None
-        assert transitions.due_for_dispatch(s, older_than=utcnow()) == []
+        assert runnable_candidates(s, [paused_batch, later_batch], utcnow()) == []  # nor dispatched
 
 
 def test_retry_failed_gives_a_fresh_attempt_budget(db: Database) -> None:

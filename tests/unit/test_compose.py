@@ -21,6 +21,7 @@ import yaml
 
 from nanobatch.cli.main import app as cli_app
 from nanobatch.tasks.settings import Settings
+from nanobatch.workers.store.base import CLOUD_ENV, CLOUD_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -139,7 +140,7 @@ def test_dependencies_volumes_ports_and_healthchecks_resolve(
 
 
 def test_every_nanobatch_name_is_a_setting(services: dict[str, Any]) -> None:
-    known = setting_env_names()
+    known = setting_env_names() | CLOUD_ENV  # the image store's client reads the clouds' own names
     for name, svc in ours(services).items():
         unknown = set(env_of(svc)) - known
         assert not unknown, f"service {name} sets {unknown}, which Settings does not read"
@@ -221,6 +222,37 @@ def test_secrets_reach_only_the_services_that_need_them(services: dict[str, Any]
     assert not any(k.startswith("FLOWER_") for s in services.values() for k in env_of(s))
 
 
+def test_the_default_image_store_is_the_s3_compatible_service(services: dict[str, Any]) -> None:
+    worker = env_of(services["worker"])
+    location = re.fullmatch(
+        r"\$\{NANOBATCH_OUTPUT_DIR:-s3://([a-z0-9.-]+)/\S*\}", worker["NANOBATCH_OUTPUT_DIR"]
+    )
+    assert location, "workers write to the S3-compatible store by default (overridable)"
+    assert worker["AWS_ENDPOINT_URL"] == "${AWS_ENDPOINT_URL:-http://minio:9000}"
+    init = services["minio-init"]
+    assert f"mc mb --ignore-existing store/{location.group(1)}" in " ".join(init["command"])
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "minio" in services and not any(p.endswith(":9000") for p in services["minio"].get("ports", []))
+    assert all(p.startswith("127.0.0.1:") for p in services["minio"].get("ports", []))
+
+
+def test_store_credentials_are_required_and_reach_only_the_store_and_workers(
+    services: dict[str, Any],
+) -> None:
+    holders = {n for n, s in services.items() if (CLOUD_SECRETS | {"MINIO_ROOT_PASSWORD"}) & set(env_of(s))}
+    assert holders == {"worker", "minio", "minio-init"}
+    for name in holders:
+        env = env_of(services[name])
+        for key in ("AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD"):
+            if key in env:
+                assert re.fullmatch(r"\$\{AWS_SECRET_ACCESS_KEY:\?.+\}", env[key]), (
+                    f"{name}: {key} must be required"
+                )
+    # the one-shot job reads them from its environment at run time ($$), never from its command line
+    assert "$$AWS_SECRET_ACCESS_KEY" in COMPOSE.read_text()
+
+
 def test_dockerfile_copies_what_exists_and_enters_through_nanobatch() -> None:
     lines = [line.split() for line in DOCKERFILE.read_text().splitlines() if line.strip() and line[0] != "#"]
     for parts in (p for p in lines if p[0] == "COPY" and not p[1].startswith("--")):
@@ -245,10 +277,12 @@ def test_compose_config_accepts_the_file_when_a_compose_binary_is_installed() ->
         pytest.skip("no `docker compose` / `docker-compose` installed; the structural tests above still ran")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NANOBATCH_", "GEMINI_"))}
     args = [*binary, "-f", str(COMPOSE), "--profile", "rehearsal", "config", "-q"]
+    store = {"AWS_ACCESS_KEY_ID": "nanobatch", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
     ok = subprocess.run(
-        args, env={**env, "NANOBATCH_FLOWER_BASIC_AUTH": "ops:pw"}, capture_output=True, text=True
+        args, env={**env, **store, "NANOBATCH_FLOWER_BASIC_AUTH": "ops:pw"}, capture_output=True, text=True
     )
     assert ok.returncode == 0, ok.stderr
     # and without Flower's credentials the file refuses to render (no open Flower by accident)
-    refused = subprocess.run(args, env=env, capture_output=True, text=True)
+    refused = subprocess.run(args, env={**env, **store}, capture_output=True, text=True)
     assert refused.returncode != 0 and "NANOBATCH_FLOWER_BASIC_AUTH" in refused.stderr

@@ -274,3 +274,14 @@ def test_csv_column_names_and_keys_are_neutralised_too() -> None:
     write_csv([export_row(task(key="=1+1", extra={"@cmd": "x"}))], ["@cmd"], out)
     header, row = list(csv.reader(io.StringIO(out.getvalue())))
     assert header[-1] == "'@cmd" and row[0] == "'=1+1" and row[-1] == "x"
+
+
+def test_a_signer_fills_signed_url_and_the_stored_uri_is_exported(tmp_path: Path) -> None:
+    row = export_row(
+        completed("A", tmp_path / "A.png"),
+        signer=lambda uri: f"https://signed.example/{uri.rsplit('/', 1)[-1]}",
+    )
+    assert row["image_uri"] == (tmp_path / "A.png").as_uri()
+    assert row["signed_url"] == "https://signed.example/A.png"
+    assert export_row(completed("A", tmp_path / "A.png"))["signed_url"] is None
+    assert list(FIELDS[-4:-2]) == ["image_uri", "signed_url"]  # new columns only at the end (lanes after)

@@ -231,3 +231,12 @@ def test_a_completed_row_whose_file_was_deleted_gets_a_placeholder(db: Database,
         data = with_thumbnails(collect(session, batch))
     assert {t.key: t.thumbnail is None for t in data.tiles} == {"A": False, "B": False, "C": True}
     assert "image file missing" in render_html(data)
+
+
+def test_signed_links_widen_the_csp_to_their_origin_only() -> None:
+    link = "https://bucket.s3.amazonaws.com/b/k.png?X-Amz-Signature=abc"
+    page = render_html(report([tile(thumbnail=link)]))
+    assert "img-src data: https://bucket.s3.amazonaws.com;" in page
+    assert 'src="https://bucket.s3.amazonaws.com/b/k.png?X-Amz-Signature=abc"' in page
+    assert "script-src" not in page and "default-src 'none'" in page
+    assert "img-src data:;" in render_html(report([tile()]))  # embedded thumbnails: nothing else

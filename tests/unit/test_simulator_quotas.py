@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from nanobatch.simulator.config import SimulatorConfig
 from nanobatch.simulator.quotas import (
     CONCURRENCY,
     PACIFIC,
@@ -153,3 +154,23 @@ def test_daily_limit_is_reported_before_the_minute_limit() -> None:
     book.admit("m", 1)
     refused = book.admit("m", 1)
     assert isinstance(refused, QuotaViolation) and refused.kind is RPD
+
+
+def test_a_model_with_its_own_limits_is_judged_by_them_and_the_others_by_the_defaults() -> None:
+    now = [1_800_000_000.0]
+    book = QuotaBook(
+        QuotaLimits(rpm=100), clock=lambda: now[0], per_model={"tight": QuotaLimits(rpm=100, rpd=1)}
+    )
+    assert isinstance(book.admit("tight", 1), Ticket)
+    refused = book.admit("tight", 1)
+    assert isinstance(refused, QuotaViolation) and refused.kind.name == "rpd"
+    assert all(isinstance(book.admit("roomy", 1), Ticket) for _ in range(5))
+    assert (book.remaining_requests("tight"), book.remaining_requests("roomy")) == (99, 95)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"m": {"rpx": 1}}, {"m": {"rpd": 0}}, {"m": {"rpd": True}}, {"": {"rpd": 1}}]
+)
+def test_model_limits_refuse_unknown_names_and_non_positive_values(bad: dict[str, dict[str, int]]) -> None:
+    with pytest.raises(ValueError, match="model_limits"):
+        SimulatorConfig(model_limits=bad)

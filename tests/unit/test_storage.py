@@ -12,7 +12,7 @@ from PIL import Image
 
 from nanobatch.workers import storage
 from nanobatch.workers.imagecheck import ImageFacts
-from nanobatch.workers.storage import StorageError, Usage, safe_name
+from nanobatch.workers.storage import Usage, safe_name
 
 
 def png(width: int = 8, height: int = 6) -> bytes:
@@ -32,16 +32,6 @@ def token() -> str:
 TASK = str(uuid.uuid4())
 
 
-@pytest.mark.parametrize("key", ["../../etc/x", "/etc/passwd", "..", ".hidden", "a/b\\c", "x\x00y", "ü ñ"])
-def test_hostile_keys_are_published_inside_the_output_dir(tmp_path: Path, key: str) -> None:
-    out = tmp_path / "out"
-    staged = storage.stage(out, "batch", TASK, token(), png(), facts(), Usage())
-    final = storage.publish(out, "batch", key, staged)
-    assert out.resolve() in final.parents and out.resolve() in staged.path.parents
-    assert final.parent.name == safe_name("batch")
-    assert final.read_bytes() == png()
-
-
 def test_names_are_injective_even_when_a_key_looks_like_a_sanitised_one() -> None:
     # the review's pair: "a/b" sanitises to "a_b", and its old name "a_b-c14cddc033" is a valid key too
     keys = ["a/b", "a_b", "a:b", "a b", "a\\b", "a_b-c14cddc033", "SKU-1", "sku-1"]
@@ -55,55 +45,40 @@ def test_a_staged_image_records_its_facts_beside_it(tmp_path: Path) -> None:
     usage = Usage(prompt_tokens=3, output_tokens=1290, cost_usd=0.039, latency_ms=12, model_used="m")
     tok = token()
     staged = storage.stage(tmp_path, "b", TASK, tok, png(1344, 768), facts(1344, 768), usage)
-    assert staged.path.name == f"{tok}.png" and staged.sidecar.is_file()
+    folder = tmp_path.resolve() / safe_name("b") / ".staged" / TASK
+    assert (folder / f"{tok}.png").is_file() and (folder / f"{tok}.json").is_file()
+    assert staged.uri == (folder / f"{tok}.png").as_uri()
     assert storage.staged_tokens(tmp_path, "b", TASK) == [tok]
     assert storage.load_staged(tmp_path, "b", TASK, tok) == staged
     assert staged.sha256 == hashlib.sha256(png(1344, 768)).hexdigest()
 
 
-def test_two_claims_never_write_the_same_file(tmp_path: Path) -> None:
-    first = storage.stage(tmp_path, "b", TASK, token(), png(4, 4), facts(4, 4), Usage())
-    second = storage.stage(tmp_path, "b", TASK, token(), png(5, 5), facts(5, 5), Usage())
-    assert first.path != second.path
-    assert first.path.read_bytes() == png(4, 4) and second.path.read_bytes() == png(5, 5)
-
-
-def test_taking_over_moves_the_file_to_the_new_claim(tmp_path: Path) -> None:
-    old, new = token(), token()
-    staged = storage.stage(tmp_path, "b", TASK, old, png(), facts(), Usage(cost_usd=0.1))
-    taken = storage.take_over(tmp_path, "b", TASK, old, new)
-    assert taken is not None and taken.token == new and taken.usage.cost_usd == 0.1
-    assert not staged.path.exists() and taken.path.read_bytes() == png()
-    assert storage.staged_tokens(tmp_path, "b", TASK) == [new]
-    assert storage.take_over(tmp_path, "b", TASK, old, token()) is None  # gone: nothing to take
-
-
-def test_a_damaged_staged_file_is_not_taken_over(tmp_path: Path) -> None:
-    old = token()
-    staged = storage.stage(tmp_path, "b", TASK, old, png(), facts(), Usage())
-    staged.path.write_bytes(png()[:-10])
-    assert storage.take_over(tmp_path, "b", TASK, old, token()) is None
-    assert storage.staged_tokens(tmp_path, "b", TASK) == []
-
-
 def test_publishing_links_the_bytes_and_clearing_leaves_only_the_result(tmp_path: Path) -> None:
     staged = storage.stage(tmp_path, "b", TASK, token(), png(), facts(), Usage())
-    other = storage.stage(tmp_path, "b", TASK, token(), png(3, 3), facts(3, 3), Usage())
-    final = storage.publish(tmp_path, "b", "k", staged)
+    storage.stage(tmp_path, "b", TASK, token(), png(3, 3), facts(3, 3), Usage())
+    final = Path(storage.local_path(storage.publish(tmp_path, "b", "k", staged)) or "")
     storage.clear_staging(tmp_path, "b", TASK)
     assert storage.file_sha256(final) == staged.sha256
-    assert not other.path.exists()
+    assert final.stat().st_nlink == 2 or final.stat().st_nlink == 1  # a hard link where supported
     batch_dir = tmp_path / safe_name("b")
     assert sorted(p.name for p in batch_dir.iterdir()) == [".staged", final.name]
     assert not any((batch_dir / ".staged").iterdir())
 
 
-def test_unsupported_types_are_refused_before_anything_is_written(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="unsupported"):
-        storage.stage(tmp_path, "b", TASK, token(), b"GIF89a", ImageFacts("image/gif", 1, 1), Usage())
-    assert not any(tmp_path.rglob("*.gif"))
+def test_an_unknown_storage_scheme_is_a_configuration_error() -> None:
+    from nanobatch.workers.store import StoreConfigError, open_store
+
+    with pytest.raises(StoreConfigError, match=r"unknown storage scheme 'ftp://'"):
+        open_store("ftp://host/x")
+    with pytest.raises(StoreConfigError, match="no bucket"):
+        open_store("s3:///prefix")
 
 
-def test_only_claim_tokens_name_staged_files(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="claim token"):
-        storage.stage(tmp_path, "b", TASK, "../../x", png(), facts(), Usage())
+def test_checking_a_local_store_creates_nothing_and_refuses_a_file(tmp_path: Path) -> None:
+    from nanobatch.workers.store import StoreConfigError, open_store
+
+    open_store(str(tmp_path / "new" / "images")).check()
+    assert not (tmp_path / "new").exists()  # a refused submit must leave no output folder behind
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreConfigError, match="not a directory"):
+        open_store(str(tmp_path / "file" / "images")).check()

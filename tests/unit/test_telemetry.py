@@ -189,3 +189,21 @@ def test_stalled_pools_are_exported_as_gauges(telemetry: Telemetry) -> None:
     assert stalled == {POOL: 1.0, "healthy": 0.0}
     last = {s.labels["pool"]: s.value for s in families["nanobatch_pool_last_success_timestamp"].samples}
     assert last == {"healthy": 1200.0}
+
+
+def test_storage_writes_are_a_latency_histogram_and_an_error_counter(telemetry: Telemetry) -> None:
+    telemetry.storage_write(0.2, True)
+    telemetry.storage_write(3.0, False)
+    telemetry.storage_write(float("nan"), False)  # dropped
+    registry = CollectorRegistry()
+    registry.register(_Fixed(telemetry))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    stage = (("operation", "stage"),)
+    assert samples[("nanobatch_storage_write_seconds_count", stage)] == 2
+    assert samples[("nanobatch_storage_write_seconds_sum", stage)] == pytest.approx(3.2)
+    assert samples[("nanobatch_storage_write_seconds_bucket", (("le", "1.0"), *stage))] == 1
+    assert samples[("nanobatch_storage_errors_total", stage)] == 1

@@ -21,7 +21,7 @@ from google.genai import types as genai_types
 from nanobatch.models.catalog import BUNDLED_CATALOG, load_catalog, parse_catalog
 from nanobatch.models.status import ErrorCode
 from nanobatch.tasks.intake import IntakeError, IntakeOptions, read_rows
-from nanobatch.tasks.serve import Job, build_request
+from nanobatch.tasks.serve import Job, build_request, wait_bounds
 from nanobatch.tasks.settings import Settings
 from nanobatch.tasks.submission import SubmitChoices, intake_options
 from nanobatch.workers import errors
@@ -257,6 +257,20 @@ def test_an_unrecognised_429_is_a_bounded_wait_that_backs_off() -> None:
     assert 5 <= delays[0] < 6 and 10 <= delays[1] < 11 and 20 <= delays[2] < 21
     last = decide(error, attempts_so_far=0, policy=POLICY, waits=WaitsSoFar(30, 0.0, 0))
     assert last.code is ErrorCode.RATE_WAIT_LIMIT and "busy" in last.message
+
+
+def test_a_hintless_backoff_stops_doubling_at_the_configured_ceiling() -> None:
+    # Given NANOBATCH_RATE_LIMIT_WAIT=0.5 and NANOBATCH_RATE_LIMIT_WAIT_MAX=8 (the chaos run's)
+    bounds = wait_bounds(Settings(rate_limit_wait=0.5, rate_limit_wait_max=8.0))
+    error = RateLimited("429 without a hint", code=ErrorCode.UNCLASSIFIED_429)
+    # When a task that already waited out 4 and 9 hint-less 429s meets another
+    fourth, ninth = (
+        decide(error, attempts_so_far=0, policy=POLICY, waits=WaitsSoFar(n, 0.0, 0), bounds=bounds).delay
+        for n in (4, 9)
+    )
+    # Then the doubling (0.5 x 2**9 = 256 s) ends at the ceiling, plus at most 10 % jitter
+    assert 8.0 <= fourth <= 8.8 and 8.0 <= ninth <= 8.8
+    assert Settings().rate_limit_wait_max == 300.0  # the product default is unchanged
 
 
 def test_settings_carry_the_bounds_with_sane_defaults() -> None:

@@ -7,16 +7,27 @@ Layout: ``limits`` (value types), ``clock`` (Pacific midnights, µs units), ``ke
 
 from .clock import PACIFIC, next_pacific_midnight, pacific_midnights
 from .limiter import RateLimiter
-from .limits import LIMIT_FIELDS, LIMIT_MAXIMA, Admission, PoolLimits, PoolState, check_limit
+from .limits import (
+    LIMIT_FIELDS,
+    LIMIT_MAXIMA,
+    Adaptation,
+    Admission,
+    PoolLimits,
+    PoolState,
+    ShareChange,
+    check_limit,
+)
 
 __all__ = [
     "LIMIT_FIELDS",
     "LIMIT_MAXIMA",
     "PACIFIC",
+    "Adaptation",
     "Admission",
     "PoolLimits",
     "PoolState",
     "RateLimiter",
+    "ShareChange",
     "check_limit",
     "next_pacific_midnight",
     "pacific_midnights",

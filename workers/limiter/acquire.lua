@@ -5,13 +5,16 @@ all of them or nothing; otherwise return how long to wait. Atomic (one script ca
 KEYS (all of one pool, see keys.py):
   KEYS[1] limits    HASH   rpm ipm tpm rpd concurrency (absent field = not limited)
   KEYS[2] cooldown  HASH   until (µs) reason
-  KEYS[3] rpm       STRING time of the last admission (µs): GCRA with burst 1
+  KEYS[3] rpm       STRING scheduled time of the last admission (µs): GCRA, see below
   KEYS[4] ipm       ZSET   sliding log, member "seq:images", score = admission time (µs)
   KEYS[5] tpm       ZSET   sliding log, member "seq:tokens", score = admission time (µs)
-  KEYS[6] sums      HASH   ipm tpm (running sums of the two logs) seq (member counter)
+  KEYS[6] sums      HASH   ipm tpm rpm (running sums of the three logs) seq (member counter)
   KEYS[7] day       HASH   start (µs of the Pacific midnight that began the day) used
   KEYS[8] inflight  ZSET   holder -> lease expiry (µs)
   KEYS[9] usage     HASH   m (minute index) r i t (this minute) pr pi pt (previous minute)
+  KEYS[10] adapt    HASH   the adaptive share (share.lua, prepended): scales rpm, ipm and tpm
+  KEYS[11] requests ZSET   sliding log of admissions, member "seq:1", score = admission time (µs):
+                           the exact count the share's drop reads, and the hard bound of rpm
 ARGV:
   ARGV[1]     now in µs, or "" to use Redis TIME (injected clock for tests only)
   ARGV[2]     holder (concurrency slot owner; re-acquiring refreshes its lease)
@@ -22,11 +25,18 @@ ARGV:
   ARGV[7..10] four consecutive Pacific midnights (µs), ascending
 Returns {admitted 0|1, wait µs ("-1" = never fits), reason or "", now µs} (numbers as strings).
 
-Algorithms: rpm is GCRA with burst 1 (one request per ceil(60e6/rpm) µs: smooth, at most rpm in any
-60 s window); storing the last admission rather than the next one makes a new rpm apply at once.
+Algorithms: rpm is GCRA, one request per I = ceil(60e6/rpm) µs, smooth. Stored is the *scheduled*
+time of the last admission, not the next slot, so a new rpm (or share) applies at once. An admission
+that comes late (no task was waiting at the gate when its slot opened: a thread woke late, a claim
+was in flight) keeps the schedule if it is late by up to one interval: the next slot is then due
+sooner, so a pool that always has work gets its whole rate instead of losing every late moment.
+After idle this banks one slot at most (a burst of 2); the requests log keeps the hard bound of at
+most the configured rpm in any 60 s window.
 ipm and tpm are weighted sliding logs (admit iff the costs admitted in the last 60 s plus this cost
 fit): exact for any window and any cost, which GCRA is not once costs vary. rpd is a counter keyed
 by its Pacific day; concurrency a ZSET of leases pruned on every call; cooldown a deadline.
+rpm, ipm and tpm apply scaled by the pool's adaptive share (lowered after 429s the limiter did not
+predict, adapt.lua); a request is "never fits" only against the configured limit itself.
 A denial writes nothing but the removal of expired entries.
 ]]
 
@@ -112,11 +122,11 @@ local function log_wait(key, excess)
   end
 end
 
-local function check_log(key, field, limit, cost)
+local function check_log(key, field, configured, limit, cost)
   if not limit or cost <= 0 then
     return 0
   end
-  if cost > limit then
+  if cost > configured then
     never = never or field
     return 0
   end
@@ -158,6 +168,9 @@ end
 local limits = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'tpm', 'rpd', 'concurrency')
 local rpm, ipm, tpm = tonumber(limits[1]), tonumber(limits[2]), tonumber(limits[3])
 local rpd, concurrency = tonumber(limits[4]), tonumber(limits[5])
+local share = share_at(KEYS[10], now)
+local rpm_now = scaled(rpm, share, 1)
+local ipm_now, tpm_now = scaled(ipm, share, images), scaled(tpm, share, tokens)
 
 -- 1. Check every limit; nothing below reserves anything (pruning expired state is not a reservation).
 local cooldown_until = tonumber(redis.call('HGET', KEYS[2], 'until'))
@@ -165,16 +178,24 @@ if cooldown_until and cooldown_until > now then
   block(cooldown_until - now, 'cooldown')
 end
 
+local rpm_interval = rpm and math.ceil(WINDOW / rpm_now)
+local rpm_slot = now -- the scheduled time of this admission (GCRA)
 if rpm then
   local last = tonumber(redis.call('GET', KEYS[3]))
-  local next_at = last and last + math.ceil(WINDOW / rpm) or now
-  if next_at > now then
-    block(next_at - now, 'rpm')
+  if last then
+    rpm_slot = math.max(last + rpm_interval, now - rpm_interval)
+  end
+  if rpm_slot > now then
+    block(rpm_slot - now, 'rpm')
   end
 end
 
-local ipm_sum = check_log(KEYS[4], 'ipm', ipm, images)
-local tpm_sum = check_log(KEYS[5], 'tpm', tpm, tokens)
+local ipm_sum = check_log(KEYS[4], 'ipm', ipm, ipm_now, images)
+local tpm_sum = check_log(KEYS[5], 'tpm', tpm, tpm_now, tokens)
+local requests_sum = rpm and prune_log(KEYS[11], 'rpm') or 0
+if rpm and requests_sum + 1 > rpm then
+  block(log_wait(KEYS[11], requests_sum + 1 - rpm), 'rpm')
+end
 
 local day_start, day_end = pacific_day()
 local day = redis.call('HMGET', KEYS[7], 'start', 'used')
@@ -203,10 +224,11 @@ end
 
 -- 2. Everything has room: reserve all of it.
 if rpm then
-  redis.call('SET', KEYS[3], fmt(now), 'PX', fmt(WINDOW / 1000 + 1000))
+  redis.call('SET', KEYS[3], fmt(rpm_slot), 'PX', fmt(WINDOW / 1000 + 1000))
 end
 record_log(KEYS[4], 'ipm', ipm, images, ipm_sum)
 record_log(KEYS[5], 'tpm', tpm, tokens, tpm_sum)
+record_log(KEYS[11], 'rpm', rpm, 1, requests_sum)
 redis.call('HSET', KEYS[7], 'start', fmt(day_start), 'used', fmt(day_used + 1))
 redis.call('PEXPIRE', KEYS[7], fmt(math.ceil((day_end - now) / 1000) + 60000))
 redis.call('ZADD', KEYS[8], fmt(now + lease), holder)

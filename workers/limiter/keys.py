@@ -13,13 +13,15 @@ from dataclasses import dataclass
 SUFFIXES: tuple[str, ...] = (
     "limits",  # HASH  rpm ipm tpm rpd concurrency                     (permanent)
     "cooldown",  # HASH  until (µs) reason                               (expires at until)
-    "rpm",  # STRING GCRA theoretical arrival time (µs)                (expires at the TAT)
+    "rpm",  # STRING GCRA: scheduled time of the last admission (µs) (61 s after it)
     "ipm",  # ZSET   sliding log: member "seq:images", score µs         (60 s after last write)
     "tpm",  # ZSET   sliding log: member "seq:tokens", score µs         (60 s after last write)
     "sums",  # HASH  ipm tpm (running sums of the logs) seq              (60 s after last write)
     "day",  # HASH  start (µs of the Pacific midnight) used             (after the day ends)
     "inflight",  # ZSET holder -> lease expiry µs                        (at the last lease)
     "usage",  # HASH  m (minute index) r i t pr pi pt: two minute buckets (120 s after last write)
+    "adapt",  # HASH  low at hold rise drops: the adaptive share (a minute after it is whole again)
+    "requests",  # ZSET sliding log of admissions (pools with rpm): "seq:1", score µs (60 s after)
 )
 
 

@@ -23,8 +23,11 @@ from .clock import (
     wait_from_micros,
 )
 from .keys import PoolKeys, pool_of, scan_pattern
-from .limits import LIMIT_FIELDS, Admission, PoolLimits, PoolState, remaining_of
+from .limits import LIMIT_FIELDS, Adaptation, Admission, PoolLimits, PoolState, ShareChange, remaining_of
 from .scripts import LimiterScripts
+
+#: The adaptive share is kept in parts per million (integers in Redis, exact in Lua).
+SHARE_UNIT = 1_000_000
 
 
 class RateLimiter:
@@ -33,14 +36,24 @@ class RateLimiter:
     ``client`` is a ``redis.Redis`` (or ``fakeredis.FakeRedis`` for the embedded mode); every key is
     written under ``{prefix}:limiter:``. ``concurrency_poll`` caps the wait reported for a full
     semaphore: slots are normally released long before their lease expires, so callers re-check soon.
+    ``adaptation`` says how a pool's share reacts to 429s the limiter did not predict; ``None`` turns
+    the reaction off (:meth:`adapt_after_refusal` then does nothing).
     """
 
-    def __init__(self, client: Any, *, prefix: str = "nanobatch", concurrency_poll: float = 0.5) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "nanobatch",
+        concurrency_poll: float = 0.5,
+        adaptation: Adaptation | None = Adaptation(),
+    ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
         self._client = client
         self._prefix = prefix
         self._concurrency_poll = concurrency_poll
+        self._adaptation = adaptation
         self._scripts = LimiterScripts.register(client)
 
     # -- admission -------------------------------------------------------------------------------
@@ -87,6 +100,37 @@ class RateLimiter:
             raise ValueError(f"cooldown seconds must be finite and >= 0, got {seconds!r}")
         args: list[str | int] = [micros_arg(now), reason, "for", to_micros(seconds)]
         return from_micros(self._scripts.cooldown(keys=[self._keys(pool).cooldown], args=args))
+
+    def adapt_after_refusal(
+        self, pool: str, *, admitted_at: float | None = None, now: float | None = None
+    ) -> ShareChange:
+        """Lower ``pool``'s share after a per-minute 429 on a call this limiter admitted.
+
+        The share lands at what the pool was admitted in the last 60 s times the factor (the room a
+        neighbour leaves), at most halving it. ``admitted_at`` is the refused call's
+        :attr:`Admission.decided_at` (Redis clock): a refusal within 60 s of the last drop, or of a
+        call admitted before it, is part of the overload that drop answered, so it is ignored and one
+        overload lowers the share once, however many calls were in flight (adapt.lua).
+        """
+        if self._adaptation is None:
+            return ShareChange(False, 1.0, 1.0)
+        a = self._adaptation
+        keys = self._keys(pool)
+        args: list[str | int] = [
+            micros_arg(now),
+            "" if admitted_at is None else to_micros(admitted_at),
+            round(a.factor * SHARE_UNIT),
+            round(a.floor * SHARE_UNIT),
+            to_micros(a.hold_seconds),
+            max(1, round(a.recovery_per_minute * SHARE_UNIT / 60)),
+        ]
+        applied, before, after = (
+            _text(v)
+            for v in self._scripts.adapt(
+                keys=[keys.limits, keys.adapt, keys.requests, keys.ipm, keys.tpm], args=args
+            )
+        )
+        return ShareChange(applied == "1", int(before) / SHARE_UNIT, int(after) / SHARE_UNIT)
 
     def park_until_reset(self, pool: str, *, reason: str = "daily quota", now: float | None = None) -> float:
         """Cool ``pool`` down until the next midnight America/Los_Angeles (after a PerDay 429)."""
@@ -149,6 +193,8 @@ class RateLimiter:
             cooldown_until=_utc(from_micros(reply[7])) if reply[7] else None,
             cooldown_reason=reply[8] or None,
             remaining=remaining_of(limits, used),
+            share=int(reply[9]) / SHARE_UNIT,
+            share_drops=int(reply[10]),
         )
 
     def pools(self) -> list[str]:

@@ -94,7 +94,7 @@ class PoolState:
 
     pool: str
     limits: PoolLimits
-    rpm_used: float  # approximate requests in the last 60 s
+    rpm_used: float  # requests in the last 60 s (exact when rpm is limited, else estimated)
     ipm_used: float  # images in the last 60 s (exact when ipm is limited)
     tpm_used: float  # tokens in the last 60 s (exact when tpm is limited)
     day_used: int  # requests admitted since the last Pacific midnight
@@ -103,6 +103,8 @@ class PoolState:
     cooldown_until: datetime | None
     cooldown_reason: str | None
     remaining: dict[str, float | None]  # per limit; None when that limit is not set
+    share: float = 1.0  # the adaptive share of rpm/ipm/tpm applied now (1.0: the whole limit)
+    share_drops: int = 0  # 429s that lowered it since it was last whole
 
 
 def remaining_of(limits: PoolLimits, used: dict[str, float]) -> dict[str, float | None]:
@@ -115,3 +117,43 @@ def remaining_of(limits: PoolLimits, used: dict[str, float]) -> dict[str, float 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """How a pool's share reacts to 429s the limiter did not predict (docs/architecture.md, *Limiter*).
+
+    The limiter admits a call only when its own counters say the upstream has room; a per-minute 429
+    on such a call means someone else spends the same quota (a neighbour, another tool, a colleague's
+    script). The pool's rpm/ipm/tpm are then applied times a *share*: ``factor`` times the current
+    share at each such 429 (never below ``floor``), held for ``hold_seconds`` (the upstream's window
+    still remembers the overload), then recovering by ``recovery_per_minute`` of the limit per minute.
+    AIMD, as TCP does: a neighbour that keeps spending keeps the share down; one that stops gives it
+    back within minutes.
+    """
+
+    factor: float = 0.97
+    floor: float = 0.1
+    hold_seconds: float = 120.0
+    recovery_per_minute: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.factor < 1.0:
+            raise ValueError(f"factor must be between 0 and 1 (exclusive), got {self.factor!r}")
+        if not 0.0 < self.floor <= 1.0:
+            raise ValueError(f"floor must be above 0 and at most 1, got {self.floor!r}")
+        if not 0.0 <= self.hold_seconds <= 86_400:
+            raise ValueError(f"hold_seconds must be between 0 and 86400, got {self.hold_seconds!r}")
+        if not 0.0 < self.recovery_per_minute <= 1.0:
+            raise ValueError(
+                f"recovery_per_minute must be above 0 and at most 1, got {self.recovery_per_minute!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ShareChange:
+    """What one :meth:`RateLimiter.adapt_after_refusal` did to the pool's share (fractions of 1)."""
+
+    applied: bool  # False: no rate limit to scale, or this overload was answered already
+    before: float
+    after: float

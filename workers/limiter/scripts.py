@@ -25,16 +25,23 @@ def lua_source(name: str) -> str:
 
 @dataclass(frozen=True)
 class LimiterScripts:
-    """The three scripts, registered on one client."""
+    """The scripts, registered on one client."""
 
     acquire: Script
     cooldown: Script
     state: Script
+    adapt: Script
 
     @classmethod
     def register(cls, client: Any) -> LimiterScripts:
         return cls(
-            acquire=client.register_script(lua_source("acquire.lua")),
+            acquire=client.register_script(with_share("acquire.lua")),
             cooldown=client.register_script(lua_source("cooldown.lua")),
-            state=client.register_script(lua_source("state.lua")),
+            state=client.register_script(with_share("state.lua")),
+            adapt=client.register_script(with_share("adapt.lua")),
         )
+
+
+def with_share(name: str) -> str:
+    """``name`` with ``share.lua`` (the adaptive share, one definition) in front of it."""
+    return lua_source("share.lua") + "\n" + lua_source(name)

@@ -2,14 +2,15 @@
 state.lua: a read-only snapshot of one pool, at one instant of the Redis clock, for the CLI and
 metrics. Writes nothing (expired entries are skipped, not pruned).
 
-KEYS: the same nine keys as acquire.lua, in the same order (limits cooldown rpm ipm tpm sums day
-  inflight usage).
+KEYS: the same eleven keys as acquire.lua, in the same order (limits cooldown rpm ipm tpm sums day
+  inflight usage adapt requests); share.lua is prepended.
 ARGV:
   ARGV[1]    now in µs, or "" to use Redis TIME (injected clock for tests only)
   ARGV[2..5] four consecutive Pacific midnights (µs), ascending
 Returns {now, rpm used, ipm used, tpm used, day used, day end, inflight, cooldown until or "",
-  cooldown reason or ""}: all strings; times in µs; "used" counts the last 60 s (rpm is estimated
-  from two minute buckets; ipm and tpm are exact from their logs when those limits are set).
+  cooldown reason or "", adaptive share (ppm), drops of the share}: all strings; times in µs;
+  "used" counts the last 60 s: exact from the requests/ipm/tpm logs when rpm/ipm/tpm are set,
+  else estimated from the two minute buckets of `usage`.
 ]]
 
 local WINDOW = 60000000
@@ -26,11 +27,8 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
-local function cost_of(member)
-  return tonumber(string.match(member, ':(%d+)$'))
-end
-
--- Sliding-window estimate from two minute buckets: the previous minute weighted by its overlap.
+-- Sliding-window estimate from two minute buckets, for a pool without the matching log: the current
+-- minute plus the previous one weighted by its overlap.
 local function estimate(current, previous)
   local u = redis.call('HMGET', KEYS[9], 'm', current, previous)
   local minute = math.floor(now / WINDOW)
@@ -44,15 +42,11 @@ local function estimate(current, previous)
   return 0
 end
 
-local function used(key, limit, current, previous)
+local function used(key, limit, current, previous, count_only)
   if not limit then
     return estimate(current, previous)
   end
-  local sum = 0
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - WINDOW), '+inf')) do
-    sum = sum + cost_of(member)
-  end
-  return sum
+  return logged_in_window(key, now, count_only)
 end
 
 local function day_bounds()
@@ -64,7 +58,7 @@ local function day_bounds()
   return tonumber(ARGV[2]), tonumber(ARGV[3])
 end
 
-local limits = redis.call('HMGET', KEYS[1], 'ipm', 'tpm')
+local limits = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'tpm')
 local day_start, day_end = day_bounds()
 local day = redis.call('HMGET', KEYS[7], 'start', 'used')
 local day_used = 0
@@ -79,12 +73,14 @@ end
 
 return {
   fmt(now),
-  string.format('%.3f', estimate('r', 'pr')),
-  string.format('%.3f', used(KEYS[4], tonumber(limits[1]), 'i', 'pi')),
-  string.format('%.3f', used(KEYS[5], tonumber(limits[2]), 't', 'pt')),
+  string.format('%.3f', used(KEYS[11], tonumber(limits[1]), 'r', 'pr', true)),
+  string.format('%.3f', used(KEYS[4], tonumber(limits[2]), 'i', 'pi')),
+  string.format('%.3f', used(KEYS[5], tonumber(limits[3]), 't', 'pt')),
   fmt(day_used),
   fmt(day_end),
   fmt(redis.call('ZCOUNT', KEYS[8], '(' .. fmt(now), '+inf')),
   cooldown_until,
   cooldown_reason,
+  fmt(share_at(KEYS[10], now)),
+  fmt(tonumber(redis.call('HGET', KEYS[10], 'drops')) or 0),
 }

@@ -37,6 +37,9 @@ class ImageRequest:
     # Pixel size the catalog expects; OpenAI-compatible providers need it to pick a `size`.
     width: int | None = None
     height: int | None = None
+    #: Gemini ``serviceTier`` (``flex``/``priority``; ``None``: not sent, the standard tier). Other
+    #: protocols have no tiers and ignore it.
+    service_tier: str | None = None
     #: Full decode-verification of the answer's image (``workers.imagecheck``), run by the provider
     #: while it still holds the answer's body-gate slot, so the decode is bounded like the body
     #: (see :func:`checked`).

@@ -78,6 +78,7 @@ from nanobatch.workers.providers.http import (
     success_payload,
     truncate,
 )
+from nanobatch.workers.providers.service_tier import with_service_tier
 from nanobatch.workers.providers.waits import google_message_delay, google_retry_after
 from nanobatch.workers.redact import redact
 
@@ -176,7 +177,9 @@ class GeminiProvider:
             self.url_for(request.model),
             secret=key,
             gate=self._gate,
-            json=build_body(request, modalities=self._config.api_version != "v1"),
+            json=with_service_tier(
+                build_body(request, modalities=self._config.api_version != "v1"), request.service_tier
+            ),
             headers=self.auth_headers(),
         ) as response:
             if not response.is_success:
