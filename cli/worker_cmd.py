@@ -188,7 +188,8 @@ def sweep_command() -> None:
     console.print(
         f"reclaimed {report.reclaimed} ({report.reclaimed_silent} from workers without a heartbeat), "
         f"dispatched {report.dispatched}, already queued {report.skipped_live}, "
-        f"batches outside their window {report.held_by_window}"
+        f"batches outside their window {report.held_by_window}, "
+        f"recorded results published {report.published}"
     )
 
 

@@ -37,6 +37,10 @@ QUEUED_LATER = (
     f"status = 'pending' AND dispatched_at IS NULL AND not_before IS NOT NULL AND {CELERY_LANE_SQL}"
 )
 IN_FLIGHT = "status = 'pending' AND dispatched_at IS NOT NULL"
+#: A completed row still naming its claim's staged file (``workers/storage.py``: ``STAGING_DIR``), i.e.
+#: recorded but not yet published: normally for milliseconds, for good when the worker died between
+#: the two steps. The sweeper publishes those (``tasks/publishing.py``); the index holds only them.
+STAGED_RESULT = "status = 'completed' AND result_uri LIKE '%/.staged/%'"
 
 
 def new_id() -> str:
@@ -117,6 +121,12 @@ class GenerationTask(Base):
             "dispatched_at",
             postgresql_where=text(IN_FLIGHT),
             sqlite_where=text(IN_FLIGHT),
+        ),
+        Index(
+            "ix_generation_tasks_staged_result",
+            "finished_at",
+            postgresql_where=text(STAGED_RESULT),
+            sqlite_where=text(STAGED_RESULT),
         ),
     )
 

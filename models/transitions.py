@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 from nanobatch.models.base import UTCDateTime, utcnow
 from nanobatch.models.lifecycle import dispatched_by_celery, out_of_attempts, runnable_batch_ids
 from nanobatch.models.status import BatchStatus, ErrorCode, Lane, TaskStatus
-from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.models.tables import STAGED_RESULT, Batch, GenerationTask
 
 PENDING = TaskStatus.PENDING.value
 PROCESSING = TaskStatus.PROCESSING.value
@@ -267,6 +268,33 @@ def move_result(session: Executor, task_id: str, old_uri: str, new_uri: str) -> 
     """
     params = {"p_task_id": task_id, "p_old_uri": old_uri, "p_new_uri": new_uri}
     return session.execute(_MOVE_RESULT, params).first() is not None
+
+
+@dataclass(frozen=True)
+class StagedResult:
+    """A completed row still naming its claim's staged file (what the sweeper needs to publish it)."""
+
+    id: str
+    batch_name: str
+    key: str
+    result_uri: str
+    mime_type: str
+
+
+def staged_results(session: Executor, *, finished_before: datetime, limit: int) -> list[StagedResult]:
+    """Completed rows recorded on a staged file before ``finished_before``, oldest first.
+
+    The WHERE repeats :data:`~nanobatch.models.tables.STAGED_RESULT` verbatim, so the query reads only
+    its partial index (normally empty: a row sits there for the milliseconds between record and publish).
+    """
+    batch_name = select(_BATCHES.c.name).where(_BATCHES.c.id == _TASKS.c.batch_id).scalar_subquery()
+    rows = session.execute(
+        select(_TASKS.c.id, batch_name, _TASKS.c.key, _TASKS.c.result_uri, _TASKS.c.mime_type)
+        .where(text(STAGED_RESULT), _TASKS.c.finished_at < finished_before)
+        .order_by(_TASKS.c.finished_at)
+        .limit(limit)
+    )
+    return [StagedResult(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 _RESULT_STATE = select(_TASKS.c.status, _TASKS.c.result_uri, _TASKS.c.claim_token).where(

@@ -30,7 +30,7 @@ from nanobatch.models.catalog import CatalogError, ModelSpec
 from nanobatch.models.lifecycle import BatchGate, lane_after_failure, why_batch_waits
 from nanobatch.models.status import BatchStatus, ErrorCode, Lane, TaskStatus
 from nanobatch.models.tables import GenerationTask
-from nanobatch.tasks import events
+from nanobatch.tasks import events, publishing
 from nanobatch.tasks.dispatch import fill_after_task
 from nanobatch.tasks.runtime import Runtime
 from nanobatch.workers import storage
@@ -605,17 +605,17 @@ def publish(rt: Runtime, job: Job, staged: StagedImage) -> None:
     Until this succeeds the row points at the staged file, which stays in place: the row always
     names an existing file whose sha256 it records.
     """
+    recorded = transitions.StagedResult(job.id, job.batch_name, job.key, staged.uri, staged.mime_type)
     try:
-        final = storage.publish(rt.store, job.batch_name, job.key, staged)
-        moved = write_with_retry(
-            rt,
-            lambda connection: transitions.move_result(connection, job.id, staged.uri, final),
-            single_statement=True,
-        )
-        if moved:
-            storage.clear_staging(rt.store, job.batch_name, job.id)
+        publishing.publish_recorded(rt, recorded, run_write=_write_one_statement)
     except (StorageError, *DB_UNAVAILABLE) as exc:
-        log.warning("task %s: result kept at %s (%s)", job.id, staged.uri, exc)
+        log.warning(
+            "task %s: result kept at %s (%s); the sweeper publishes it later", job.id, staged.uri, exc
+        )
+
+
+def _write_one_statement(rt: Runtime, write: Callable[[Connection], bool]) -> bool:
+    return write_with_retry(rt, write, single_statement=True)
 
 
 def recover_staged(rt: Runtime, job: Job) -> Result | None:

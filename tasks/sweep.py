@@ -12,8 +12,10 @@ by hand. Beat is not needed for recovery. Each pass
 4. runs the Batch API lane (``tasks/batch_lane.py``: re-plan for deadlines, poll jobs, build jobs);
    batch-lane rows are never published (``models.status.CELERY_LANES``);
 5. queues the webhook events the batches call for (``tasks/events.py``);
-6. folds the counts' log into the per-batch counts (:func:`models.counts.compact`);
-7. records itself in Redis (``status``, ``watch`` and the metrics show when recovery last ran).
+6. publishes results a worker recorded but did not publish (it died between the two steps, or the
+   store failed): ``tasks/publishing.py``;
+7. folds the counts' log into the per-batch counts (:func:`models.counts.compact`);
+8. records itself in Redis (``status``, ``watch`` and the metrics show when recovery last ran).
 
 A Redis lock makes concurrent sweeps take turns, and a periodic sweep first takes the cluster-wide
 turn (``turn`` seconds), so N workers do not sweep N times an interval.
@@ -31,7 +33,7 @@ from redis.exceptions import RedisError
 from nanobatch.models import counts, queue, transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.lifecycle import batches_outside_window
-from nanobatch.tasks import batch_lane, events, liveness
+from nanobatch.tasks import batch_lane, events, liveness, publishing
 from nanobatch.tasks.dispatch import fill, runnable_candidates
 from nanobatch.tasks.runtime import Runtime
 
@@ -52,6 +54,8 @@ class SweepReport:
     reclaimed_silent: int = 0
     #: ``False`` when another process was sweeping, or swept within the last ``turn`` seconds.
     ran: bool = True
+    #: Recorded results left on their staged file that this pass published (``tasks/publishing.py``).
+    published: int = 0
 
 
 NOT_RUN = SweepReport(0, 0, 0, 0, ran=False)
@@ -88,6 +92,7 @@ def _sweep_locked(rt: Runtime, now: datetime) -> SweepReport:
     run_batch_lane(rt, now)
     dispatched, skipped, held = dispatch_due(rt, now=now)
     emit_events(rt, now)
+    published = publish_stragglers(rt, now)
     with rt.db.session() as session:
         counts.compact(session)
     if expired or silent or dispatched:
@@ -97,7 +102,9 @@ def _sweep_locked(rt: Runtime, now: datetime) -> SweepReport:
             silent,
             dispatched,
         )
-    return SweepReport(expired + silent, dispatched, skipped, held, reclaimed_silent=silent)
+    return SweepReport(
+        expired + silent, dispatched, skipped, held, reclaimed_silent=silent, published=published
+    )
 
 
 def run_batch_lane(rt: Runtime, now: datetime) -> None:
@@ -115,6 +122,16 @@ def emit_events(rt: Runtime, now: datetime) -> None:
         events.emit_batch_events(rt, now)
     except Exception:
         log.exception("sweep: could not look for webhook events; retrying next sweep")
+
+
+def publish_stragglers(rt: Runtime, now: datetime) -> int:
+    """Publish recorded results left on their staged file (``tasks/publishing.py``); a failure is
+    logged and never stops the rest of the sweep (the rows wait for the next pass)."""
+    try:
+        return publishing.publish_stragglers(rt, now)
+    except Exception:
+        log.exception("sweep: could not publish recorded results; retrying next sweep")
+        return 0
 
 
 def reclaim_silent(rt: Runtime, now: datetime) -> int:

@@ -63,6 +63,7 @@ __all__ = [
     "load_staged",
     "local_path",
     "publish",
+    "publish_key",
     "safe_name",
     "stage",
     "staged_tokens",
@@ -268,10 +269,16 @@ def take_over(
 def publish(store: Store | Path, batch: str, key: str, staged: StagedImage) -> str:
     """Give the recorded staged image its published key; only the row's winning claim calls this.
     Returns the published URI."""
+    return publish_key(store, batch, key, staged.key, staged.mime_type)
+
+
+def publish_key(store: Store | Path, batch: str, key: str, staged_key: str, mime_type: str) -> str:
+    """:func:`publish` from what a row records (the sweeper publishes a dead worker's recorded result
+    knowing only its staged key and type). Returns the published URI."""
     store = as_store(store)
-    final = target_key(batch, key, staged.mime_type)
+    final = target_key(batch, key, mime_type)
     try:
-        store.copy(staged.key, final)
+        store.copy(staged_key, final)
     except FileNotFoundError as exc:
         raise StorageError(f"could not publish {store.uri(final)}: staged image gone") from exc
     return store.uri(final)

@@ -194,6 +194,10 @@ class FaultRecord:
     reclaimed: float | None = None
     released: float | None = None
     note: str = ""
+    #: No task was left to be claimed after the fault: every task ended without a new claim (the
+    #: fault came after the last claim; e.g. a database restart while the last call was in flight).
+    #: "resumed" is then neither measurable nor asserted.
+    nothing_to_resume: bool = False
 
 
 @dataclass
@@ -257,7 +261,7 @@ class ChaosReport:
             found.append("the simulator request log was truncated: wasted-200 figures are unreliable")
         for fault in self.faults:
             bounds = [("requeued", fault.requeued, self.plan.recovery_bound)]
-            if fault.completed_before < self.plan.tasks:  # after the last completion nothing can resume
+            if not fault.nothing_to_resume:
                 bounds.insert(0, ("resumed", fault.resumed, self.plan.recovery_bound))
             if self.plan.release_bound is not None and _has_victim(fault.name):
                 bounds.append(("released", fault.released, self.plan.release_bound))
@@ -289,9 +293,10 @@ class ChaosReport:
             f"{'requeued (s)':>14}{'reclaimed (s)':>15}{'released (s)':>14}  note",
         ]
         for f in self.faults:
+            resumed = "n/a" if f.nothing_to_resume else _fmt(f.resumed)
             lines.append(
                 f"{f.name:<26}{f.at:>8.1f}{f.completed_before:>13}{f.affected:>10}"
-                f"{_fmt(f.resumed):>13}{_fmt(f.requeued):>14}{_fmt(f.reclaimed):>15}{_fmt(f.released):>14}"
+                f"{resumed:>13}{_fmt(f.requeued):>14}{_fmt(f.reclaimed):>15}{_fmt(f.released):>14}"
                 f"  {f.note}"
             )
         status = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v)
@@ -542,7 +547,7 @@ class ChaosRun:
         watch = _Watch(record, started, affected, victim.name if victim is not None else None)
         # With every task ended before the fault, no task can be claimed after it: "resumed" is
         # neither measurable nor asserted (ChaosReport.problems), so it is not waited for either.
-        watch.nothing_to_resume = done >= self.plan.tasks
+        record.nothing_to_resume = done >= self.plan.tasks
         self._watching.append(watch)
         if name == "pause worker":
             assert victim is not None
@@ -551,7 +556,7 @@ class ChaosRun:
         self._poll(
             lambda: (
                 (
-                    (watch.record.resumed is not None or watch.nothing_to_resume)
+                    (watch.record.resumed is not None or watch.record.nothing_to_resume)
                     and watch.record.requeued is not None
                 )
                 or watch not in self._watching
@@ -624,6 +629,10 @@ class ChaosRun:
             )
             if first is not None:
                 record.resumed = max(0.0, first.timestamp() - watch.started)
+            elif self._all_ended() and not self._claimed_since(since):
+                # The tasks left at the fault were all in flight and finished on their first claim
+                # (CI: "restart postgres: not resumed within 120s" with every row completed).
+                record.nothing_to_resume = True
         if record.requeued is None and self._still_stuck(watch.affected, since, requeued_counts=True) == 0:
             record.requeued = elapsed
         if record.reclaimed is None and self._still_stuck(watch.affected, since, requeued_counts=False) == 0:
@@ -632,6 +641,16 @@ class ChaosRun:
         if record.released is None and victim is not None:
             still_held = set(watch.affected) & set(self._held_by(victim))
             record.released = None if still_held else elapsed
+
+    def _claimed_since(self, since: datetime) -> bool:
+        """Was any task claimed after ``since``?"""
+        return bool(
+            self._db(
+                lambda s: s.scalar(
+                    select(func.count()).select_from(GenerationTask).where(GenerationTask.started_at > since)
+                )
+            )
+        )
 
     def _still_stuck(self, ids: list[str], since: datetime, *, requeued_counts: bool) -> int:
         """Affected rows that have not ended, not been claimed again and (optionally) not been requeued."""
@@ -775,8 +794,9 @@ class ChaosRun:
         The second half matters: a worker records a result on its staged file, then publishes it
         (docs/integrity.md, item 1). A fault injected the moment the last task completed could kill
         the worker between the two, a window this plan does not set out to test (CI: "completed
-        without a result file" with the kill 0.6 s after the last completion). Not built: a sweep
-        that publishes a killed worker's recorded-but-staged result (README, known issues).
+        without a result file" with the kill 0.6 s after the last completion). The sweep publishes
+        such a result after ``tasks.publishing.PUBLISH_GRACE_SECONDS``; the harness does not wait
+        that long before every late fault.
         """
         if self._count(*TERMINAL) < self.plan.tasks:
             return False
@@ -891,12 +911,11 @@ class _Watch:
     started: float
     affected: list[str]
     victim: str | None = None  # name prefix of the killed or paused worker
-    nothing_to_resume: bool = False  # every task had completed before the fault
 
     @property
     def done(self) -> bool:
         figures = [self.record.requeued, self.record.reclaimed]
-        if not self.nothing_to_resume:
+        if not self.record.nothing_to_resume:
             figures.append(self.record.resumed)
         if self.victim is not None:
             figures.append(self.record.released)

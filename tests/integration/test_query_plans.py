@@ -115,6 +115,7 @@ def sweeper_calls(s: Any) -> None:
     transitions.reclaim_from_workers(s, holders[:2], claimed_before=now, max_attempts=3, now=now)
     transitions.cancel_batch(s, "urgent")
     transitions.retry_failed(s, "big", error_code=ErrorCode.BLOCKED)
+    transitions.staged_results(s, finished_before=now, limit=500)
     counts.compact(s)
 
 

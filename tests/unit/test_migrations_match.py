@@ -12,7 +12,8 @@ import re
 
 from sqlalchemy import create_engine, text
 
-from nanobatch.models.tables import IN_FLIGHT, QUEUED_FRESH, QUEUED_LATER
+from nanobatch.models.tables import IN_FLIGHT, QUEUED_FRESH, QUEUED_LATER, STAGED_RESULT
+from nanobatch.workers.storage import STAGING_DIR
 
 
 def _normalised(sql: str) -> str:
@@ -36,7 +37,13 @@ def test_queue_index_predicates_match_the_tables(sqlite_url: str) -> None:
         "ix_generation_tasks_queue_fresh": QUEUED_FRESH,
         "ix_generation_tasks_queue_later": QUEUED_LATER,
         "ix_generation_tasks_in_flight": IN_FLIGHT,
+        "ix_generation_tasks_staged_result": STAGED_RESULT,
     }
     for name, predicate in expected.items():
         assert name in rows, f"{name} missing after upgrade"
         assert _normalised(rows[name]).endswith("where " + _normalised(predicate)), (name, rows[name])
+
+
+def test_the_staged_result_predicate_names_the_staging_folder() -> None:
+    # models/ cannot import workers/: the folder's name is written twice, and checked equal here
+    assert f"'%/{STAGING_DIR}/%'" in STAGED_RESULT
