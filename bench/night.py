@@ -626,6 +626,11 @@ def measure(
             for pool, times in data.get("done_by_pool", {}).items()
         },
         "share_trace": data.get("share_trace", []),
+        # Per pool, for the share analysis (docs/architecture.md, "Adaptive share").
+        "completion_offsets_by_pool_s": {
+            pool: [round(t - start, 3) for t in sorted(times)]
+            for pool, times in data.get("done_by_pool", {}).items()
+        },
     }
 
 

@@ -290,3 +290,39 @@ def test_rate_bound_is_calls_in_flight_plus_seconds_ahead() -> None:
     assert dispatch.rate_bound(2.0, 1.5, 10.0) == 23  # 2/s x 11.5 s
     assert dispatch.rate_bound(0.05, 20.0, 10.0) == 2  # 3 rpm, 20 s calls
     assert dispatch.rate_bound(0.0, 20.0, 10.0) == 1  # never zero: a share recovers
+
+
+def queued_in_consumption_order(s: Stack) -> list[str]:
+    """The task ids waiting in the broker, in the order workers will take them (kombu's Redis
+    transport pushes on the left and pops on the right)."""
+    import json
+
+    raw = s.runtime.redis.lrange(s.env["NANOBATCH_QUEUE"], 0, -1)
+    return [json.loads(m)["headers"]["argsrepr"].strip("(),'") for m in reversed(raw)]
+
+
+def test_one_refill_of_several_pools_interleaves_them_in_the_queue(simulator, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Given one batch alternating two models (two quota pools), a window of 4 per pool, no worker
+    s = stack(simulator(), NANOBATCH_DISPATCH_WINDOW="4")
+    other = "gemini-3-pro-image"
+    lines = [f"K{i:03d},a mug number {i},{other if i % 2 else DEFAULT_MODEL}" for i in range(20)]
+    # When it is submitted (one refill of every pool)
+    s.cli(
+        "submit",
+        str(write_csv(tmp_path / "two.csv", "key,prompt,model", *lines)),
+        "--batch",
+        "two",
+        check=True,
+    )
+    # Then the broker holds each pool's window, and workers take the pools in turn, not pool after pool
+    # (before: all of one pool's messages first, so every thread waited at that pool's limiter)
+    with s.runtime.db.session() as session:
+        model_of = dict(session.execute(select(GenerationTask.id, GenerationTask.model)).tuples().all())
+    order = [model_of[task_id] for task_id in queued_in_consumption_order(s)]
+    assert sorted(order) == sorted([DEFAULT_MODEL, other] * 4)
+    assert all(order[i] != order[i + 1] for i in range(len(order) - 1)), order
+
+
+def test_interleave_takes_one_of_each_pool_in_turn() -> None:
+    assert dispatch.interleave([["a1", "a2", "a3"], ["b1"], []]) == ["a1", "b1", "a2", "a3"]
+    assert dispatch.interleave([]) == []
