@@ -317,7 +317,9 @@ def test_one_refill_of_several_pools_interleaves_them_in_the_queue(simulator, st
     # Then the broker holds each pool's window, and workers take the pools in turn, not pool after pool
     # (before: all of one pool's messages first, so every thread waited at that pool's limiter)
     with s.runtime.db.session() as session:
-        model_of = dict(session.execute(select(GenerationTask.id, GenerationTask.model)).tuples().all())
+        model_of = {
+            row.id: row.model for row in session.execute(select(GenerationTask.id, GenerationTask.model))
+        }
     order = [model_of[task_id] for task_id in queued_in_consumption_order(s)]
     assert sorted(order) == sorted([DEFAULT_MODEL, other] * 4)
     assert all(order[i] != order[i + 1] for i in range(len(order) - 1)), order
