@@ -1,8 +1,8 @@
 """Three ways to generate N images against the same rate-limited, flaky upstream (issue 6).
 
-    python bench/compare.py                       # 1,000 tasks, R=120 rpm (the spec's), ~30 minutes
-    python bench/compare.py --rpm 600 --systems a,c   # quicker: R scaled up 5x, ~5 minutes
-    python bench/compare.py --scenario night --rpm 600   # the "real night" (bench/night.py), ~7 min
+    python -m bench.compare                       # 1,000 tasks, R=120 rpm (the spec's), ~30 minutes
+    python -m bench.compare --rpm 600 --systems a,c   # quicker: R scaled up 5x, ~5 minutes
+    python -m bench.compare --scenario night --rpm 600   # the "real night" (bench/night.py), ~7 min
 
 Same simulator settings for every system, each on a fresh simulator with the same seed: R requests
 per sliding 60 s (real time, 429 with QuotaFailure + RetryInfo above it), latency uniform 8-20 s x
@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import night
-from harness import (
+from bench import night
+from bench.harness import (
     REDIS_URL,
     REPO,
     RESULTS_DIR,
@@ -61,8 +61,8 @@ from harness import (
     write_products_csv,
     write_results,
 )
-from harness import finished_times as db_finished_times
-from tracking import parse_latency, publish_baseline
+from bench.harness import finished_times as db_finished_times
+from bench.tracking import parse_latency, publish_baseline
 
 POOL = "gemini-2.5-flash-image"
 SYSTEMS = {

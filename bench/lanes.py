@@ -1,8 +1,8 @@
 """Lanes (issue 16): the same tasks with a deadline, standard-only vs ``--lane auto``.
 
-    python bench/lanes.py                          # 2,000 tasks, deadline 300 s after submit
-    python bench/lanes.py --tasks 500 --deadline 120
-    python bench/lanes.py --scenarios auto --batch-turnaround 20000 --name lanes-slow-batch
+    python -m bench.lanes                          # 2,000 tasks, deadline 300 s after submit
+    python -m bench.lanes --tasks 500 --deadline 120
+    python -m bench.lanes --scenarios auto --batch-turnaround 20000 --name lanes-slow-batch
                                                    # the Batch API too slow for the deadline: flex
 
 One simulator per scenario (latency uniform 8-20 s x time scale 0.02, i.e. 0.16-0.40 s; an RPM
@@ -29,7 +29,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from harness import (
+from bench.harness import (
     BENCH_DIR,
     REPO,
     Bench,

@@ -1,7 +1,7 @@
 """Batch API lane memory (issue 16): peak RSS of building and ingesting one upstream job of N tasks.
 
-    python bench/lanes_memory.py                    # N = 2,000 and 20,000
-    python bench/lanes_memory.py --tasks 1000,100000
+    python -m bench.lanes_memory                    # N = 2,000 and 20,000
+    python -m bench.lanes_memory --tasks 1000,100000
 
 Each size gets a fresh database and Redis prefix; N batch-lane rows are inserted, then this process
 (no worker) runs the lane's pass: build (claim N rows, build each request, spool the JSONL, resumable
@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from harness import (
+from bench.harness import (
     Bench,
     markdown_table,
     nanobatch_env,

@@ -1,8 +1,8 @@
 """The "real night" scenario of bench/compare.py (``--scenario night``, issue 13).
 
-    python bench/compare.py --scenario night              # R = 120 rpm per pool, 5 min window each
-    python bench/compare.py --scenario night --rpm 600    # quick: 1 min window each, ~5-6 min in all
-    python bench/compare.py --scenario night --rpm 600 --systems c,d   # the adaptive share on / off
+    python -m bench.compare --scenario night              # R = 120 rpm per pool, 5 min window each
+    python -m bench.compare --scenario night --rpm 600    # quick: 1 min window each, ~5-6 min in all
+    python -m bench.compare --scenario night --rpm 600 --systems c,d   # the adaptive share on / off
 
 What a night looks like, the same for the three systems (each on a fresh simulator, same seed):
 
@@ -57,7 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import (
+
+from bench.harness import (
     REDIS_URL,
     REPO,
     Bench,
@@ -73,7 +74,7 @@ from harness import (
     status_counts,
     submit_csv,
 )
-from harness import finished_times as db_finished_times
+from bench.harness import finished_times as db_finished_times
 
 POOL_A = "gemini-2.5-flash-image"  # its daily cap is reached mid-run
 POOL_B = "gemini-nano-banana-2.1"

@@ -1,7 +1,7 @@
 """Worker overhead and memory (issue 6): nanobatch tasks/s beside a raw Celery no-op; peak RSS at 4K.
 
-    python bench/overhead.py                         # throughput + memory, ~4-6 minutes
-    python bench/overhead.py --skip-memory --nb-tasks 1500
+    python -m bench.overhead                         # throughput + memory, ~4-6 minutes
+    python -m bench.overhead --skip-memory --nb-tasks 1500
 
 Part 1 — throughput of ONE worker process (threads pool, ``--concurrency`` 16), measured in the same
 run, same broker, same Celery configuration (bench/noop_app.py applies nanobatch's ``configure_app``):
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import (
+from bench.harness import (
     REDIS_URL,
     Bench,
     console,
@@ -108,7 +108,8 @@ class WaitEventSampler:
 
     def _run(self) -> None:
         import psycopg
-        from harness import PG_ADMIN_URL
+
+        from bench.harness import PG_ADMIN_URL
 
         with psycopg.connect(
             PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
@@ -141,7 +142,7 @@ class WaitEventSampler:
 def publish_noop(app: Any, queue: str, count: int) -> None:
     import uuid
 
-    from noop_app import NOOP_TASK
+    from bench.noop_app import NOOP_TASK
 
     with app.producer_or_acquire() as producer, producer.batch(1000):
         for _ in range(count):

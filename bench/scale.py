@@ -1,7 +1,7 @@
 """Scale (issue 13): a 1,000,000-task backlog through the dispatch window vs publish-everything.
 
-    python bench/scale.py                   # 1,000,000 rows (the lead's run; ~15-25 min)
-    python bench/scale.py --rows 50000      # the quick run
+    python -m bench.scale                   # 1,000,000 rows (the lead's run; ~15-25 min)
+    python -m bench.scale --rows 50000      # the quick run
 
 Two designs, the same run, each on its own private PostgreSQL database and Redis prefix, against a
 zero-latency simulator:
@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from harness import (
+from bench.harness import (
     Bench,
     console,
     finished_times,
@@ -83,8 +83,9 @@ def status_latency(runtime: Any, name: str, repeats: int = 5) -> float:
 
 
 def batch_finished(engine: Any, name: str) -> list[float]:
-    from harness import _epoch
     from sqlalchemy import text
+
+    from bench.harness import _epoch
 
     with engine.connect() as conn:
         rows = conn.execute(

@@ -1,7 +1,7 @@
 """Status at 1M rows (issue 13 item 5): main's GROUP BY beside the trigger-kept counts, one command.
 
-    python bench/status_latency.py                      # 1,000,000 rows
-    python bench/status_latency.py --rows 100000 --before-src /path/to/main/checkout
+    python -m bench.status_latency                      # 1,000,000 rows
+    python -m bench.status_latency --rows 100000 --before-src /path/to/main/checkout
 
 Two private PostgreSQL databases, one per design, filled the same way:
 - **before**: schema at revision 0003 (no counts, main's indexes); status computed by main's queries,
@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import PG_ADMIN_URL, REPO, _admin, print_table, require_loopback, write_results
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from bench.harness import PG_ADMIN_URL, REPO, _admin, print_table, require_loopback, write_results
 from nanobatch.models import counts, queries, transitions
 from nanobatch.models.base import utcnow
 from nanobatch.models.db import Database

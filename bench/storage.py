@@ -1,7 +1,7 @@
 """Image store throughput and memory (issue 14): 4K images to an S3 server vs the local backend.
 
-    python bench/storage.py                      # both backends, side by side (~3-6 minutes)
-    python bench/storage.py --tasks 40 --backends s3
+    python -m bench.storage                      # both backends, side by side (~3-6 minutes)
+    python -m bench.storage --tasks 40 --backends s3
 
 One real nanobatch worker process (``celery worker -P threads``, concurrency 50) per backend runs the
 whole task path — claim, call, decode check, stage under the claim's key, record, publish, clear the
@@ -31,7 +31,7 @@ import time
 import urllib.request
 from typing import Any
 
-from harness import (
+from bench.harness import (
     Bench,
     console,
     markdown_table,
@@ -46,7 +46,7 @@ from harness import (
     write_products_csv,
     write_results,
 )
-from overhead import photo_payload
+from bench.overhead import photo_payload
 
 MB = 1024 * 1024
 SIZE = (5504, 3072)

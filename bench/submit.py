@@ -1,7 +1,7 @@
 """Submit rate (issue 2): validate + insert + enqueue 100,000 rows, beside raw Celery publishing.
 
-    python bench/submit.py                 # 100,000 rows, 20,000 raw messages per publish style
-    python bench/submit.py --rows 20000 --raw 5000 --profile
+    python -m bench.submit                 # 100,000 rows, 20,000 raw messages per publish style
+    python -m bench.submit --rows 20000 --raw 5000 --profile
 
 One run, one private PostgreSQL database and Redis prefix:
 1. a 100k-row product CSV is written to a temp dir;
@@ -30,7 +30,7 @@ import resource
 import time
 from typing import Any
 
-from harness import (
+from bench.harness import (
     RESULTS_DIR,
     Bench,
     console,

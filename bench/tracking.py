@@ -1,7 +1,7 @@
 """Tracking the provider limit (issue 4): completions/min against an RPM-limited upstream.
 
-    python bench/tracking.py                                   # R=600 rpm, 2 workers x 8 threads, 90 s each
-    python bench/tracking.py --duration 70 --warmup 10 --scenarios a,c
+    python -m bench.tracking                                   # R=600 rpm, 2 workers x 8 threads, 90 s each
+    python -m bench.tracking --duration 70 --warmup 10 --scenarios a,c
 
 The simulator enforces R requests per sliding 60 s (real time) and answers 429 with Google's
 QuotaFailure + RetryInfo body; latency is uniform 8-20 s x time scale (0.02 by default: 0.16-0.40 s,
@@ -30,7 +30,7 @@ import math
 import time
 from typing import Any
 
-from harness import (
+from bench.harness import (
     REDIS_URL,
     Bench,
     console,
