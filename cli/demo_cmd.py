@@ -111,7 +111,7 @@ def _watch(runtime: Runtime, name: str, timeout: float) -> BatchSummary:
                 f"failed {summary.counts['failed']}  ${summary.cost_usd:.3f}  {summary.per_minute:.0f}/min"
             )
             progress.update(bar, total=summary.total, completed=done, detail=detail)
-            if done == summary.total or time.monotonic() > deadline:
+            if summary.settled or time.monotonic() > deadline:
                 return summary
             time.sleep(0.25)  # a display refresh interval, not synchronisation
 

@@ -43,7 +43,7 @@ class Snapshot:
 
     @property
     def finished(self) -> bool:
-        return self.summary.remaining == 0
+        return self.summary.settled
 
     @property
     def exit_code(self) -> int:

@@ -6,15 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from nanobatch.models import counts
 from nanobatch.models.base import utcnow
 from nanobatch.models.status import ErrorCode, TaskStatus
-from nanobatch.models.tables import Batch, GenerationTask
+from nanobatch.models.tables import STAGED_RESULT, Batch, GenerationTask
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
+#: How long a recorded-but-unpublished image holds its batch's "settled" (a sweep publishes one whose
+#: worker died after ~30 s; one still staged after this is a stuck straggler, e.g. the store setting
+#: changed, which the sweeper warns about: it must not keep ``watch`` or ``Client.wait`` waiting forever).
+PUBLISH_WAIT = timedelta(minutes=5)
 #: ``error_code`` of a pending task that waits for its batch's budget to be raised.
 BUDGET_REACHED = ErrorCode.BUDGET_REACHED
 
@@ -49,6 +53,10 @@ class BatchSummary:
     budget_waiting: int = 0  # pending tasks held back because the next call would exceed the budget
     lane: str = "standard"  # what the submitter chose (auto included)
     by_lane: dict[str, LaneSpend] | None = None  # the lanes its tasks are in / ran in
+    #: completed tasks whose image is recorded on its claim's staged file and not yet at its key's
+    #: name (the milliseconds between record and publish; longer only if a worker died in between,
+    #: until a sweep publishes it: docs/integrity.md, item 1); at most :data:`PUBLISH_WAIT` old
+    publishing: int = 0
 
     @property
     def lane_mix(self) -> str:
@@ -72,6 +80,16 @@ class BatchSummary:
         return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.PROCESSING]
 
     @property
+    def settled(self) -> bool:
+        """Nothing left to run and every completed image at its key's name: the batch is done.
+
+        The one rule for "finished" (``watch``, ``demo``, ``Client.wait``, the ``batch_finished``
+        webhook): counting only statuses would say done while the last image is still being moved
+        from its staged name, and an export taken then would list a path that is about to vanish.
+        """
+        return self.remaining == 0 and self.publishing == 0
+
+    @property
     def eta_seconds(self) -> float | None:
         if not self.remaining:
             return 0.0
@@ -90,6 +108,7 @@ class BatchSummary:
             "lane": self.lane,
             "standard_cost_usd": round(self.standard_cost_usd, 6),
             "by_lane": {lane: spend.as_json() for lane, spend in (self.by_lane or {}).items()},
+            "publishing": self.publishing,
         }
 
 
@@ -127,6 +146,7 @@ def _summary(session: Session, batch: Batch, tally: counts.Tally, now: datetime)
                 GenerationTask.error_code == BUDGET_REACHED,
             )
         )
+    publishing = unpublished(session, batch.id, now) if tally.counts[TaskStatus.COMPLETED] else 0
     window_minutes = min(THROUGHPUT_WINDOW, max(now - batch.created_at, timedelta(seconds=1))) / timedelta(
         minutes=1
     )
@@ -141,7 +161,26 @@ def _summary(session: Session, batch: Batch, tally: counts.Tally, now: datetime)
         per_minute=float(recent or 0) / window_minutes,
         created_at=batch.created_at,
         budget_waiting=int(budget_waiting or 0),
+        publishing=publishing,
     )
+
+
+def unpublished(session: Session, batch_id: str, now: datetime) -> int:
+    """The batch's tasks recorded on a staged file in the last :data:`PUBLISH_WAIT` (``publishing``).
+
+    The WHERE repeats :data:`~nanobatch.models.tables.STAGED_RESULT` verbatim so PostgreSQL reads the
+    partial index that holds only such rows (normally none), whatever the batch's size.
+    """
+    found = session.scalar(
+        select(func.count())
+        .select_from(GenerationTask)
+        .where(
+            text(STAGED_RESULT),
+            GenerationTask.finished_at >= now - PUBLISH_WAIT,
+            GenerationTask.batch_id == batch_id,
+        )
+    )
+    return int(found or 0)
 
 
 def find_batch(session: Session, name: str) -> Batch | None:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from nanobatch.models.catalog import Catalog, CatalogError, load_catalog
-from nanobatch.models.queries import batch_summaries
+from nanobatch.models.queries import BatchSummary, batch_summaries
 from nanobatch.models.status import ErrorCode, TaskStatus, parse_error_code
 from nanobatch.tasks import operations
 from nanobatch.tasks.export import atomic_text_file, export_batch
@@ -240,23 +240,28 @@ class Client:
 
     def status(self, batch: str) -> dict[str, Any]:
         """The batch's progress: the same dict as ``nanobatch status BATCH --json``."""
+        return self._summary(batch).as_json()
+
+    def _summary(self, batch: str) -> BatchSummary:
         with self.runtime.db.session() as session:
             summaries = batch_summaries(session, batch)
         if not summaries:
             raise BatchError(f"no batch named {batch!r}")
-        return summaries[0].as_json()
+        return summaries[0]
 
     def wait(self, batch: str, *, timeout: float | None = None, poll: float = 2.0) -> dict[str, Any]:
-        """Block until the batch has nothing pending or processing; returns its final status.
+        """Block until the batch has settled (nothing pending or processing, every completed image at
+        its key's name: ``BatchSummary.settled``); returns its final status.
 
         Raises ``TimeoutError`` (with the last status in its message) after ``timeout`` seconds.
         A paused batch is waited for like any other: resume it, or pass a timeout.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            status = self.status(batch)
+            summary = self._summary(batch)
+            status = summary.as_json()
             counts = status["counts"]
-            if not counts.get("pending", 0) and not counts.get("processing", 0):
+            if summary.settled:
                 return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"batch {batch!r} still running after {timeout} s: {counts}")

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from nanobatch.models.queries import unpublished
 from nanobatch.models.status import BatchStatus, ErrorCode, TaskStatus
 from nanobatch.models.tables import Batch, GenerationTask
 from nanobatch.tasks import webhooks
@@ -86,6 +87,7 @@ def batch_events(session: Session, now: datetime, limits: Thresholds) -> list[We
 
     rows = session.execute(
         select(
+            Batch.id,
             Batch.name,
             Batch.budget_usd,
             Batch.deadline,
@@ -104,6 +106,7 @@ def batch_events(session: Session, now: datetime, limits: Thresholds) -> list[We
     ).all()
     events: list[WebhookEvent] = []
     for (
+        batch_id,
         name,
         budget,
         deadline,
@@ -117,7 +120,7 @@ def batch_events(session: Session, now: datetime, limits: Thresholds) -> list[We
     ) in rows:
         counts = {"completed": int(done or 0), "failed": int(failed or 0), "cancelled": int(cancelled or 0)}
         finished = counts["completed"] + counts["failed"]
-        if not left:
+        if not left and not unpublished(session, batch_id, now):  # settled: BatchSummary.settled
             events.append(webhooks.batch_finished(name, counts, round(float(spent), 6)))
         if finished >= limits.failure_min_finished and counts["failed"] / finished > limits.failure_rate:
             events.append(webhooks.failure_rate_high(name, counts["failed"], finished, limits.failure_rate))

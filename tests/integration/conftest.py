@@ -160,11 +160,12 @@ class Stack:
             return batch_summaries(session, batch)[0]
 
     def wait_terminal(self, batch: str, timeout: float = 90.0) -> BatchSummary:
-        """Poll until every task of ``batch`` is terminal; fail with the last counts on timeout."""
+        """Poll until ``batch`` has settled (every task terminal, every image published); fail with
+        the last counts on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             summary = self.summary(batch)
-            if summary.remaining == 0 and summary.total:
+            if summary.settled and summary.total:
                 return summary
             if time.monotonic() > deadline:
                 raise AssertionError(

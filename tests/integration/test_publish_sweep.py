@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from nanobatch import Client
 from nanobatch.models import transitions
 from nanobatch.models.base import utcnow
+from nanobatch.models.queries import PUBLISH_WAIT, BatchSummary, batch_summaries
 from nanobatch.models.tables import GenerationTask
+from nanobatch.tasks.events import Thresholds, batch_events
 from nanobatch.tasks.publishing import PUBLISH_GRACE_SECONDS, publish_recorded
 from nanobatch.tasks.sweep import sweep
+from nanobatch.tasks.webhooks import EventType
 from nanobatch.workers import storage
 from nanobatch.workers.imagecheck import ImageFacts
 from nanobatch.workers.storage import STAGING_DIR, Usage
@@ -127,3 +131,38 @@ def test_a_row_published_meanwhile_is_not_touched(simulator, stack, tmp_path) ->
     task = row(s, task_id)
     assert task.result_uri == rt.store.uri(storage.target_key("cut", "SKU 1/a", "image/png"))
     assert rt.store.read(storage.target_key("cut", "SKU 1/a", "image/png"), 1 << 20) == data
+
+
+def test_a_batch_is_finished_only_once_its_images_are_published(simulator, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given a batch whose only task is completed but whose image still has its staged name
+    s = stack(simulator())
+    recorded_not_published(s, tmp_path)
+    rt = s.runtime
+    limits = Thresholds(failure_rate=0.5, failure_min_finished=10, deadline_margin=0)
+
+    def summary(now: datetime | None = None) -> BatchSummary:
+        with rt.db.session() as session:
+            return batch_summaries(session, "cut", now=now)[0]
+
+    def finished_events() -> list[EventType]:
+        with rt.db.session() as session:
+            found = batch_events(session, utcnow(), limits)
+        return [e.type for e in found if e.type == EventType.BATCH_FINISHED]
+
+    # Then it counts as completed but not finished: watch, wait, the demo and the webhook hold on
+    held = summary()
+    assert (held.remaining, held.publishing, held.settled) == (0, 1, False)
+    assert held.as_json()["publishing"] == 1
+    with Client(s.settings) as client, pytest.raises(TimeoutError):
+        client.wait("cut", timeout=0.3, poll=0.1)
+    assert finished_events() == []
+    # but not for ever: a result still staged after PUBLISH_WAIT (a stuck straggler) no longer holds it
+    assert summary(utcnow() + PUBLISH_WAIT + timedelta(seconds=1)).settled
+    # When the sweep publishes it
+    assert sweep(rt, now=utcnow() + timedelta(seconds=PUBLISH_GRACE_SECONDS + 1)).published == 1
+    # Then the batch is finished
+    done = summary()
+    assert (done.publishing, done.settled) == (0, True)
+    with Client(s.settings) as client:
+        assert client.wait("cut", timeout=5)["publishing"] == 0
+    assert finished_events() == [EventType.BATCH_FINISHED]
